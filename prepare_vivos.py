@@ -1,0 +1,503 @@
+"""Prepare VIVOS (or any corpus listed in a CSV) for the three trainers, as an Arrow DatasetDict on disk.
+
+Shortest command (raw VIVOS as downloaded and unpacked, with train/ and test/ inside):
+
+    python prepare_vivos.py --vivos-dir vivos --out data/vivos_whisper                      # Whisper
+    python prepare_vivos.py --vivos-dir vivos --out data/vivos_wave --features waveform    # Wav2Vec2, DS2
+
+What it writes in --out (first into a temporary folder, renamed only when complete):
+  train/, validation/, test/, dataset_dict.json   datasets.load_from_disk(OUT) gives the DatasetDict
+  prepare_summary.json                            splits (utterances, hours, speakers, shares), settings
+  skipped.csv                                     every input left out, with its reason
+
+Validation is carved out of train by speaker (no speaker in two splits); the test split is never used
+for model selection. Audio is read with soundfile (no torchcodec, no FFmpeg), mixed to mono and
+resampled to 16 kHz with soxr. Whisper features are stored trimmed to the speech and in float16
+(about 2-8 % of the naive 80 x 3000 float32 array); the trainer restores the 30 s input exactly
+(see README, "How the Whisper features are stored").
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import multiprocessing
+import random
+import shutil
+import sys
+import time
+import unicodedata
+from collections import Counter
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import soxr
+from tqdm.auto import tqdm
+
+SAMPLE_RATE = 16000  # every model we train expects 16 kHz mono
+WHISPER_MAX_SECONDS = 30.0  # Whisper's encoder sees at most 30 s
+WHISPER_FRAMES = 3000  # 30 s at Whisper's 10 ms hop
+SILENCE_PEAK = 1e-4  # a clip whose loudest sample is below this carries no speech
+AUDIO_SUFFIXES = {".wav", ".flac", ".ogg"}
+SPLITS = ("train", "validation", "test")
+NORMALIZATION = ("Unicode NFC, lower case, punctuation and symbols replaced by spaces, whitespace collapsed; "
+                 "Vietnamese letters and tone marks kept")
+
+
+def normalize_text(text: str) -> str:
+    """NFC, lower case, punctuation and symbols to spaces, whitespace collapsed; tone marks kept."""
+    text = unicodedata.normalize("NFC", text).lower()
+    text = "".join(ch if unicodedata.category(ch)[0] in "LMN" else " " for ch in text)
+    return " ".join(text.split())
+
+
+class InputError(SystemExit):
+    """Wrong layout or nothing usable: the message says what was expected, what was found, what to do."""
+
+
+# ----------------------------------------------------------------------------- 1. find the utterances
+
+def describe_folder(folder: Path, limit: int = 12) -> str:
+    """A short listing of what a folder holds, for error messages."""
+    if not folder.is_dir():
+        return "(no such folder)"
+    names = sorted(p.name + ("/" if p.is_dir() else "") for p in folder.iterdir())
+    return ", ".join(names[:limit]) + (f", ... ({len(names)} entries)" if len(names) > limit else "") or "(empty)"
+
+
+def check_vivos_layout(vivos_dir: Path) -> None:
+    """Refuse a folder that is not the VIVOS release root, naming the folder the user probably meant."""
+    expected = (f"expected the VIVOS root: {vivos_dir}/train/prompts.txt, {vivos_dir}/train/waves/, "
+                f"{vivos_dir}/test/prompts.txt, {vivos_dir}/test/waves/")
+    if not vivos_dir.is_dir():
+        raise InputError(f"--vivos-dir {vivos_dir}: no such folder; {expected}")
+    if all((vivos_dir / split / "prompts.txt").is_file() and (vivos_dir / split / "waves").is_dir()
+           for split in ("train", "test")):
+        return
+    found = describe_folder(vivos_dir)
+    if (vivos_dir / "prompts.txt").is_file() or (vivos_dir / "waves").is_dir():
+        hint = (f"this looks like one split of VIVOS (it holds prompts.txt / waves/); "
+                f"pass its parent: --vivos-dir \"{vivos_dir.parent}\"")
+    else:
+        inner = [p for p in sorted(vivos_dir.iterdir()) if (p / "train" / "prompts.txt").is_file()]
+        if inner:
+            hint = f"the corpus is one level down: --vivos-dir \"{inner[0]}\""
+        else:
+            hint = ("download and unpack VIVOS (https://ailab.hcmus.edu.vn/vivos), or use --manifest FILE.csv "
+                    "for another corpus")
+    raise InputError(f"--vivos-dir {vivos_dir}: {expected}; found: {found}. {hint}")
+
+
+def read_lines(path: Path) -> list[tuple[str, str | None]]:
+    """(first word, rest) for each non-blank line; rest is None when the line is not valid UTF-8."""
+    lines = []
+    for raw in path.read_bytes().splitlines():
+        raw = raw.removeprefix(b"\xef\xbb\xbf").strip()  # Windows editors add a BOM
+        if not raw:
+            continue
+        key, _, rest = raw.partition(b" ")
+        try:
+            lines.append((key.decode("utf-8"), rest.decode("utf-8").strip()))
+        except UnicodeDecodeError:
+            lines.append((key.decode("utf-8", errors="replace"), None))
+    return lines
+
+
+def read_genders(path: Path) -> dict[str, str]:
+    """speaker -> 'm' | 'f' from VIVOS genders.txt (missing file: no genders)."""
+    if not path.is_file():
+        return {}
+    return {speaker: gender.lower() for speaker, gender in read_lines(path) if (gender or "").lower() in ("m", "f")}
+
+
+def skip_row(path, split: str, utt_id: str, reason: str, detail: str = "") -> dict:
+    return {"path": str(path), "split": split, "id": utt_id, "reason": reason, "detail": detail}
+
+
+def find_vivos_utterances(split_dir: Path, split: str) -> tuple[list[dict], list[dict]]:
+    """Utterances of one VIVOS split (prompt + wave file), and the inputs that cannot be paired."""
+    genders = read_genders(split_dir / "genders.txt")
+    prompts = dict(read_lines(split_dir / "prompts.txt"))
+    audio = {p.stem: p for p in sorted((split_dir / "waves").glob("*/*")) if p.suffix.lower() in AUDIO_SUFFIXES}
+    items, skipped = [], []
+    for utt_id, sentence in prompts.items():
+        if sentence is None:
+            skipped.append(skip_row(split_dir / "prompts.txt", split, utt_id, "transcript not UTF-8",
+                                    "re-save prompts.txt as UTF-8"))
+            continue
+        if utt_id not in audio:
+            skipped.append(skip_row(split_dir / "waves", split, utt_id, "transcript without audio"))
+            continue
+        speaker = audio[utt_id].parent.name
+        items.append({"id": utt_id, "speaker": speaker, "gender": genders.get(speaker, ""),
+                      "raw_sentence": sentence, "path": str(audio[utt_id]), "split": split})
+    skipped += [skip_row(path, split, utt_id, "audio without transcript")
+                for utt_id, path in audio.items() if utt_id not in prompts]
+    return items, skipped
+
+
+def find_manifest_utterances(manifest: Path) -> tuple[list[dict], list[dict]]:
+    """Utterances from a CSV with columns path,text[,speaker][,split]; paths relative to the CSV."""
+    if not manifest.is_file():
+        raise InputError(f"--manifest {manifest}: no such file; expected a CSV with columns path,text[,speaker][,split]")
+    with manifest.open(encoding="utf-8-sig", newline="") as f:
+        rows = list(csv.DictReader(f))
+    columns = set(rows[0]) if rows else set()
+    if not {"path", "text"} <= columns:
+        raise InputError(f"--manifest {manifest}: expected columns path,text[,speaker][,split]; "
+                         f"found: {', '.join(sorted(columns)) or '(no rows)'}")
+    split_names = {"train": "train", "validation": "validation", "dev": "validation", "valid": "validation",
+                   "test": "test"}
+    items, skipped = [], []
+    for number, row in enumerate(rows, start=2):
+        path = Path(row["path"])
+        path = path if path.is_absolute() else manifest.parent / path
+        split = split_names.get((row.get("split") or "train").strip().lower())
+        if split is None:
+            skipped.append(skip_row(path, row.get("split", ""), f"row {number}", "unknown split",
+                                    "use train, validation or test"))
+            continue
+        items.append({"id": path.stem, "speaker": (row.get("speaker") or "").strip() or "unknown", "gender": "",
+                      "raw_sentence": (row.get("text") or "").strip(), "path": str(path), "split": split})
+    return items, skipped
+
+
+# ----------------------------------------------------------------------------- 2. split
+
+def speaker_disjoint_split(items: list[dict], ratio: float, seed: int) -> tuple[list[dict], list[dict]]:
+    """Move whole speakers out of `items` until they hold about `ratio` of the utterances.
+
+    Speakers are drawn alternately from each gender, and every gender with two or more speakers gets
+    at least one held-out speaker, so a small validation set still has both (even if that exceeds
+    `ratio`); at least one speaker stays on each side.
+    """
+    by_speaker: dict[str, list[dict]] = {}
+    for item in items:
+        by_speaker.setdefault(item["speaker"], []).append(item)
+    if len(by_speaker) < 2:
+        raise InputError(f"a speaker-disjoint split needs at least 2 speakers, found {len(by_speaker)}; "
+                         "add a speaker column to the manifest or pass --val-split utterance")
+    rng = random.Random(seed)
+    pools: dict[str, list[str]] = {}
+    for speaker in sorted(by_speaker):
+        pools.setdefault(by_speaker[speaker][0]["gender"], []).append(speaker)
+    for pool in pools.values():
+        rng.shuffle(pool)
+    genders = sorted(pools)
+    rng.shuffle(genders)
+    target, held, chosen = ratio * len(items), 0, set()
+    must_cover = [g for g in genders if g and len(pools[g]) >= 2]
+    while (held < target or must_cover) and len(chosen) < len(by_speaker) - 1:
+        for gender in genders:
+            wanted = held < target or gender in must_cover
+            if pools[gender] and wanted and len(chosen) < len(by_speaker) - 1:
+                speaker = pools[gender].pop()
+                chosen.add(speaker)
+                held += len(by_speaker[speaker])
+                must_cover = [g for g in must_cover if g != gender]
+    return ([i for i in items if i["speaker"] not in chosen], [i for i in items if i["speaker"] in chosen])
+
+
+def utterance_split(items: list[dict], ratio: float, seed: int) -> tuple[list[dict], list[dict]]:
+    """Random utterances held out, for corpora without speaker labels."""
+    order = list(range(len(items)))
+    random.Random(seed).shuffle(order)
+    held = set(order[: max(1, round(ratio * len(items)))])
+    return ([x for k, x in enumerate(items) if k not in held], [x for k, x in enumerate(items) if k in held])
+
+
+def assign_splits(items: list[dict], val_ratio: float, test_ratio: float, by: str, seed: int) -> dict:
+    """train / validation / test lists; validation (and test, when the corpus has none) carved from train."""
+    carve = speaker_disjoint_split if by == "speaker" else utterance_split
+    splits = {name: [i for i in items if i["split"] == name] for name in SPLITS}
+    if not splits["test"]:
+        splits["train"], splits["test"] = carve(splits["train"], test_ratio, seed + 1)
+    if not splits["validation"]:
+        splits["train"], splits["validation"] = carve(splits["train"], val_ratio, seed)
+    for name, split_items in splits.items():
+        for item in split_items:
+            item["split"] = name
+    return splits
+
+
+# ----------------------------------------------------------------------------- 3. audio and features
+
+@lru_cache(maxsize=None)
+def whisper_feature_extractor(n_mels: int):
+    from transformers import WhisperFeatureExtractor
+
+    return WhisperFeatureExtractor(feature_size=n_mels)
+
+
+def load_audio(path: str) -> np.ndarray:
+    """16 kHz mono float32, whatever the file's rate and channels (soundfile + soxr, no FFmpeg)."""
+    audio, rate = sf.read(path, dtype="float32", always_2d=True)
+    audio = audio.mean(axis=1)
+    if rate != SAMPLE_RATE:
+        audio = soxr.resample(audio, rate, SAMPLE_RATE).astype(np.float32)
+    return audio
+
+
+def trimmed_whisper_features(audio: np.ndarray, n_mels: int) -> np.ndarray:
+    """Whisper's log-Mel for the speech frames only, frames x mels, float16.
+
+    480 zeros (3 hops) are appended so the last kept frames see the same zero padding that Whisper's
+    30 s padding gives them; every frame after those equals max(features) - 2, which the trainer
+    restores (README, "How the Whisper features are stored").
+    """
+    padded = np.concatenate([audio, np.zeros(480, dtype=np.float32)])
+    features = whisper_feature_extractor(n_mels)(padded, sampling_rate=SAMPLE_RATE, padding="longest",
+                                                 return_tensors="np")["input_features"][0]
+    return features[:, :WHISPER_FRAMES].T.astype(np.float16)
+
+
+def process_utterance(item: dict, features: str, n_mels: int, min_seconds: float,
+                      max_seconds: float | None) -> tuple[dict | None, dict | None]:
+    """(row for the dataset, None) or (None, skipped row with the reason). Runs in worker processes."""
+    sentence = normalize_text(item["raw_sentence"])
+    if not sentence:
+        return None, skip_row(item["path"], item["split"], item["id"], "empty transcript")
+    if not Path(item["path"]).is_file():
+        return None, skip_row(item["path"], item["split"], item["id"], "audio missing")
+    try:
+        audio = load_audio(item["path"])
+    except Exception as error:  # soundfile raises several types for broken files; all mean "unreadable"
+        return None, skip_row(item["path"], item["split"], item["id"], "unreadable audio",
+                              f"{type(error).__name__}: {error}")
+    duration = len(audio) / SAMPLE_RATE
+    reason = ("empty audio" if len(audio) == 0
+              else "too short" if duration < min_seconds
+              else "too long" if max_seconds and duration > max_seconds
+              else "silent audio" if float(np.abs(audio).max()) < SILENCE_PEAK
+              else None)
+    if reason:
+        return None, skip_row(item["path"], item["split"], item["id"], reason, f"{duration:.2f} s")
+    row = {"id": item["id"], "speaker": item["speaker"], "gender": item["gender"], "sentence": sentence,
+           "raw_sentence": item["raw_sentence"], "duration": duration}
+    if features == "whisper":
+        row["input_features"] = trimmed_whisper_features(audio, n_mels)
+    else:
+        row["input_values"] = audio
+    return row, None
+
+
+def process_star(args: tuple):
+    return process_utterance(*args)
+
+
+def dataset_features(features: str, n_mels: int):
+    import datasets
+
+    columns = {"id": datasets.Value("string"), "speaker": datasets.Value("string"),
+               "gender": datasets.Value("string"), "sentence": datasets.Value("string"),
+               "raw_sentence": datasets.Value("string"), "duration": datasets.Value("float32")}
+    if features == "whisper":
+        columns["input_features"] = datasets.Array2D(shape=(None, n_mels), dtype="float16")
+    else:
+        columns["input_values"] = datasets.Sequence(datasets.Value("float32"))
+    return datasets.Features(columns)
+
+
+def write_split(items: list[dict], arrow_path: Path, split: str, args, pool) -> tuple[list[float], list[dict],
+                                                                                         set[str]]:
+    """Stream one split to an Arrow file in batches (memory stays flat); returns durations, skips, speakers."""
+    from datasets.arrow_writer import ArrowWriter
+
+    jobs = [(item, args.features, args.n_mels, args.min_seconds, args.max_seconds) for item in items]
+    results = pool.imap(process_star, jobs, chunksize=4) if pool else map(process_star, jobs)
+    durations, skipped, speakers = [], [], set()
+    with ArrowWriter(features=dataset_features(args.features, args.n_mels), path=str(arrow_path),
+                     writer_batch_size=64) as writer:
+        for row, skip in tqdm(results, total=len(jobs), desc=f"{split:<10}", unit="utt"):
+            if skip:
+                skipped.append(skip)
+                continue
+            writer.write(row)
+            durations.append(row["duration"])
+            speakers.add(row["speaker"])
+        writer.finalize()
+    return durations, skipped, speakers
+
+
+# ----------------------------------------------------------------------------- 4. summary
+
+def duration_histogram(durations: list[float], bin_seconds: float = 0.5) -> dict:
+    top = max([bin_seconds, *durations])
+    edges = np.arange(0.0, top + bin_seconds, bin_seconds)
+    counts, _ = np.histogram(durations, bins=edges)
+    return {"edges": [round(float(e), 3) for e in edges], "counts": counts.tolist()}
+
+
+def build_summary(stats: dict, skipped: list[dict], items: dict, args, source: str) -> dict:
+    total_utts = sum(len(s["durations"]) for s in stats.values()) or 1
+    total_hours = sum(sum(s["durations"]) for s in stats.values()) / 3600 or 1.0
+    splits = {}
+    for name, s in stats.items():
+        hours = sum(s["durations"]) / 3600
+        genders = Counter(i["gender"] or "unknown" for i in items[name] if i["speaker"] in s["speakers"])
+        splits[name] = {
+            "utterances": len(s["durations"]), "hours": round(hours, 4), "speakers": len(s["speakers"]),
+            "speaker_ids": sorted(s["speakers"]),
+            "genders": {g: len({i["speaker"] for i in items[name] if (i["gender"] or "unknown") == g
+                                and i["speaker"] in s["speakers"]}) for g in genders},
+            "share_utterances": round(len(s["durations"]) / total_utts, 4),
+            "share_hours": round(hours / total_hours, 4),
+            "duration_seconds": {"min": round(min(s["durations"], default=0), 3),
+                                 "mean": round(float(np.mean(s["durations"])) if s["durations"] else 0, 3),
+                                 "max": round(max(s["durations"], default=0), 3),
+                                 "histogram": duration_histogram(s["durations"])},
+        }
+    summary = {
+        "features": args.features, "sampling_rate": SAMPLE_RATE, "normalization": NORMALIZATION,
+        "val_split": args.val_split, "val_ratio": args.val_ratio, "seed": args.seed, "source": source,
+        "splits": splits, "skipped": dict(Counter(s["reason"] for s in skipped)),
+        "skipped_total": len(skipped), "min_seconds": args.min_seconds, "max_seconds": args.max_seconds,
+        "command": " ".join([Path(sys.argv[0]).name, *map(str, args.argv)]),
+        "created": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    if args.features == "whisper":
+        summary.update({"n_mels": args.n_mels, "feature_storage": "trimmed frames x mels, float16; "
+                        "restore: pad to 3000 frames with max(features) - 2.0"})
+    return summary
+
+
+def format_summary(summary: dict) -> str:
+    """The printed table: utterances, hours, speakers and shares per split, then skipped inputs."""
+    lines = [f"{'split':<11}{'utts':>7}{'hours':>8}{'speakers':>10}{'% utts':>8}{'% hours':>9}"]
+    for name, s in summary["splits"].items():
+        lines.append(f"{name:<11}{s['utterances']:>7}{s['hours']:>8.2f}{s['speakers']:>10}"
+                     f"{100 * s['share_utterances']:>7.1f}%{100 * s['share_hours']:>8.1f}%")
+    feats = summary["features"] + (f" ({summary['n_mels']} mels)" if summary["features"] == "whisper" else "")
+    lines.append(f"features: {feats}, {summary['sampling_rate']} Hz; validation split by {summary['val_split']}")
+    lines.append(f"text: {summary['normalization']}")
+    skipped = ", ".join(f"{reason}: {n}" for reason, n in sorted(summary["skipped"].items())) or "none"
+    lines.append(f"skipped {summary['skipped_total']} ({skipped})")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- main
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    source = parser.add_argument_group("input (one of)")
+    where = source.add_mutually_exclusive_group(required=True)
+    where.add_argument("--vivos-dir", type=Path, help="raw VIVOS root: the folder holding train/ and test/")
+    where.add_argument("--manifest", type=Path,
+                       help="CSV with columns path,text[,speaker][,split] (paths relative to the CSV)")
+    output = parser.add_argument_group("output")
+    output.add_argument("--out", type=Path, required=True, help="folder for the DatasetDict (created)")
+    output.add_argument("--features", choices=["whisper", "waveform"], default="whisper",
+                        help="whisper: log-Mel for train_whisper.py; waveform: 16 kHz samples for "
+                             "train_wav2vec2.py and train_deepspeech.py (default: whisper)")
+    output.add_argument("--n-mels", type=int, default=80, help="Whisper mel bins: 80, or 128 for large-v3")
+    output.add_argument("--overwrite", action="store_true", help="replace an existing --out (only once complete)")
+    split = parser.add_argument_group("splits")
+    split.add_argument("--val-ratio", type=float, default=0.1, help="share of train utterances held out for "
+                       "validation (default 0.1)")
+    split.add_argument("--val-split", choices=["speaker", "utterance"], default="speaker",
+                       help="hold out whole speakers (default) or random utterances (corpora without speakers)")
+    split.add_argument("--test-ratio", type=float, default=0.1,
+                       help="share carved out as test when a manifest has no test rows (default 0.1)")
+    split.add_argument("--seed", type=int, default=0)
+    audio = parser.add_argument_group("audio")
+    audio.add_argument("--min-seconds", type=float, default=0.2, help="shorter clips are skipped (default 0.2)")
+    audio.add_argument("--max-seconds", type=float, default=None,
+                       help="longer clips are skipped (default: 30 for whisper features, no limit for waveform)")
+    audio.add_argument("--num-proc", type=int, default=1,
+                       help="worker processes for decoding and features (default 1; works on Windows)")
+    args = parser.parse_args(argv)
+    args.argv = sys.argv[1:] if argv is None else list(argv)
+    if args.features == "whisper":
+        args.max_seconds = min(args.max_seconds or WHISPER_MAX_SECONDS, WHISPER_MAX_SECONDS)
+    if not 0 < args.val_ratio < 1 or not 0 < args.test_ratio < 1:
+        parser.error("--val-ratio and --test-ratio must be between 0 and 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    out = args.out.expanduser().resolve()
+    if out.exists() and not args.overwrite:
+        raise InputError(f"--out {out} already exists and was kept; pass --overwrite to replace it "
+                         "(the new dataset replaces it only once complete), or choose another --out")
+
+    # 1. find the utterances
+    if args.vivos_dir:
+        vivos_dir = args.vivos_dir.expanduser().resolve()
+        check_vivos_layout(vivos_dir)
+        items, skipped = [], []
+        for split in ("train", "test"):
+            split_items, split_skipped = find_vivos_utterances(vivos_dir / split, split)
+            items += split_items
+            skipped += split_skipped
+        source = f"VIVOS {vivos_dir}"
+    else:
+        items, skipped = find_manifest_utterances(args.manifest.expanduser().resolve())
+        source = f"manifest {args.manifest}"
+    if not items:
+        raise InputError(f"no utterance with both audio and transcript found in {source}; "
+                         f"{len(skipped)} inputs could not be paired")
+
+    # 2. split: validation (and test when missing) carved out by speaker, seeded
+    splits = assign_splits(items, args.val_ratio, args.test_ratio, args.val_split, args.seed)
+
+    # 3. decode, resample, featurise; stream each split to Arrow inside a temporary folder
+    import datasets
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.incomplete"
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / "arrow").mkdir(parents=True)
+    stats = {}
+    # Pool from the platform's default start method: spawn on Windows/macOS (safe under the __main__
+    # guard), fork on Linux/Colab (works from a notebook cell too).
+    pool = multiprocessing.get_context().Pool(args.num_proc) if args.num_proc > 1 else None
+    try:
+        for name in SPLITS:
+            durations, split_skipped, speakers = write_split(splits[name], tmp / "arrow" / f"{name}.arrow",
+                                                             name, args, pool)
+            stats[name] = {"durations": durations, "speakers": speakers}
+            skipped += split_skipped
+        if pool:
+            pool.close()
+        empty = [name for name in SPLITS if not stats[name]["durations"]]
+        if empty:
+            reasons = Counter(s["reason"] for s in skipped)
+            raise InputError(f"nothing usable left in split(s) {', '.join(empty)}; skipped inputs by reason: "
+                             f"{dict(reasons)}; see the reasons above and fix the corpus (no dataset written)")
+        dataset = datasets.DatasetDict({name: datasets.Dataset.from_file(str(tmp / "arrow" / f"{name}.arrow"))
+                                        for name in SPLITS})
+        dataset.save_to_disk(str(tmp / "dataset"))
+        del dataset
+        summary = build_summary(stats, skipped, splits, args, source)
+        (tmp / "dataset" / "prepare_summary.json").write_text(json.dumps(summary, ensure_ascii=False, indent=2),
+                                                               encoding="utf-8")
+        with (tmp / "dataset" / "skipped.csv").open("w", encoding="utf-8", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=["path", "split", "id", "reason", "detail"])
+            writer.writeheader()
+            writer.writerows(skipped)
+        # 4. publish: the old dataset is replaced only now that the new one is complete
+        if out.exists():
+            old = out.parent / f".{out.name}.old"
+            shutil.rmtree(old, ignore_errors=True)
+            out.rename(old)
+            (tmp / "dataset").rename(out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            (tmp / "dataset").rename(out)
+    finally:
+        if pool:
+            pool.terminate()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    print(format_summary(summary))
+    if skipped:
+        print(f"skipped inputs are listed in {out / 'skipped.csv'}")
+    print(f"dataset written to {out}")
+    return summary
+
+
+if __name__ == "__main__":
+    main()
