@@ -102,6 +102,11 @@ def make_corpus(out: Path, train_speakers: int = 8, test_speakers: int = 3, trai
             raise SystemExit(f"{tool} not found: install it (Debian/Ubuntu: apt-get install espeak-ng sox)")
     rng = random.Random(seed)
     voices = make_voices(train_speakers + test_speakers, rng)
+    # Test speakers alternate female / male (as VIVOS's test set has both); the rest train.
+    by_gender = {g: [v for v in voices if v["gender"] == g] for g in ("f", "m")}
+    test_voices = [by_gender["fm"[k % 2]].pop() if by_gender["fm"[k % 2]] else by_gender["mf"[k % 2]].pop()
+                   for k in range(test_speakers)]
+    voices = [v for v in voices if v not in test_voices] + test_voices
     n_train_sentences = max(train_per_speaker * 3, train_speakers * train_per_speaker // 2)
     n_test_sentences = max(test_per_speaker * 2, test_speakers * test_per_speaker)
     sentences = make_sentences(n_train_sentences + n_test_sentences, rng)

@@ -269,3 +269,13 @@ def test_num_proc_2_under_spawn_gives_the_same_dataset(vivos_dir, whisper_data, 
     a = np.asarray(spawned["test"][3]["input_features"])
     b = np.asarray(single["test"][3]["input_features"])
     np.testing.assert_array_equal(a, b)
+
+
+def test_bundled_sample_is_a_small_complete_vivos_corpus():
+    sample = REPO / "sample_data" / "vivos_sample"
+    assert sum(f.stat().st_size for f in sample.rglob("*") if f.is_file()) <= 10 * 2**20
+    prepare_vivos.check_vivos_layout(sample)
+    for split, speakers in (("train", 10), ("test", 3)):
+        items, skipped = prepare_vivos.find_vivos_utterances(sample / split, split)
+        assert skipped == [] and len({i["speaker"] for i in items}) == speakers
+        assert set(prepare_vivos.read_genders(sample / split / "genders.txt").values()) == {"m", "f"}
