@@ -66,7 +66,8 @@ TEXT = {
     "col_run": ("run", "lần chạy"), "col_folder": ("folder", "thư mục"), "col_status": ("status", "tình trạng"),
     "col_problems": ("problems", "vấn đề"),
     "st_complete": ("complete", "đầy đủ"), "st_partial": ("partial", "chưa đầy đủ"),
-    "st_missing": ("missing", "không tìm thấy"), "st_baseline": ("baseline (eval-only)", "mô hình cơ sở (chỉ đánh giá)"),
+    "st_missing": ("missing", "không tìm thấy"),
+    "st_baseline": ("baseline (eval-only)", "mô hình cơ sở (chỉ đánh giá)"),
     "no_problem": ("none", "không có"),
     "p_folder_missing": ("folder not found: {path} (expected a folder written by a trainer's --output-dir)",
                          "không tìm thấy thư mục {path} (cần thư mục do --output-dir của trình huấn luyện ghi ra)"),
@@ -76,6 +77,7 @@ TEXT = {
                          "pass; rerun the trainer with the same --output-dir (it resumes) or with --eval-only",
                          "thiếu test_predictions.csv: đang huấn luyện hoặc đã dừng trước bước kiểm tra; chạy lại "
                          "trình huấn luyện với cùng --output-dir (sẽ chạy tiếp) hoặc với --eval-only"),
+    "p_empty": ("{name} has no rows", "{name} không có dòng nào"),
     "p_columns": ("{name} lacks columns {columns} (found {found})", "{name} thiếu cột {columns} (có {found})"),
     "p_mismatch": ("MISMATCH {metric}: test_metrics.json says {stored}, recomputed from test_predictions.csv "
                    "{recomputed}", "SAI LỆCH {metric}: test_metrics.json ghi {stored}, tính lại từ "
@@ -85,6 +87,10 @@ TEXT = {
                          "(chữ hoa, dấu câu): WER khi đó tính cả lỗi định dạng"),
     "p_history_from_state": ("history.csv missing: curves read from {source} (step {step})",
                              "thiếu history.csv: đường cong đọc từ {source} (bước {step})"),
+    "p_no_data": ("no data section: --data was not given and no run's dataset path exists here; add --data DIR "
+                  "(the --out of prepare_vivos.py)", "không có phần dữ liệu: chưa có --data và đường dẫn dữ liệu "
+                  "trong run_info.json không tồn tại trên máy này; thêm --data DIR (thư mục --out của "
+                  "prepare_vivos.py)"),
     "p_data": ("no prepared-dataset summary: expected {path} written by prepare_vivos.py; pass --data DIR "
                "(the --out of prepare_vivos.py)", "không có tóm tắt dữ liệu: cần {path} do prepare_vivos.py ghi; "
                "thêm --data DIR (thư mục --out của prepare_vivos.py)"),
@@ -100,7 +106,8 @@ TEXT = {
                 "văn bản đã chuẩn hoá (chữ thường, bỏ dấu câu, giữ dấu thanh). Chỉ số: tỉ lệ lỗi từ WER = (S + D + "
                 "I) / N, trong đó S, D, I là số từ bị thay thế, bị xoá và bị chèn, N là số từ của câu tham chiếu; "
                 "tỉ lệ lỗi ký tự CER, tính tương tự trên ký tự; tỉ lệ lỗi câu SER, phần trăm câu có ít nhất một lỗi; "
-                "hệ số thời gian thực RTF = thời gian giải mã / thời lượng âm thanh. Cả bốn chỉ số càng thấp càng tốt."),
+                "hệ số thời gian thực RTF = thời gian giải mã / thời lượng âm thanh. Cả bốn chỉ số càng thấp càng "
+                "tốt."),
     # Data
     "h_data": ("Data", "Dữ liệu"),
     "t_splits": ("Dataset splits (utterances; audio in hours; shares in % of the total)",
@@ -125,9 +132,11 @@ TEXT = {
                       "WER kiểm tra."),
     "why_test": ("The test split is the corpus's own test set: speakers and sentences never seen in training.",
                  "Tập kiểm tra là tập test gốc của bộ dữ liệu: người nói và câu chưa từng xuất hiện khi huấn luyện."),
-    "c_durations": ("Distribution of utterance durations per split (seconds).",
-                    "Phân bố thời lượng câu theo từng tập (giây)."),
-    "x_duration": ("duration (s)", "thời lượng (giây)"), "y_utterances": ("utterances", "số câu"),
+    "c_durations": ("Distribution of utterance durations per split (duration in seconds; height in % of the "
+                    "split's utterances).", "Phân bố thời lượng câu theo từng tập (thời lượng tính bằng giây; chiều "
+                    "cao tính bằng % số câu của tập)."),
+    "x_duration": ("duration (s)", "thời lượng (giây)"),
+    "y_share": ("utterances (% of the split)", "số câu (% của tập)"),
     "h_preprocessing": ("Preprocessing", "Tiền xử lý"),
     "pre_text": ("Text: {rule}", "Văn bản: {rule}"),
     "pre_audio": ("Audio: decoded with soundfile, mixed to mono and resampled to {rate} Hz.",
@@ -165,31 +174,38 @@ TEXT = {
                         "Lý do: DeepSpeech2 (tích chập + GRU hai chiều + CTC) được huấn luyện từ đầu; đây là mô hình "
                         "cơ sở kinh điển cho thấy huấn luyện trước mang lại bao nhiêu trên bộ dữ liệu cỡ VIVOS."),
     "base_model": ("Base model: {base}.", "Mô hình gốc: {base}."),
-    "t_arch": ("Architecture of {run} (parameters in millions; layer sizes in units)",
-               "Kiến trúc của {run} (số tham số tính bằng triệu; kích thước lớp tính bằng số đơn vị)"),
+    "t_arch": ("Architecture of {run} (parameters as exact counts; layer sizes in units)",
+               "Kiến trúc của {run} (số tham số đếm chính xác; kích thước lớp tính bằng số đơn vị)"),
     "t_config": ("Training configuration of {run} (time in minutes; memory in MB)",
                  "Cấu hình huấn luyện của {run} (thời gian tính bằng phút; bộ nhớ tính bằng MB)"),
     "col_setting": ("setting", "thiết lập"), "col_value": ("value", "giá trị"),
-    "k_family": ("family", "họ mô hình"), "k_params_total": ("parameters, total (M)", "tổng số tham số (triệu)"),
-    "k_params_trainable": ("parameters, trained (M)", "số tham số được huấn luyện (triệu)"),
+    "k_family": ("family", "họ mô hình"), "k_params_total": ("parameters, total", "tổng số tham số"),
+    "k_params_trainable": ("parameters, trained", "số tham số được huấn luyện"),
     "k_trainable_share": ("share trained (%)", "tỉ lệ được huấn luyện (%)"), "k_loss": ("loss", "hàm mất mát"),
     "k_optimizer": ("optimizer", "bộ tối ưu"), "k_learning_rate": ("learning rate", "tốc độ học"),
     "k_scheduler": ("scheduler", "lịch tốc độ học"), "k_warmup_steps": ("warm-up steps", "số bước khởi động"),
     "k_weight_decay": ("weight decay", "weight decay"), "k_batch_size": ("batch size", "kích thước batch"),
     "k_grad_accum": ("gradient accumulation", "tích luỹ gradient"),
-    "k_effective_batch_size": ("effective batch size", "batch hiệu dụng"), "k_precision": ("precision", "độ chính xác số"),
+    "k_effective_batch_size": ("effective batch size", "batch hiệu dụng"),
+    "k_precision": ("precision", "độ chính xác số"),
     "k_lora": ("LoRA", "LoRA"), "k_epochs_planned": ("epochs planned", "số epoch dự kiến"),
     "k_epochs_run": ("epochs run", "số epoch đã chạy"), "k_best_epoch": ("best epoch", "epoch tốt nhất"),
-    "k_best_step": ("best step", "bước tốt nhất"), "k_best_val_wer": ("best validation WER (%)", "WER kiểm định tốt nhất (%)"),
-    "k_stop_reason": ("stop reason", "lý do dừng"), "k_train_minutes": ("training time (min)", "thời gian huấn luyện (phút)"),
+    "k_best_step": ("best step", "bước tốt nhất"),
+    "k_best_val_wer": ("best validation WER (%)", "WER kiểm định tốt nhất (%)"),
+    "k_stop_reason": ("stop reason", "lý do dừng"),
+    "k_train_minutes": ("training time (min)", "thời gian huấn luyện (phút)"),
     "k_peak_gpu_memory_mb": ("peak GPU memory (MB)", "bộ nhớ GPU cao nhất (MB)"), "k_device": ("device", "thiết bị"),
     "c_diagram": ("Block diagram of {run} ({family}), drawn from the architecture facts in run_info.json.",
                   "Sơ đồ khối của {run} ({family}), vẽ từ các thông số kiến trúc trong run_info.json."),
+    "no_run_info": ("run_info.json is missing, so the architecture and training settings are unknown; the trainer "
+                    "writes it when it finishes.", "Thiếu run_info.json nên chưa biết kiến trúc và thiết lập huấn "
+                    "luyện; trình huấn luyện sẽ ghi tệp này khi kết thúc."),
     "no_diagram": ("No block diagram: family '{family}' is not one of whisper, wav2vec2, deepspeech2.",
                    "Không có sơ đồ khối: họ '{family}' không thuộc whisper, wav2vec2, deepspeech2."),
-    "d_audio": ("Audio", "Âm thanh"), "d_text": ("Text", "Văn bản"), "d_prev": ("Previous\ntokens", "Các token\ntrước đó"),
-    "d_cross": ("cross-attention", "chú ý chéo"), "d_params": ("{total} M parameters, {trainable} M trained",
-                                                               "{total} triệu tham số, {trainable} triệu được huấn luyện"),
+    "d_audio": ("Audio", "Âm thanh"), "d_text": ("Text", "Văn bản"),
+    "d_prev": ("Previous\ntokens", "Các token\ntrước đó"),
+    "d_cross": ("cross-attention", "chú ý chéo"), "d_params": ("{total} parameters, {trainable} trained",
+                                                               "{total} tham số, {trainable} được huấn luyện"),
     # Training
     "h_training": ("Training and learning curves", "Huấn luyện và đường cong học"),
     "c_curves": ("Learning curves of {run}. Left: training and validation loss per epoch. Right: validation "
@@ -229,6 +245,9 @@ TEXT = {
                     "Huấn luyện dừng khi đạt giới hạn số bước (--max-steps) ở epoch {end}."),
     "s_best": ("The best checkpoint (epoch {k}, validation WER {wer}%) is the model evaluated on the test set.",
                "Checkpoint tốt nhất (epoch {k}, WER kiểm định {wer}%) là mô hình được đánh giá trên tập kiểm tra."),
+    "s_best_so_far": ("So far the best checkpoint is epoch {k} (validation WER {wer}%); the test set is transcribed "
+                      "when training ends.", "Đến lúc này checkpoint tốt nhất là epoch {k} (WER kiểm định {wer}%); "
+                      "tập kiểm tra sẽ được nhận dạng khi huấn luyện kết thúc."),
     "s_gap": ("At the best epoch the train-subset WER is {train}% against {val}% on validation (gap {gap} points).",
               "Tại epoch tốt nhất, WER trên tập con huấn luyện là {train}% so với {val}% trên tập kiểm định "
               "(chênh {gap} điểm)."),
@@ -242,8 +261,9 @@ TEXT = {
                  "Các biện pháp chống quá khớp đã dùng trong lần chạy này: {items}."),
     "no_remedies": ("No remedy against overfitting is recorded in run_info.json.",
                     "run_info.json không ghi nhận biện pháp chống quá khớp nào."),
-    "r_weight_decay": ("weight decay {value}", "weight decay {value}"), "r_dropout": ("{name} {value}", "{name} {value}"),
-    "r_augment": ("SpecAugment ({name} {value})", "SpecAugment ({name} {value})"),
+    "r_weight_decay": ("weight decay {value}", "weight decay {value}"),
+    "r_dropout": ("{items}", "{items}"),
+    "r_augment": ("SpecAugment ({items})", "SpecAugment ({items})"),
     "r_early": ("early stopping on validation WER", "early stopping theo WER kiểm định"),
     "r_lora": ("LoRA (only {share}% of the parameters trained)", "LoRA (chỉ huấn luyện {share}% tham số)"),
     "r_best": ("the best checkpoint on validation WER is kept, not the last",
@@ -266,7 +286,8 @@ TEXT = {
     "check_ok": ("equal", "khớp"), "check_bad": ("MISMATCH", "SAI LỆCH"),
     "metrics_ok": ("All metrics recomputed from test_predictions.csv with jiwer equal test_metrics.json.",
                    "Mọi chỉ số tính lại từ test_predictions.csv bằng jiwer đều khớp với test_metrics.json."),
-    "metrics_bad": ("Warning: the metrics recomputed from test_predictions.csv differ from test_metrics.json ({items}). "
+    "metrics_bad": ("Warning: the metrics recomputed from test_predictions.csv differ from test_metrics.json "
+                    "({items}). "
                     "The comparison uses test_metrics.json; check which file is stale.",
                     "Cảnh báo: chỉ số tính lại từ test_predictions.csv khác với test_metrics.json ({items}). Bảng so "
                     "sánh dùng test_metrics.json; hãy kiểm tra tệp nào đã cũ."),
@@ -276,7 +297,8 @@ TEXT = {
                 "{run}: chưa có kết quả dự đoán trên tập kiểm tra nên lần chạy này chưa có kết quả kiểm tra."),
     "t_worst": ("The {n} worst test utterances of {run} (WER and CER in %; duration in seconds)",
                 "{n} câu kiểm tra sai nhiều nhất của {run} (WER và CER tính bằng %; thời lượng tính bằng giây)"),
-    "col_id": ("id", "mã câu"), "col_speaker": ("speaker", "người nói"), "col_duration": ("duration (s)", "thời lượng (giây)"),
+    "col_id": ("id", "mã câu"), "col_speaker": ("speaker", "người nói"),
+    "col_duration": ("duration (s)", "thời lượng (giây)"),
     "col_reference": ("reference", "câu tham chiếu"), "col_prediction": ("prediction", "câu dự đoán"),
     "col_wer": ("WER (%)", "WER (%)"), "col_cer": ("CER (%)", "CER (%)"), "col_pattern": ("pattern", "dạng lỗi"),
     "worst_note": ("The pattern column is a rule-of-thumb reading of each error, a starting point for the "
@@ -292,7 +314,8 @@ TEXT = {
     "t_word_errors": ("Most frequent word errors of {run} (count = occurrences on the test set)",
                       "Các lỗi từ thường gặp nhất của {run} (số lần = số lần xuất hiện trên tập kiểm tra)"),
     "col_type": ("type", "loại"), "col_count": ("count", "số lần"),
-    "e_substitution": ("substitution", "thay thế"), "e_deletion": ("deletion", "xoá"), "e_insertion": ("insertion", "chèn"),
+    "e_substitution": ("substitution", "thay thế"), "e_deletion": ("deletion", "xoá"),
+    "e_insertion": ("insertion", "chèn"),
     "t_lengths": ("WER of {run} by utterance duration (duration in seconds; WER in %)",
                   "WER của {run} theo thời lượng câu (thời lượng tính bằng giây; WER tính bằng %)"),
     "col_length": ("duration (s)", "thời lượng (giây)"), "col_ref_words": ("reference words", "số từ tham chiếu"),
@@ -305,7 +328,8 @@ TEXT = {
     "h_tones": ("Tone errors", "Lỗi thanh điệu"),
     "t_tones": ("Share of the error of {run} due to tone marks (rates in %; syllables counted)",
                 "Phần lỗi của {run} do dấu thanh (tỉ lệ tính bằng %; số âm tiết)"),
-    "tone_wer": ("WER (%)", "WER (%)"), "tone_wer_plain": ("WER with tone marks removed (%)", "WER khi bỏ dấu thanh (%)"),
+    "tone_wer": ("WER (%)", "WER (%)"),
+    "tone_wer_plain": ("WER with tone marks removed (%)", "WER khi bỏ dấu thanh (%)"),
     "tone_share": ("share of word errors that are tone-only (%)", "tỉ lệ lỗi từ chỉ do sai thanh (%)"),
     "tone_syllables": ("aligned syllables with matching letters", "âm tiết được căn chỉnh có chữ cái trùng nhau"),
     "tone_accuracy": ("tone accuracy on those syllables (%)", "độ chính xác thanh điệu trên các âm tiết đó (%)"),
@@ -313,16 +337,22 @@ TEXT = {
                       "errors alone. Over {n} aligned syllables whose letters match, {acc}% carry the right tone{top}.",
                       "Bỏ dấu thanh làm WER giảm từ {wer}% xuống {plain}%: {share}% lỗi từ chỉ là lỗi thanh điệu. "
                       "Trên {n} âm tiết được căn chỉnh có chữ cái trùng nhau, {acc}% mang đúng thanh{top}."),
+    "tone_none": ("Removing tone marks changes WER from {wer}% to {plain}%. No aligned syllable has the same letters "
+                  "in reference and prediction, so there is no tone to compare yet.",
+                  "Bỏ dấu thanh làm WER thay đổi từ {wer}% thành {plain}%. Chưa có âm tiết được căn chỉnh nào có chữ "
+                  "cái trùng nhau giữa câu tham chiếu và câu dự đoán nên chưa so sánh được thanh điệu."),
     "tone_top": ("; the most frequent confusion is {ref} → {hyp} ({count} times)",
                  "; nhầm lẫn thường gặp nhất là {ref} → {hyp} ({count} lần)"),
     "c_tones": ("Tone confusion matrix of {run} (6 × 6): rows are the reference tone, columns the predicted tone, "
                 "over aligned syllables whose letters match (colour = share of the row; number = count of syllables).",
                 "Ma trận nhầm lẫn thanh điệu của {run} (6 × 6): hàng là thanh của câu tham chiếu, cột là thanh dự "
-                "đoán, trên các âm tiết được căn chỉnh có chữ cái trùng nhau (màu = tỉ lệ trong hàng; số = số âm tiết)."),
+                "đoán, trên các âm tiết được căn chỉnh có chữ cái trùng nhau (màu = tỉ lệ trong hàng; số = số âm "
+                "tiết)."),
     "x_tone_hyp": ("predicted tone", "thanh dự đoán"), "y_tone_ref": ("reference tone", "thanh tham chiếu"),
     "t_chars": ("Most confused character pairs of {run} (count = character substitutions on the test set)",
                 "Các cặp ký tự bị nhầm nhiều nhất của {run} (số lần = số lần thay thế ký tự trên tập kiểm tra)"),
-    "col_ref_char": ("reference character", "ký tự tham chiếu"), "col_hyp_char": ("predicted character", "ký tự dự đoán"),
+    "col_ref_char": ("reference character", "ký tự tham chiếu"),
+    "col_hyp_char": ("predicted character", "ký tự dự đoán"),
     "ch_tone": ("tone mark", "dấu thanh"), "ch_vowel": ("vowel mark or đ", "dấu mũ, trăng, móc hoặc đ"),
     "ch_space": ("word boundary", "ranh giới từ"), "ch_letter": ("different letter", "chữ cái khác"),
     "no_errors": ("No errors of this kind on the test set.", "Không có lỗi loại này trên tập kiểm tra."),
@@ -342,6 +372,7 @@ TEXT = {
     "col_wer_no_tone": ("test WER without tone marks (%)", "WER kiểm tra khi bỏ dấu thanh (%)"),
     "col_rtf": ("RTF", "RTF"),
     "kind_trained": ("fine-tuned", "đã huấn luyện"), "kind_baseline": ("baseline (zero-shot)", "cơ sở (zero-shot)"),
+    "tick_baseline": ("zero-shot baseline", "cơ sở zero-shot"),
     "c_comparison": ("Test WER and CER of all runs (%); hatched bars are zero-shot baselines (--eval-only).",
                      "WER và CER trên tập kiểm tra của các lần chạy (%); cột gạch chéo là mô hình cơ sở zero-shot "
                      "(--eval-only)."),
@@ -407,22 +438,36 @@ def base_letters(text: str) -> str:
     return bare.replace("đ", "d").replace("Đ", "D")
 
 
-def aligned_word_pairs(references: list[str], predictions: list[str]) -> list[tuple[str, str]]:
-    """Every (reference word, predicted word) pair jiwer aligns as equal or substituted."""
+def toneless_wer(references: list[str], predictions: list[str]) -> float:
+    """WER once tone marks are removed from both sides: the error that is not about tones."""
+    return jiwer.process_words([strip_tones(t) for t in references], [strip_tones(t) for t in predictions]).wer
+
+
+def aligned_words(references: list[str], predictions: list[str]) -> list[tuple[str, str | None, str | None]]:
+    """Every word position of jiwer's alignment as (chunk type, reference word, predicted word); the
+    missing side of a deletion or insertion is None."""
     words = jiwer.process_words(references, predictions)
-    pairs = []
+    aligned = []
     for ref, hyp, chunks in zip(words.references, words.hypotheses, words.alignments):
         for chunk in chunks:
-            if chunk.type in ("equal", "substitute"):
-                pairs += zip(ref[chunk.ref_start_idx:chunk.ref_end_idx], hyp[chunk.hyp_start_idx:chunk.hyp_end_idx])
-    return pairs
+            ref_words = ref[chunk.ref_start_idx:chunk.ref_end_idx]
+            hyp_words = hyp[chunk.hyp_start_idx:chunk.hyp_end_idx]
+            if chunk.type == "delete":
+                aligned += [("delete", word, None) for word in ref_words]
+            elif chunk.type == "insert":
+                aligned += [("insert", None, word) for word in hyp_words]
+            else:
+                aligned += [(chunk.type, a, b) for a, b in zip(ref_words, hyp_words)]
+    return aligned
 
 
 def tone_confusion(references: list[str], predictions: list[str]) -> pd.DataFrame:
     """6 x 6 counts (rows: reference tone, columns: predicted tone) over aligned syllables whose letters
     match once the tone is removed; syllables with different letters say nothing about the tone."""
     matrix = pd.DataFrame(0, index=TONES, columns=TONES)
-    for ref, hyp in aligned_word_pairs(references, predictions):
+    for kind, ref, hyp in aligned_words(references, predictions):
+        if kind not in ("equal", "substitute"):
+            continue
         (ref_letters, ref_tone), (hyp_letters, hyp_tone) = split_tone(ref), split_tone(hyp)
         if ref_letters == hyp_letters and any(ch.isalpha() for ch in ref_letters):
             matrix.loc[ref_tone, hyp_tone] += 1
@@ -510,60 +555,71 @@ def read_csv(path: Path, required: list[str], problems: list[str], lang: str, **
     return table
 
 
+def logged_value(entry: dict, names: tuple[str, ...]) -> float:
+    return next((entry[name] for name in names if entry.get(name) is not None), np.nan)
+
+
 def history_from_trainer_state(state: dict) -> pd.DataFrame:
     """history.csv's columns rebuilt from Trainer's log_history (a run still training has no history.csv):
-    one row per evaluation, train_loss the mean of the losses logged since the previous evaluation."""
-    rows, losses = [], []
+    one row per evaluated step, train_loss the mean of the losses logged since the previous evaluation.
+    Trainer names metrics eval_wer with one eval set and eval_validation_wer / eval_train_subset_wer with two."""
+    evals: dict[int, dict] = {}
     for entry in state.get("log_history", []):
-        if "loss" in entry:
-            losses.append(entry["loss"])
-        if "eval_loss" in entry:
-            rows.append({"epoch": entry.get("epoch"), "step": entry.get("step"),
-                         "train_loss": float(np.mean(losses)) if losses else np.nan,
-                         "val_loss": entry["eval_loss"], "val_wer": entry.get("eval_wer", np.nan),
-                         "val_cer": entry.get("eval_cer", np.nan)})
-            losses = []
-    return pd.DataFrame(rows, columns=["epoch", "step", "train_loss", "val_loss", "val_wer", "val_cer"])
+        if any(key.startswith("eval_") for key in entry):
+            evals.setdefault(entry.get("step", 0), {}).update(entry)
+    losses = [entry for entry in state.get("log_history", []) if "loss" in entry]
+    rows, previous = [], -1
+    for step in sorted(evals):
+        entry = evals[step]
+        window = [e["loss"] for e in losses if previous < e.get("step", 0) <= step]
+        row = {"epoch": entry.get("epoch"), "step": step, "train_loss": float(np.mean(window)) if window else np.nan}
+        for metric in ("loss", "wer", "cer"):
+            row[f"val_{metric}"] = logged_value(entry, (f"eval_validation_{metric}", f"eval_{metric}"))
+        for metric in ("wer", "cer"):
+            row[f"train_{metric}"] = logged_value(entry, (f"eval_train_subset_{metric}", f"eval_train_{metric}"))
+        rows.append(row)
+        previous = step
+    return pd.DataFrame(rows, columns=["epoch", "step", "train_loss", "val_loss", "val_wer", "val_cer", "train_wer",
+                                       "train_cer"])
 
 
-def newest_trainer_state(folder: Path) -> Path | None:
-    """The trainer_state.json with the highest global step: the run's own or its newest checkpoint's."""
-    candidates = [folder / "trainer_state.json", *folder.glob("checkpoint-*/trainer_state.json")]
-    steps = {}
-    for path in candidates:
+def newest_trainer_state(folder: Path) -> tuple[Path, dict] | None:
+    """(path, content) of the trainer_state.json with the highest global step: the run's own or its newest
+    checkpoint's; one being written right now is skipped."""
+    states = []
+    for path in [folder / "trainer_state.json", *folder.glob("checkpoint-*/trainer_state.json")]:
         try:
-            steps[path] = json.loads(path.read_text(encoding="utf-8")).get("global_step", 0)
+            states.append((path, json.loads(path.read_text(encoding="utf-8"))))
         except (OSError, ValueError):
             continue
-    return max(steps, key=steps.get) if steps else None
+    return max(states, key=lambda item: item[1].get("global_step", 0)) if states else None
 
 
 def read_history(folder: Path, problems: list[str], lang: str) -> pd.DataFrame | None:
     """One row per evaluation: history.csv, or the newest trainer_state.json while training still runs."""
     if (folder / "history.csv").is_file():
         return read_csv(folder / "history.csv", ["epoch", "val_loss"], problems, lang)
-    state_path = newest_trainer_state(folder)
-    if state_path is None:
+    newest = newest_trainer_state(folder)
+    if newest is None:
         problems.append(tr(lang, "p_missing_file", name="history.csv"))
         return None
-    state = json.loads(state_path.read_text(encoding="utf-8"))
+    state_path, state = newest
     problems.append(tr(lang, "p_history_from_state", source=state_path.relative_to(folder).as_posix(),
                        step=state.get("global_step", "?")))
     return history_from_trainer_state(state)
 
 
-def recheck_metrics(predictions: pd.DataFrame, stored: dict | None, problems: list[str], lang: str) -> dict:
-    """Metrics recomputed from the predictions with jiwer; every disagreement with `stored` is a problem."""
+def recompute_metrics(predictions: pd.DataFrame) -> dict:
+    """test_metrics.json's text metrics, recomputed from test_predictions.csv with jiwer."""
     references, hypotheses = predictions["reference"].tolist(), predictions["prediction"].tolist()
-    recomputed = {**compute_wer_cer(references, hypotheses), "num_utterances": len(predictions)}
-    not_normalised = sum(normalize_text(text) != text for text in references + hypotheses)
-    if not_normalised:
-        problems.append(tr(lang, "p_not_normalised", count=not_normalised))
-    for key, value in recomputed.items():
-        if stored is not None and key in stored and stored[key] is not None and \
-                abs(float(stored[key]) - value) > METRIC_TOLERANCE:
-            problems.append(tr(lang, "p_mismatch", metric=key, stored=stored[key], recomputed=round(value, 6)))
-    return recomputed
+    return {**compute_wer_cer(references, hypotheses), "num_utterances": len(predictions)}
+
+
+def metric_mismatches(stored: dict | None, recomputed: dict, lang: str) -> list[str]:
+    """One sentence per metric whose stored value differs from the recomputed one."""
+    return [tr(lang, "p_mismatch", metric=key, stored=round(float(stored[key]), 6), recomputed=round(value, 6))
+            for key, value in recomputed.items()
+            if stored and stored.get(key) is not None and abs(float(stored[key]) - value) > METRIC_TOLERANCE]
 
 
 def run_slug(name: str, taken: set[str]) -> str:
@@ -578,8 +634,8 @@ def run_slug(name: str, taken: set[str]) -> str:
 
 def load_run(folder: Path, lang: str, taken: set[str]) -> dict:
     """Everything report.py needs from one run folder, with `problems` listing what is missing or wrong."""
-    run = {"folder": folder, "problems": [], "info": {}, "history": None, "predictions": None,
-           "metrics": None, "recomputed": None, "mismatch": False}
+    run = {"folder": folder, "problems": [], "info": {}, "model_config": {}, "history": None, "predictions": None,
+           "metrics": None, "recomputed": None, "mismatches": [], "eval_only": False}
     if not folder.is_dir():
         run.update(name=folder.name, slug=run_slug(folder.name, taken), status="st_missing")
         run["problems"].append(tr(lang, "p_folder_missing", path=folder))
@@ -589,21 +645,30 @@ def load_run(folder: Path, lang: str, taken: set[str]) -> dict:
     run["name"] = str(run["info"].get("run_name") or folder.name)
     run["slug"] = run_slug(run["name"], taken)
     run["history"] = read_history(folder, problems, lang)
+    config_path = folder / "best_model" / "config.json"  # dropout / SpecAugment settings of the saved model
+    run["model_config"] = read_json(config_path, [], lang) if config_path.is_file() else {}
     if (folder / "test_predictions.csv").is_file():
         # keep_default_na=False: an empty prediction is "", not NaN, and a word like "null" stays a word
         run["predictions"] = read_csv(folder / "test_predictions.csv", ["id", "reference", "prediction"],
                                       problems, lang, keep_default_na=False, dtype=str)
+        if run["predictions"] is not None and run["predictions"].empty:
+            problems.append(tr(lang, "p_empty", name="test_predictions.csv"))
+            run["predictions"] = None
     else:
         problems.append(tr(lang, "p_no_predictions"))
     run["metrics"] = read_json(folder / "test_metrics.json", problems, lang)
     if run["predictions"] is not None:
-        before = len(problems)
-        run["recomputed"] = recheck_metrics(run["predictions"], run["metrics"], problems, lang)
-        run["mismatch"] = any(tr(lang, "check_bad") in p for p in problems[before:])
-    complete = run["predictions"] is not None and run["info"] and run["history"] is not None
-    eval_only = run["info"].get("eval_only") or run["info"].get("stop_reason") == "eval_only"
-    run["eval_only"] = bool(eval_only)
-    run["status"] = "st_baseline" if eval_only and complete else "st_complete" if complete else "st_partial"
+        texts = run["predictions"]["reference"].tolist() + run["predictions"]["prediction"].tolist()
+        not_normalised = sum(normalize_text(text) != text for text in texts)
+        if not_normalised:
+            problems.append(tr(lang, "p_not_normalised", count=not_normalised))
+        run["recomputed"] = recompute_metrics(run["predictions"])
+        run["mismatches"] = metric_mismatches(run["metrics"], run["recomputed"], lang)
+        problems += run["mismatches"]
+    run["eval_only"] = bool(run["info"].get("eval_only") or run["info"].get("stop_reason") == "eval_only")
+    complete = (run["predictions"] is not None and run["metrics"] is not None and bool(run["info"])
+                and (run["history"] is not None or run["eval_only"]))
+    run["status"] = ("st_baseline" if run["eval_only"] else "st_complete") if complete else "st_partial"
     return run
 
 
@@ -641,14 +706,25 @@ def pct(value) -> float | None:
 
 
 def millions(value) -> float | None:
-    return None if value is None else round(float(value) / 1e6, 2)
+    """Parameters in millions: 2 decimals, 3 below one million so a tiny test model does not read 0.0."""
+    return None if value is None else round(float(value) / 1e6, 2 if value >= 1e6 else 3)
+
+
+def grouped(count) -> str:
+    """241734912 -> '241 734 912': a thousands separator that reads the same in English and Vietnamese."""
+    return "?" if count is None else f"{int(count):,}".replace(",", " ")
+
+
+def epoch_value(epoch) -> int | float | None:
+    """1.0 -> 1, 2.4999 -> 2.5: epochs as people write them (Trainer logs fractional epochs)."""
+    if epoch is None or pd.isna(epoch):
+        return None
+    return int(round(epoch)) if abs(epoch - round(epoch)) < 1e-6 else round(float(epoch), 2)
 
 
 def epoch_text(epoch) -> str:
-    """1.0 -> '1', 2.5 -> '2.5': epochs as people write them."""
-    if epoch is None or pd.isna(epoch):
-        return "?"
-    return str(int(round(epoch))) if abs(epoch - round(epoch)) < 1e-6 else f"{epoch:.2f}".rstrip("0")
+    value = epoch_value(epoch)
+    return "?" if value is None else str(value)
 
 
 def best_epoch(run: dict) -> float | None:
@@ -664,9 +740,10 @@ def best_epoch(run: dict) -> float | None:
     return None
 
 
-def describe_curves(history: pd.DataFrame | None, info: dict, lang: str) -> str:
+def describe_curves(history: pd.DataFrame | None, info: dict, lang: str, finished: bool = True) -> str:
     """The sentences that say what the learning curves show: overfitting, divergence, under-fitting or
-    convergence, how training stopped, the best checkpoint and the train/validation gap."""
+    convergence, how training stopped, the best checkpoint (so far, if not `finished`) and the
+    train/validation gap."""
     if info.get("eval_only") or info.get("stop_reason") == "eval_only":
         return tr(lang, "s_eval_only", run=info.get("run_name", "?"))
     if history is None or history.empty or history["val_loss"].notna().sum() == 0:
@@ -681,7 +758,7 @@ def describe_curves(history: pd.DataFrame | None, info: dict, lang: str) -> str:
         low, last = evals["val_loss"].iloc[low_at], evals["val_loss"].iloc[-1]
         train = evals["train_loss"] if "train_loss" in evals else pd.Series(dtype=float)
         if low_at < len(evals) - 1 and last > low * 1.05:
-            train_falls = train.notna().sum() < 2 or train.iloc[-1] <= train.iloc[low_at]
+            train_falls = (not train.iloc[-1] > train.iloc[low_at]) if len(train) else True  # NaN: no evidence
             sentences.append(tr(lang, "s_overfit" if train_falls else "s_diverge", k=epoch_text(evals["epoch"][low_at]),
                                 low=f"{low:.3f}", last=f"{last:.3f}", end=end))
         else:
@@ -691,21 +768,25 @@ def describe_curves(history: pd.DataFrame | None, info: dict, lang: str) -> str:
             sentences.append(tr(lang, key, end=end, change=f"{abs(change):.1f}"))
     if info.get("stop_reason") in ("early_stopping", "max_steps"):
         sentences.append(tr(lang, f"s_{info['stop_reason']}", end=end))
-    sentences += describe_best(evals, info, lang)
+    sentences += describe_best(evals, info, lang, finished)
     return " ".join(sentences)
 
 
-def describe_best(evals: pd.DataFrame, info: dict, lang: str) -> list[str]:
+def describe_best(evals: pd.DataFrame, info: dict, lang: str, finished: bool) -> list[str]:
     """The best-checkpoint sentence and, where train-subset WER was measured, the gap sentence."""
     has_wer = "val_wer" in evals and evals["val_wer"].notna().any()
     if not has_wer:
         return []
     best_at = int(evals["val_wer"].idxmin())
-    epoch = info.get("best_epoch", evals["epoch"][best_at])
-    rows = evals.index[np.isclose(evals["epoch"], float(epoch))] if epoch is not None else []
-    best_at = int(rows[0]) if len(rows) else best_at
+    epoch = info.get("best_epoch")
+    if epoch is None:
+        epoch = evals["epoch"][best_at]
+    recorded = evals.index[np.isclose(evals["epoch"], float(epoch))]
+    best_at = int(recorded[0]) if len(recorded) else best_at
     val = evals["val_wer"][best_at]
-    sentences = [tr(lang, "s_best", k=epoch_text(epoch), wer=pct(info.get("best_val_wer", val)))]
+    recorded_wer = info.get("best_val_wer")
+    sentences = [tr(lang, "s_best" if finished else "s_best_so_far", k=epoch_text(epoch),
+                    wer=pct(val if recorded_wer is None else recorded_wer))]
     if "train_wer" in evals and pd.notna(evals["train_wer"][best_at]):
         train = evals["train_wer"][best_at]
         gap = pct(val - train)
@@ -717,21 +798,29 @@ def describe_best(evals: pd.DataFrame, info: dict, lang: str) -> list[str]:
     return sentences
 
 
-def remedies_used(info: dict, lang: str) -> str:
-    """The anti-overfitting measures run_info.json records, as one sentence."""
+def remedies_used(info: dict, model_config: dict, lang: str) -> str:
+    """The anti-overfitting measures that run_info.json and best_model/config.json record, as one sentence."""
     items = []
     if info.get("weight_decay"):
         items.append(tr(lang, "r_weight_decay", value=info["weight_decay"]))
-    facts = {**info, **(info.get("architecture") or {})}
-    for name, value in facts.items():
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
-            if "dropout" in name:
-                items.append(tr(lang, "r_dropout", name=name, value=value))
-            elif name.startswith("mask_time_prob") or name.startswith("mask_feature_prob"):
-                items.append(tr(lang, "r_augment", name=name, value=value))
-        elif value is True and "augment" in name:
-            items.append(tr(lang, "r_augment", name=name, value="on"))
-    if info.get("stop_reason") == "early_stopping" or "--patience" in str(info.get("command", "")):
+    facts = {**model_config, **info, **(info.get("architecture") or {})}
+    number = {name: value for name, value in facts.items()
+              if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0}
+    dropouts = [f"{name} {value}" for name, value in number.items() if "dropout" in name or name == "layerdrop"]
+    if dropouts:
+        items.append(tr(lang, "r_dropout", items=", ".join(dropouts)))
+    spec = facts.get("spec_augment")
+    if isinstance(spec, dict):  # train_whisper.py: {time_prob, feature_prob}, or None when off
+        masks = [f"{name} {value}" for name, value in spec.items() if isinstance(value, (int, float)) and value > 0]
+    else:
+        masks = [f"{name} {value}" for name, value in number.items() if name.startswith(("mask_time_prob",
+                                                                                         "mask_feature_prob"))]
+    # Whisper's config carries mask_time_prob 0.05 even with apply_spec_augment false: the switch decides
+    switched_on = spec is True or isinstance(spec, dict) or (spec is None and facts.get("apply_spec_augment"))
+    if switched_on:
+        items.append(tr(lang, "r_augment", items=", ".join(masks) or "on"))
+    patience = re.search(r"--patience[= ](\d+)", str(info.get("command", "")))
+    if info.get("stop_reason") == "early_stopping" or (patience and int(patience.group(1)) > 0):
         items.append(tr(lang, "r_early"))
     if info.get("lora") and info.get("params_total"):
         items.append(tr(lang, "r_lora", share=round(100 * info["params_trainable"] / info["params_total"], 2)))
@@ -768,9 +857,10 @@ def table_block(out: Path, name: str, title: str, table: pd.DataFrame) -> dict:
 def figure_block(out: Path, name: str, caption: str, figure: Figure, data: pd.DataFrame, dpi: int) -> dict:
     """A captioned figure saved as figures/NAME.png, with the numbers it plots in figures/NAME.csv."""
     path = out / "figures" / f"{name}.png"
-    figure.savefig(path, dpi=dpi, bbox_inches="tight")
+    figure.savefig(path, dpi=dpi)
     data.to_csv(path.with_suffix(".csv"), index=False, encoding="utf-8-sig")
-    return {"kind": "figure", "caption": caption, "png": path.relative_to(out).as_posix()}
+    return {"kind": "figure", "caption": caption, "png": path.relative_to(out).as_posix(),
+            "width_in": figure.get_size_inches()[0]}
 
 
 def key_value_table(rows: list[tuple[str, object]], lang: str) -> pd.DataFrame:
@@ -789,13 +879,17 @@ def new_figure(width: float = 6.5, height: float = 3.6, columns: int = 1) -> tup
 
 
 def plot_durations(histograms: dict[str, tuple[list, list]], lang: str) -> tuple[Figure, pd.DataFrame]:
-    """Overlaid per-split histograms of utterance duration."""
+    """Per-split duration histograms as % of the split, so the small splits' shapes compare with train's."""
     figure, (ax,) = new_figure()
     rows = []
     for split, (edges, counts) in histograms.items():
-        ax.stairs(counts, edges, fill=True, alpha=0.45, color=PALETTE.get(split), label=tr(lang, f"split_{split}"))
-        rows += [{"split": split, "from_s": a, "to_s": b, "utterances": c} for a, b, c in zip(edges, edges[1:], counts)]
-    ax.set(xlabel=tr(lang, "x_duration"), ylabel=tr(lang, "y_utterances"))
+        shares = 100 * np.asarray(counts, dtype=float) / max(sum(counts), 1)
+        colour = PALETTE.get(split)
+        ax.stairs(shares, edges, fill=True, alpha=0.15, color=colour)
+        ax.stairs(shares, edges, lw=1.8, color=colour, label=f"{tr(lang, f'split_{split}')} (n={sum(counts)})")
+        rows += [{"split": split, "from_s": a, "to_s": b, "utterances": c, "share_percent": round(float(p), 2)}
+                 for a, b, c, p in zip(edges, edges[1:], counts, shares)]
+    ax.set(xlabel=tr(lang, "x_duration"), ylabel=tr(lang, "y_share"))
     ax.legend()
     ax.grid(alpha=0.3)
     return figure, pd.DataFrame(rows)
@@ -861,14 +955,17 @@ def plot_comparison(table: pd.DataFrame, baselines: list[bool], lang: str) -> Fi
     for offset, column, colour in ((-0.2, "col_test_wer", "#1f77b4"), (0.2, "col_test_cer", "#ff7f0e")):
         values = table[tr(lang, column)].astype(float)
         bars = ax.bar(x + offset, values.fillna(0), width=0.4, color=colour, label=tr(lang, column),
-                      hatch=None, edgecolor="black", linewidth=0.5)
+                      edgecolor="black", linewidth=0.5)
         for bar, value, baseline in zip(bars, values, baselines):
             bar.set_hatch("//" if baseline else None)
             if pd.notna(value):
                 ax.annotate(f"{value:.1f}", (bar.get_x() + bar.get_width() / 2, value), ha="center",
                             va="bottom", fontsize=7)
-    ax.set_xticks(x, table[tr(lang, "col_model")], rotation=15, ha="right", fontsize=8)
+    names = [f"{name}\n({tr(lang, 'tick_baseline')})" if baseline else name
+             for name, baseline in zip(table[tr(lang, "col_model")], baselines)]
+    ax.set_xticks(x, names, rotation=15, ha="right", fontsize=8)
     ax.set_ylabel("%")
+    ax.margins(y=0.12)  # room for the value labels above the tallest bar
     ax.grid(alpha=0.3, axis="y")
     ax.legend(fontsize=8)
     return figure
@@ -880,8 +977,9 @@ def architecture_rows(family: str, arch: dict, lang: str) -> list[list[str]]:
         return next((arch[n] for n in names if arch.get(n) is not None), default)
 
     layers = fact("encoder_layers", "num_hidden_layers")
-    width = f"d={fact('d_model', 'hidden_size')}, {fact('heads', 'encoder_attention_heads', 'num_attention_heads')} heads"
-    ffn = f"FFN {fact('ffn_dim', 'encoder_ffn_dim', 'intermediate_size')}, {fact('activation', 'activation_function', 'hidden_act')}"
+    heads = fact("heads", "encoder_attention_heads", "num_attention_heads")
+    width = f"d={fact('d_model', 'hidden_size')}, {heads} heads"
+    ffn = f"FFN {fact('ffn_dim', 'encoder_ffn_dim', 'intermediate_size')}, {fact('activation', 'hidden_act')}"
     vocab = fact("vocab_size")
     audio, text = tr(lang, "d_audio"), tr(lang, "d_text")
     if family == "whisper":
@@ -892,26 +990,31 @@ def architecture_rows(family: str, arch: dict, lang: str) -> list[list[str]]:
                  f"Transformer\ndecoder × {fact('decoder_layers')}\nself-attn +\ncross-attn",
                  f"Linear +\nsoftmax\n{vocab} tokens", text]]
     if family == "wav2vec2":
-        return [[f"{audio}\n16 kHz", f"CNN feature\nencoder × {fact('conv_layers', 'num_feat_extract_layers')}\n(20 ms frames)",
+        return [[f"{audio}\n16 kHz",
+                 f"CNN feature\nencoder × {fact('conv_layers', 'num_feat_extract_layers')}\n"
+                 f"({float(fact('frame_stride_ms', default=20)):g} ms frames)",
                  "feature\nprojection +\nconv. position", f"Transformer\nencoder × {layers}\n{width}\n{ffn}",
                  f"Linear (CTC)\n{vocab} chars", f"CTC greedy\ndecoding\n→ {text}"]]
-    return [[f"{audio}\n16 kHz", f"spectrogram\n{fact('n_fft', 'num_features', 'n_features', 'feature_size')} bins",
-             f"Conv2D × {fact('conv_layers', 'num_conv_layers')}\n+ BatchNorm\n{fact('activation', 'conv_activation')}",
-             f"BiGRU × {fact('rnn_layers', 'num_rnn_layers')}\nhidden {fact('rnn_hidden', 'rnn_hidden_size', 'hidden_size')}",
+    return [[f"{audio}\n16 kHz", f"log-Mel\nspectrogram\n{fact('n_mels', 'num_mel_bins')} bins",
+             f"Conv2D × {fact('conv_layers', 'num_conv_layers')}\n{fact('conv_channels', default='?')} channels\n"
+             f"+ BatchNorm\n{fact('activation', 'conv_activation')}",
+             f"Bi{str(fact('rnn_type', default='gru')).upper()} × {fact('rnn_layers', 'num_rnn_layers')}\n"
+             f"{fact('rnn_hidden', 'rnn_hidden_size', 'hidden_size')} units\nper direction",
              f"Linear (CTC)\n{vocab} chars", f"CTC greedy\ndecoding\n→ {text}"]]
 
 
 def plot_architecture(family: str, info: dict, lang: str) -> tuple[Figure, pd.DataFrame]:
     """A left-to-right block diagram of the family; Whisper's decoder row reads the encoder by cross-attention."""
     rows = architecture_rows(family, info.get("architecture") or {}, lang)
-    box_w, box_h, gap = 1.45, 1.05, 0.45
+    box_w, box_h, gap, row_gap = 1.45, 1.05, 0.45, 0.9
     columns = max(len(row) for row in rows)
-    figure = Figure(figsize=(1.0 + columns * 1.25, 0.6 + 1.55 * len(rows)), layout="constrained")
-    ax = figure.add_subplot()
+    width, height = columns * (box_w + gap) + 0.1, box_h + 0.85 + (len(rows) - 1) * (box_h + row_gap)
+    figure = Figure(figsize=(0.75 * width, 0.75 * height))  # 0.75 in per unit: 7-8 in wide, text stays 7 pt
+    ax = figure.add_axes((0, 0, 1, 1))
     colours = ["#dbe9f6", "#fde2c8"]
     centres = []
     for r, row in enumerate(rows):
-        y = -r * (box_h + 0.9)
+        y = -r * (box_h + row_gap)
         centres.append([])
         for c, label in enumerate(row):
             x = c * (box_w + gap)
@@ -926,14 +1029,14 @@ def plot_architecture(family: str, info: dict, lang: str) -> tuple[Figure, pd.Da
         (ex, ey), (dx, dy) = centres[0][-1], centres[1][2]
         ax.annotate("", (dx + box_w / 2, dy + box_h), (ex + box_w / 2, ey),
                     arrowprops={"arrowstyle": "->", "lw": 1.2, "color": "#c0392b"})
-        ax.text((ex + dx) / 2 + box_w / 2 + 0.1, (ey + dy + box_h) / 2, tr(lang, "d_cross"), color="#c0392b",
+        ax.text((ex + dx) / 2 + box_w / 2 + 0.3, (ey + dy + box_h) / 2, tr(lang, "d_cross"), color="#c0392b",
                 fontsize=7, ha="left", va="center")
-    total, trainable = millions(info.get("params_total")), millions(info.get("params_trainable"))
-    footer = tr(lang, "d_params", total=total, trainable=trainable)
-    ax.text(0, -(len(rows) - 1) * (box_h + 0.9) - 0.35, footer, fontsize=7.5, ha="left", va="top")
-    ax.set_xlim(-0.1, columns * (box_w + gap))
-    ax.set_ylim(-(len(rows) - 1) * (box_h + 0.9) - 0.7, box_h + 0.15)
-    ax.set_aspect("equal")
+    footer = tr(lang, "d_params", total=grouped(info.get("params_total")),
+                trainable=grouped(info.get("params_trainable")))
+    bottom = -(len(rows) - 1) * (box_h + row_gap) - 0.7
+    ax.text(0, bottom + 0.35, footer, fontsize=7.5, ha="left", va="center")
+    ax.set_xlim(-0.1, width - 0.1)
+    ax.set_ylim(bottom, bottom + height)
     ax.axis("off")
     data = pd.DataFrame([(r, c, label.replace("\n", " ")) for r, row in enumerate(rows) for c, label in enumerate(row)],
                         columns=["row", "position", "block"])
@@ -949,8 +1052,7 @@ def status_section(runs: list[dict], data_problems: list[str], out: Path, lang: 
                           for run in runs])
     blocks = [heading(2, tr(lang, "h_status")), table_block(out, "run_status", tr(lang, "t_status"), table)]
     blocks += [paragraph(problem, warning=True) for problem in data_problems]
-    blocks += [paragraph(f"{run['name']}: {problem}", warning=True) for run in runs for problem in run["problems"]
-               if run["mismatch"] and tr(lang, "check_bad") in problem]
+    blocks += [paragraph(f"{run['name']}: {mismatch}", warning=True) for run in runs for mismatch in run["mismatches"]]
     return blocks
 
 
@@ -985,7 +1087,7 @@ def duration_histograms(summary: dict, data: Path) -> dict[str, tuple[list, list
         dataset = datasets.load_from_disk(str(data))
         durations = {split: np.asarray(dataset[split].data.column("duration").to_pylist(), dtype=float)
                      for split in SPLITS if split in dataset}
-    except (OSError, ValueError, KeyError, FileNotFoundError):
+    except (OSError, ValueError, KeyError):
         return {}
     top = max((d.max() for d in durations.values() if len(d)), default=1.0)
     edges = np.arange(0.0, top + 0.5, 0.5)
@@ -995,10 +1097,10 @@ def duration_histograms(summary: dict, data: Path) -> dict[str, tuple[list, list
 def data_section(data: Path | None, out: Path, lang: str, dpi: int) -> tuple[list[dict], list[str]]:
     """Split table, duration histogram, why the ratio, preprocessing steps; or the problem if no summary."""
     blocks = [heading(2, tr(lang, "h_data"))]
-    summary_path = (data or Path("DATA")) / "prepare_summary.json"
-    if data is None or not summary_path.is_file():
-        problem = tr(lang, "p_data", path=summary_path)
+    if data is None or not (data / "prepare_summary.json").is_file():
+        problem = tr(lang, "p_no_data") if data is None else tr(lang, "p_data", path=data / "prepare_summary.json")
         return blocks + [paragraph(problem, warning=True)], [problem]
+    summary_path = data / "prepare_summary.json"
     summary = json.loads(summary_path.read_text(encoding="utf-8"))
     blocks.append(table_block(out, "dataset_splits", tr(lang, "t_splits"), split_table(summary, lang)))
     blocks.append(paragraph(" ".join([tr(lang, "why_speaker" if summary.get("val_split") == "speaker"
@@ -1016,7 +1118,8 @@ def data_section(data: Path | None, out: Path, lang: str, dpi: int) -> tuple[lis
     if summary.get("min_seconds") is not None and summary.get("max_seconds") is not None:
         steps.append(tr(lang, "pre_limits", low=summary["min_seconds"], high=summary["max_seconds"]))
     if summary.get("skipped"):
-        steps.append(tr(lang, "pre_skipped", items=", ".join(f"{reason}: {n}" for reason, n in summary["skipped"].items())))
+        skipped = ", ".join(f"{reason}: {n}" for reason, n in summary["skipped"].items())
+        steps.append(tr(lang, "pre_skipped", items=skipped))
     blocks += [heading(3, tr(lang, "h_preprocessing")), bullets(steps)]
     if summary.get("command"):
         blocks += [paragraph(tr(lang, "pre_command")), code(summary["command"])]
@@ -1026,13 +1129,16 @@ def data_section(data: Path | None, out: Path, lang: str, dpi: int) -> tuple[lis
 def model_section(run: dict, out: Path, lang: str, dpi: int) -> list[dict]:
     """Why this model, its architecture and training configuration tables and its block diagram."""
     info, name = run["info"], run["name"]
+    if not info:
+        return [heading(3, name), paragraph(tr(lang, "no_run_info"), warning=True)]
     family = info.get("family", "?")
     blocks = [heading(3, f"{name} ({family})")]
     if f"why_{family}" in TEXT:
-        blocks.append(paragraph(f"{tr(lang, f'why_{family}')} {tr(lang, 'base_model', base=info.get('base_model', '?'))}"))
+        base = tr(lang, "base_model", base=info.get("base_model", "?"))
+        blocks.append(paragraph(f"{tr(lang, f'why_{family}')} {base}"))
     total, trainable = info.get("params_total"), info.get("params_trainable")
-    arch_rows = [(tr(lang, "k_family"), family), (tr(lang, "k_params_total"), millions(total)),
-                 (tr(lang, "k_params_trainable"), millions(trainable)),
+    arch_rows = [(tr(lang, "k_family"), family), (tr(lang, "k_params_total"), total),
+                 (tr(lang, "k_params_trainable"), trainable),
                  (tr(lang, "k_trainable_share"), round(100 * trainable / total, 2) if total and trainable else None),
                  *((key, value) for key, value in (info.get("architecture") or {}).items()),
                  (tr(lang, "k_loss"), info.get("loss"))]
@@ -1042,7 +1148,8 @@ def model_section(run: dict, out: Path, lang: str, dpi: int) -> list[dict]:
     config_keys = ["optimizer", "learning_rate", "scheduler", "warmup_steps", "weight_decay", "batch_size",
                    "grad_accum", "effective_batch_size", "precision", "lora", "epochs_planned", "epochs_run",
                    "best_epoch", "best_step"]
-    config_rows = [(tr(lang, f"k_{key}"), json.dumps(info[key]) if isinstance(info.get(key), dict) else info.get(key))
+    config_rows = [(tr(lang, f"k_{key}"), json.dumps(info[key]) if isinstance(info.get(key), dict)
+                    else epoch_value(info.get(key)) if key in ("epochs_run", "best_epoch") else info.get(key))
                    for key in config_keys]
     config_rows += [(tr(lang, "k_best_val_wer"), pct(info.get("best_val_wer"))),
                     (tr(lang, "k_stop_reason"), info.get("stop_reason")),
@@ -1072,9 +1179,9 @@ def training_section(run: dict, out: Path, lang: str, dpi: int) -> list[dict]:
         blocks.append(figure_block(out, f"{run['slug']}_learning_curves",
                                    tr(lang, "c_curves", run=run["name"], best=epoch_text(best)),
                                    plot_curves(history, best, lang), history[columns], dpi))
-    blocks.append(paragraph(describe_curves(history, info, lang)))
+    blocks.append(paragraph(describe_curves(history, info, lang, finished=run["predictions"] is not None)))
     if not run["eval_only"] and run["info"]:
-        blocks.append(paragraph(remedies_used(run["info"], lang)))
+        blocks.append(paragraph(remedies_used(run["info"], run["model_config"], lang)))
     return blocks
 
 
@@ -1094,7 +1201,7 @@ def metrics_table(run: dict, lang: str) -> pd.DataFrame:
         show = pct if as_pct else (lambda v: None if v is None else round(v, 4) if isinstance(v, float) else v)
         rows.append({tr(lang, "col_metric"): tr(lang, f"m_{key}"), tr(lang, "col_stored"): show(value),
                      tr(lang, "col_recomputed"): show(again), tr(lang, "col_check"): check})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, dtype=object)  # object: counts stay integers beside the percentages
 
 
 def worst_table(predictions: pd.DataFrame, errors: pd.DataFrame, durations: pd.Series, count: int,
@@ -1117,14 +1224,15 @@ def worst_table(predictions: pd.DataFrame, errors: pd.DataFrame, durations: pd.S
 
 
 def word_error_table(predictions: pd.DataFrame, count: int, lang: str) -> pd.DataFrame:
-    """The `count` most frequent substitutions, deletions and insertions, one block after the other."""
-    words = jiwer.process_words(predictions["reference"].tolist(), predictions["prediction"].tolist())
-    substitutions, insertions, deletions = jiwer.collect_error_counts(words)
-    rows = [(tr(lang, "e_substitution"), ref, hyp, n) for (ref, hyp), n in
-            Counter(substitutions).most_common(count)]
-    rows += [(tr(lang, "e_deletion"), ref, "", n) for ref, n in Counter(deletions).most_common(count)]
-    rows += [(tr(lang, "e_insertion"), "", hyp, n) for hyp, n in Counter(insertions).most_common(count)]
-    return pd.DataFrame(rows, columns=[tr(lang, c) for c in ("col_type", "col_reference", "col_prediction", "col_count")])
+    """The `count` most frequent word substitutions, deletions and insertions, one block after the other
+    (word by word: jiwer's own error counts would lump a run of substituted words into one phrase)."""
+    errors = Counter(aligned_words(predictions["reference"].tolist(), predictions["prediction"].tolist()))
+    rows = []
+    for kind, key in (("substitute", "e_substitution"), ("delete", "e_deletion"), ("insert", "e_insertion")):
+        ranked = sorted(((n, ref, hyp) for (k, ref, hyp), n in errors.items() if k == kind), key=lambda r: -r[0])
+        rows += [(tr(lang, key), ref or "", hyp or "", n) for n, ref, hyp in ranked[:count]]
+    columns = [tr(lang, c) for c in ("col_type", "col_reference", "col_prediction", "col_count")]
+    return pd.DataFrame(rows, columns=columns)
 
 
 def grouped_wer(errors: pd.DataFrame, groups: pd.Series, name: str) -> pd.DataFrame:
@@ -1145,7 +1253,7 @@ def tone_blocks(run: dict, out: Path, lang: str, dpi: int) -> list[dict]:
     predictions, name, slug = run["predictions"], run["name"], run["slug"]
     references, hypotheses = predictions["reference"].tolist(), predictions["prediction"].tolist()
     wer = run["recomputed"]["wer"]
-    plain = jiwer.process_words([strip_tones(t) for t in references], [strip_tones(t) for t in hypotheses]).wer
+    plain = toneless_wer(references, hypotheses)
     matrix = tone_confusion(references, hypotheses)
     counted = int(matrix.values.sum())
     accuracy = np.trace(matrix.values) / counted if counted else None
@@ -1161,7 +1269,8 @@ def tone_blocks(run: dict, out: Path, lang: str, dpi: int) -> list[dict]:
     blocks = [heading(4, tr(lang, "h_tones")),
               table_block(out, f"{slug}_tone_effect", tr(lang, "t_tones", run=name), key_value_table(rows, lang)),
               paragraph(tr(lang, "tone_sentence", wer=pct(wer), plain=pct(plain), share=pct(share), n=counted,
-                           acc=pct(accuracy), top=top)),
+                           acc=pct(accuracy), top=top) if counted else tr(lang, "tone_none", wer=pct(wer),
+                                                                           plain=pct(plain))),
               figure_block(out, f"{slug}_tone_confusion", tr(lang, "c_tones", run=name), plot_tone_matrix(matrix, lang),
                            matrix.reset_index(names=tr(lang, "y_tone_ref")), dpi)]
     pairs = character_confusions(references, hypotheses, top=15)
@@ -1186,9 +1295,8 @@ def test_section(run: dict, out: Path, lang: str, dpi: int, worst: int, top: int
     blocks.append(table_block(out, f"{slug}_test_metrics", tr(lang, "t_metrics", run=name), metrics_table(run, lang)))
     if run["metrics"] is None:
         blocks.append(paragraph(tr(lang, "no_metrics_file"), warning=True))
-    elif run["mismatch"]:
-        bad = [p for p in run["problems"] if tr(lang, "check_bad") in p]
-        blocks.append(paragraph(tr(lang, "metrics_bad", items="; ".join(bad)), warning=True))
+    elif run["mismatches"]:
+        blocks.append(paragraph(tr(lang, "metrics_bad", items="; ".join(run["mismatches"])), warning=True))
     else:
         blocks.append(paragraph(tr(lang, "metrics_ok")))
     errors = utterance_errors(predictions["reference"].tolist(), predictions["prediction"].tolist())
@@ -1224,20 +1332,21 @@ def comparison_rows(runs: list[dict], lang: str) -> pd.DataFrame:
             continue
         info = run["info"]
         seconds = info.get("train_seconds")
-        plain = None
-        if run["predictions"] is not None:
-            plain = jiwer.process_words([strip_tones(t) for t in run["predictions"]["reference"]],
-                                        [strip_tones(t) for t in run["predictions"]["prediction"]]).wer
+        predictions = run["predictions"]
+        plain = None if predictions is None else toneless_wer(predictions["reference"].tolist(),
+                                                              predictions["prediction"].tolist())
         rows.append({tr(lang, "col_model"): run["name"], tr(lang, "col_family"): info.get("family"),
                      tr(lang, "col_kind"): tr(lang, "kind_baseline" if run["eval_only"] else "kind_trained"),
                      tr(lang, "col_base"): info.get("base_model"),
                      tr(lang, "col_params_total"): millions(info.get("params_total")),
                      tr(lang, "col_params_trainable"): millions(info.get("params_trainable")),
-                     tr(lang, "col_epochs"): None if run["eval_only"] else info.get("epochs_run"),
-                     tr(lang, "col_best_epoch"): None if run["eval_only"] else info.get("best_epoch"),
-                     tr(lang, "col_train_minutes"): None if run["eval_only"] or seconds is None else round(seconds / 60, 1),
+                     tr(lang, "col_epochs"): None if run["eval_only"] else epoch_value(info.get("epochs_run")),
+                     tr(lang, "col_best_epoch"): None if run["eval_only"] else epoch_value(info.get("best_epoch")),
+                     tr(lang, "col_train_minutes"): None if run["eval_only"] or seconds is None
+                     else round(seconds / 60, 1),
                      tr(lang, "col_gpu_mb"): info.get("peak_gpu_memory_mb"),
-                     tr(lang, "col_test_wer"): pct(metrics.get("wer")), tr(lang, "col_test_cer"): pct(metrics.get("cer")),
+                     tr(lang, "col_test_wer"): pct(metrics.get("wer")),
+                     tr(lang, "col_test_cer"): pct(metrics.get("cer")),
                      tr(lang, "col_wer_no_tone"): pct(plain),
                      tr(lang, "col_rtf"): round(metrics["rtf"], 4) if metrics.get("rtf") is not None else None})
     return pd.DataFrame(rows)
@@ -1255,10 +1364,11 @@ def comparison_section(runs: list[dict], out: Path, lang: str, dpi: int) -> list
     (out / "comparison.md").write_text(f"**{title}**\n\n{markdown_table(table)}\n", encoding="utf-8")
     baselines = [run["eval_only"] for run in runs if (run["metrics"] or run["recomputed"]) is not None]
     figure = plot_comparison(table, baselines, lang)
-    figure.savefig(out / "comparison.png", dpi=dpi, bbox_inches="tight")
+    figure.savefig(out / "comparison.png", dpi=dpi)
     wer_column = tr(lang, "col_test_wer")
     best = table.loc[table[wer_column].astype(float).idxmin()]
-    return blocks + [block, {"kind": "figure", "caption": tr(lang, "c_comparison"), "png": "comparison.png"},
+    return blocks + [block, {"kind": "figure", "caption": tr(lang, "c_comparison"), "png": "comparison.png",
+                             "width_in": figure.get_size_inches()[0]},
                      paragraph(tr(lang, "comparison_best", run=best[tr(lang, "col_model")], wer=best[wer_column]))]
 
 
@@ -1341,17 +1451,21 @@ def render_html(blocks: list[dict], out: Path, lang: str) -> str:
             figures += 1
             image = base64.b64encode((out / block["png"]).read_bytes()).decode("ascii")
             label = f"{tr(lang, 'figure')} {figures}"
-            parts.append(f"<figure><img alt=\"{label}\" src=\"data:image/png;base64,{image}\">"
+            width = round(block["width_in"] * 96)  # CSS px per inch: the size the figure was drawn for
+            parts.append(f"<figure><img alt=\"{label}\" style=\"width:{width}px\" "
+                         f"src=\"data:image/png;base64,{image}\">"
                          f"<figcaption>{label}. {html.escape(block['caption'])}</figcaption></figure>")
-    return (f"<!DOCTYPE html>\n<html lang=\"{lang}\"><head><meta charset=\"utf-8\"><title>{html.escape(tr(lang, 'title'))}"
-            f"</title><style>{HTML_STYLE}</style></head><body>\n" + "\n".join(parts) + "\n</body></html>\n")
+    return (f"<!DOCTYPE html>\n<html lang=\"{lang}\"><head><meta charset=\"utf-8\">"
+            f"<title>{html.escape(tr(lang, 'title'))}</title><style>{HTML_STYLE}</style></head><body>\n"
+            + "\n".join(parts) + "\n</body></html>\n")
 
 
 # ----------------------------------------------------------------------------- main
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=__doc__.split("\n\n", 1)[1])
     inputs = parser.add_argument_group("inputs")
     inputs.add_argument("--runs", type=Path, nargs="+", required=True,
                         help="run folders (the trainers' --output-dir); a folder of runs stands for all runs in it")
@@ -1415,7 +1529,7 @@ def main(argv: list[str] | None = None) -> int:
         print(problem, file=sys.stderr)
     print(f"wrote {out / 'report.md'}, {out / 'report.html'} and {out / 'comparison.csv'} "
           f"({len(runs)} run(s), {time.perf_counter() - started:.1f} s)")
-    troubled = data_problems or any(run["status"] in ("st_missing", "st_partial") or run["mismatch"] for run in runs)
+    troubled = data_problems or any(run["status"] in ("st_missing", "st_partial") or run["mismatches"] for run in runs)
     return 1 if args.strict and troubled else 0
 
 
