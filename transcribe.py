@@ -1,0 +1,386 @@
+"""Transcribe audio files and folders with a model trained by our trainers (Whisper, Wav2Vec2, DeepSpeech2).
+
+Shortest command (a run folder or its best_model/; the family is read from its config.json):
+
+    python transcribe.py --model runs/whisper-small audio.wav more.flac recordings/
+
+Files of any sample rate and channel count that soundfile reads (WAV, FLAC, OGG, MP3) are mixed to
+mono and resampled to 16 kHz. Recordings longer than one chunk (30 s for Whisper, 20 s for Wav2Vec2,
+15 s for DeepSpeech2) are cut into chunks and get timestamps: the transformers pipeline's chunking
+for Whisper and Wav2Vec2, windows cut at the quietest moment for DeepSpeech2. The text is normalised
+exactly as the trainers scored it. A file that cannot be read is reported and skipped; the others are
+still transcribed. Each transcript is printed, then the real-time factor.
+
+What it writes in --output-dir (default transcripts/):
+  --format txt   one NAME.txt per audio file: the transcript                 (default)
+  --format srt   one NAME.srt per audio file: subtitles, one per chunk or phrase
+  --format csv   transcripts.csv: path,start,end,text, one row per chunk or phrase
+  --format json  transcripts.json: model, family, per file {path, duration, text, segments
+                 [{start, end, text}]}, skipped files with the reason, audio and decode seconds, rtf
+NAME keeps the files' folders below the inputs' common folder, so two a.wav never overwrite each other.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import importlib.util
+import json
+import os
+import sys
+import time
+import unicodedata
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import soxr
+import torch
+from tqdm.auto import tqdm
+
+SAMPLE_RATE = 16000  # every model we train expects 16 kHz mono
+FAMILIES = ("whisper", "wav2vec2", "deepspeech2")
+# Longest piece decoded at once: Whisper's encoder sees 30 s; the CTC models were trained on short
+# utterances and keep their accuracy on pieces of this length.
+CHUNK_SECONDS = {"whisper": 30.0, "wav2vec2": 20.0, "deepspeech2": 15.0}
+PAUSE_SEARCH_SECONDS = 3.0  # a DeepSpeech2 window ends at the quietest 20 ms of its last 3 s
+PHRASE_SECONDS = 6.0  # Wav2Vec2 word timestamps are grouped into subtitle phrases of at most 6 s ...
+PHRASE_GAP_SECONDS = 0.5  # ... and a silence this long starts a new phrase
+AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".oga", ".mp3", ".opus", ".aif", ".aiff"}
+
+
+class InputError(SystemExit):
+    """Wrong model folder or nothing to transcribe: the message says what was expected, found, and to do."""
+
+
+def normalize_text(text: str) -> str:
+    """NFC, lower case, punctuation and symbols to spaces, whitespace collapsed; tone marks kept."""
+    text = unicodedata.normalize("NFC", text).lower()
+    text = "".join(ch if unicodedata.category(ch)[0] in "LMN" else " " for ch in text)
+    return " ".join(text.split())
+
+
+# ----------------------------------------------------------------------------- model (same code in demo.py)
+
+def find_model_dir(path: Path) -> tuple[Path, str]:
+    """The model folder (a run folder's best_model/, or the folder itself) and its family from config.json."""
+    path = Path(path).expanduser()
+    folder = path / "best_model" if (path / "best_model" / "config.json").is_file() else path
+    config = folder / "config.json"
+    if not config.is_file():
+        found = ", ".join(sorted(p.name for p in path.iterdir())[:12]) if path.is_dir() else "no such folder"
+        raise InputError(f"model folder {path}: expected a run folder holding best_model/config.json, or the "
+                         f"best_model/ folder itself; found: {found or 'an empty folder'}. Pass the "
+                         "--output-dir of train_whisper.py, train_wav2vec2.py or train_deepspeech.py.")
+    family = json.loads(config.read_text(encoding="utf-8")).get("model_type")
+    if family not in FAMILIES:
+        raise InputError(f"{config}: model_type is {family!r}, expected one of {', '.join(FAMILIES)}; "
+                         "pass a model folder written by one of our trainers.")
+    return folder, family
+
+
+def load_model(folder: Path, family: str, device: str):
+    """A transformers ASR pipeline for Whisper and Wav2Vec2; for DeepSpeech2 (its own code module, model)."""
+    if family == "deepspeech2":
+        # The model's code travels with its weights (modeling_deepspeech2.py), as Hugging Face remote code does.
+        spec = importlib.util.spec_from_file_location("modeling_deepspeech2", folder / "modeling_deepspeech2.py")
+        code = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(code)
+        return code, code.load_model(folder).to(device)
+    from transformers import pipeline
+
+    return pipeline("automatic-speech-recognition", model=str(folder), device=device)
+
+
+def decode_kwargs(family: str, asr) -> dict:
+    """Pipeline call arguments: Whisper transcribes Vietnamese with the beams its trainer scored with."""
+    if family != "whisper":
+        return {}
+    config = asr.model.generation_config
+    return {"ignore_warning": True,  # chunking long audio is what we want; the pipeline warns about it
+            "generate_kwargs": {"language": getattr(config, "language", None) or "vi",
+                                "task": getattr(config, "task", None) or "transcribe",
+                                "num_beams": config.num_beams}}
+
+
+def scored_text(family: str, asr, text: str) -> str:
+    """A pipeline transcript as the trainers score it: normalised, and for Wav2Vec2 without the tokenizer's
+    unknown token (train_wav2vec2.py drops it before scoring)."""
+    if family == "wav2vec2":
+        text = text.replace(asr.tokenizer.unk_token, "")
+    return normalize_text(text)
+
+
+def load_audio(path: Path) -> np.ndarray:
+    """16 kHz mono float32, whatever the file's rate and channels (soundfile + soxr, no FFmpeg)."""
+    audio, rate = sf.read(str(path), dtype="float32", always_2d=True)
+    audio = audio.mean(axis=1)
+    if rate != SAMPLE_RATE:
+        audio = soxr.resample(audio, rate, SAMPLE_RATE).astype(np.float32)
+    return audio
+
+
+# ----------------------------------------------------------------------------- long audio and timestamps
+
+def segment(start: float, end: float, text: str) -> dict:
+    return {"start": round(float(start), 3), "end": round(float(end), 3), "text": text}
+
+
+def whole_clip(text: str, duration: float) -> list[dict]:
+    """A clip decoded in one piece is one segment from 0 to its end."""
+    return [segment(0.0, duration, text)] if text else []
+
+
+def whisper_segments(chunks: list[dict], duration: float) -> list[dict]:
+    """Whisper's timestamped segments, clipped to the recording (the last one may have no end)."""
+    segments = []
+    for chunk in chunks:
+        start, end = chunk["timestamp"]
+        start = min(max(start or 0.0, 0.0), duration)
+        end = duration if end is None else min(max(end, start), duration)
+        if chunk["text"]:
+            segments.append(segment(start, end, chunk["text"]))
+    return segments
+
+
+def phrase_segments(words: list[dict]) -> list[dict]:
+    """Wav2Vec2 word timestamps grouped into subtitle phrases: a new one after a pause or PHRASE_SECONDS."""
+    segments = []
+    for word in (word for word in words if word["text"]):
+        start, end = word["timestamp"]
+        last = segments[-1] if segments else None
+        if last and start - last["end"] <= PHRASE_GAP_SECONDS and end - last["start"] <= PHRASE_SECONDS:
+            last["end"], last["text"] = round(float(end), 3), f"{last['text']} {word['text']}"
+        else:
+            segments.append(segment(start, end, word["text"]))
+    return segments
+
+
+def pause_windows(waveform: np.ndarray, window_s: float) -> list[tuple[int, int]]:
+    """(start, end) samples of windows at most window_s long, each ending at the quietest 20 ms of its last
+    PAUSE_SEARCH_SECONDS, so that a window boundary falls between words rather than inside one."""
+    window, search, frame = int(window_s * SAMPLE_RATE), int(PAUSE_SEARCH_SECONDS * SAMPLE_RATE), SAMPLE_RATE // 50
+    windows, start = [], 0
+    while len(waveform) - start > window:
+        low = start + window - search
+        energy = np.add.reduceat(waveform[low: start + window] ** 2, np.arange(0, search, frame))
+        end = low + int(np.argmin(energy)) * frame + frame // 2
+        windows.append((start, end))
+        start = end
+    return windows + [(start, len(waveform))]
+
+
+def transcribe_hf(asr, family: str, waveforms: list[np.ndarray], chunk_s: float, batch_size: int) -> list[dict]:
+    """Whisper / Wav2Vec2 through the pipeline. A recording longer than chunk_s is decoded in overlapping
+    chunks (batch_size at a time) with timestamps; a shorter one in one piece, as the trainers scored it."""
+    kwargs = decode_kwargs(family, asr)
+    durations = [len(w) / SAMPLE_RATE for w in waveforms]
+    short = [i for i, d in enumerate(durations) if d <= chunk_s]
+    long = [i for i, d in enumerate(durations) if d > chunk_s]
+    # Whisper pads every clip to 30 s anyway, so short clips batch freely. A CTC batch pads the shorter clips and
+    # the pipeline decodes their padding frames into letters the trainer never scored: one clip at a time.
+    one_piece = {"batch_size": batch_size if family == "whisper" else 1}
+    chunked = {"batch_size": batch_size, "chunk_length_s": chunk_s,
+               "return_timestamps": True if family == "whisper" else "word"}
+    results = [None] * len(waveforms)
+    for indices, settings in ((short, one_piece), (long, chunked)):
+        inputs = [{"raw": waveforms[i], "sampling_rate": SAMPLE_RATE} for i in indices]
+        for i, output in zip(indices, asr(inputs, **settings, **kwargs) if inputs else []):
+            text = scored_text(family, asr, output["text"])
+            if "chunks" not in output:
+                results[i] = {"text": text, "segments": whole_clip(text, durations[i])}
+                continue
+            chunks = [{"text": scored_text(family, asr, c["text"]), "timestamp": c["timestamp"]}
+                      for c in output["chunks"]]
+            segments = whisper_segments(chunks, durations[i]) if family == "whisper" else phrase_segments(chunks)
+            results[i] = {"text": text, "segments": segments}
+    return results
+
+
+def transcribe_deepspeech(model, waveforms: list[np.ndarray], chunk_s: float) -> list[dict]:
+    """DeepSpeech2: every recording cut into pause-aligned windows, all windows decoded by the model's own
+    transcribe() (which batches them), each window one timestamped segment."""
+    code, net = model
+    pieces = [(i, start, end) for i, w in enumerate(waveforms) for start, end in pause_windows(w, chunk_s)]
+    with torch.inference_mode():
+        texts = code.transcribe(net, [waveforms[i][start:end] for i, start, end in pieces])
+    results = [{"text": "", "segments": []} for _ in waveforms]
+    for (i, start, end), text in zip(pieces, texts):
+        text = normalize_text(text)
+        if text:
+            results[i]["segments"].append(segment(start / SAMPLE_RATE, end / SAMPLE_RATE, text))
+    for result in results:
+        result["text"] = " ".join(s["text"] for s in result["segments"])
+    return results
+
+
+# ----------------------------------------------------------------------------- inputs and outputs
+
+def list_audio_files(paths: list[Path]) -> tuple[list[Path], list[dict]]:
+    """Files given by name (whatever their suffix: unreadable ones are reported later) and the audio files
+    found under folders, recursively; plus the paths that do not exist."""
+    files, missing = [], []
+    for path in paths:
+        path = path.expanduser()
+        if path.is_dir():
+            files += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
+        elif path.is_file():
+            files.append(path)
+        else:
+            missing.append({"path": str(path), "reason": "no such file or folder"})
+    return list(dict.fromkeys(p.resolve() for p in files)), missing
+
+
+def read_audio_files(paths: list[Path], skipped: list[dict]) -> tuple[list[Path], list[np.ndarray]]:
+    """The files that could be read and their 16 kHz mono waveforms; the others are added to `skipped`, with
+    the reason, and reported at once."""
+    read, waveforms = [], []
+    for path in paths:
+        try:
+            waveform = load_audio(path)
+        except Exception as error:  # soundfile raises several types for unreadable or unsupported files
+            skipped.append({"path": str(path), "reason": f"cannot read it as audio ({error})"})
+            tqdm.write(f"skipped {path}: cannot read it as audio ({error}). Expected a file soundfile reads "
+                       "(WAV, FLAC, OGG, MP3); convert others first, e.g. ffmpeg -i in.m4a out.wav", file=sys.stderr)
+            continue
+        if waveform.size == 0:
+            skipped.append({"path": str(path), "reason": "no audio samples"})
+            tqdm.write(f"skipped {path}: the file holds no audio samples", file=sys.stderr)
+            continue
+        read.append(path)
+        waveforms.append(waveform)
+    return read, waveforms
+
+
+def output_names(files: list[Path]) -> dict[Path, Path]:
+    """Each file's path below the files' common folder, so outputs mirror the input folders."""
+    try:
+        base = Path(os.path.commonpath([str(p.parent) for p in files]))
+    except ValueError:  # Windows: files on different drives share no folder
+        return {p: Path(*p.parts[1:]) for p in files}
+    return {p: p.relative_to(base) for p in files}
+
+
+def srt_time(seconds: float) -> str:
+    millis = int(round(seconds * 1000))
+    return f"{millis // 3600000:02d}:{millis // 60000 % 60:02d}:{millis // 1000 % 60:02d},{millis % 1000:03d}"
+
+
+def srt_text(segments: list[dict]) -> str:
+    return "".join(f"{n}\n{srt_time(s['start'])} --> {srt_time(s['end'])}\n{s['text']}\n\n"
+                   for n, s in enumerate(segments, 1))
+
+
+def write_per_file(result: dict, fmt: str, target: Path) -> None:
+    """NAME.txt (the transcript) or NAME.srt (subtitles) for one audio file."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    text = result["text"] + "\n" if fmt == "txt" else srt_text(result["segments"])
+    target.write_text(text, encoding="utf-8")
+
+
+def write_table(results: list[dict], summary: dict, fmt: str, out_dir: Path) -> Path:
+    """transcripts.csv (one row per segment) or transcripts.json (everything)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if fmt == "json":
+        path = out_dir / "transcripts.json"
+        path.write_text(json.dumps({**summary, "files": results}, ensure_ascii=False, indent=2), encoding="utf-8")
+        return path
+    path = out_dir / "transcripts.csv"
+    # utf-8-sig: Excel on Windows shows the Vietnamese letters only with the BOM
+    with path.open("w", encoding="utf-8-sig", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "start", "end", "text"])
+        for result in results:
+            writer.writerows([result["path"], s["start"], s["end"], s["text"]] for s in result["segments"])
+    return path
+
+
+# ----------------------------------------------------------------------------- main
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    inputs = parser.add_argument_group("input")
+    inputs.add_argument("audio", nargs="+", type=Path,
+                        help="audio files and/or folders (searched recursively for .wav .flac .ogg .mp3 ...)")
+    inputs.add_argument("--model", type=Path, required=True,
+                        help="a run folder (OUTPUT_DIR of a trainer) or its best_model/ folder")
+    output = parser.add_argument_group("output")
+    output.add_argument("--format", choices=["txt", "csv", "srt", "json"], default="txt",
+                        help="txt/srt: one file per audio file; csv/json: one table for all (default txt)")
+    output.add_argument("--output-dir", type=Path, default=Path("transcripts"),
+                        help="folder for the transcripts (created; default transcripts/)")
+    decoding = parser.add_argument_group("decoding")
+    decoding.add_argument("--device", default="auto",
+                          help="auto (CUDA GPU when there is one, else CPU), cpu, cuda, cuda:1, ...")
+    decoding.add_argument("--batch-size", type=int, default=8,
+                          help="files read per step, and clips or chunks of a long recording decoded "
+                               "together; lower it if the GPU runs out of memory (default 8)")
+    decoding.add_argument("--chunk-length", type=float, default=None,
+                          help="seconds per chunk of a long recording (default 30 Whisper, 20 Wav2Vec2, "
+                               "15 DeepSpeech2; Whisper at most 30)")
+    args = parser.parse_args(argv)
+    if args.batch_size < 1:
+        parser.error("--batch-size must be at least 1")
+    if args.chunk_length is not None and args.chunk_length <= PAUSE_SEARCH_SECONDS:
+        parser.error(f"--chunk-length must be more than {PAUSE_SEARCH_SECONDS:g} seconds")
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    folder, family = find_model_dir(args.model)
+    chunk_s = args.chunk_length or CHUNK_SECONDS[family]
+    if family == "whisper" and chunk_s > CHUNK_SECONDS["whisper"]:
+        raise InputError(f"--chunk-length {chunk_s:g}: Whisper sees at most 30 s at once; pass 30 or less")
+    files, skipped = list_audio_files(args.audio)
+    for item in skipped:
+        print(f"skipped {item['path']}: {item['reason']}", file=sys.stderr)
+    if not files:
+        raise InputError(f"no audio found in {' '.join(str(p) for p in args.audio)}; expected audio files or "
+                         f"folders holding {', '.join(sorted(AUDIO_SUFFIXES))} files")
+
+    device = args.device if args.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu"
+    started = time.perf_counter()
+    model = load_model(folder, family, device)
+    print(f"{family} model from {folder} on {device} (loaded in {time.perf_counter() - started:.1f} s)")
+
+    names = output_names(files)
+    out_dir = args.output_dir.expanduser()
+    results, audio_seconds, decode_seconds = [], 0.0, 0.0
+    progress = tqdm(total=len(files), unit="file", desc="transcribing")
+    for first in range(0, len(files), args.batch_size):
+        batch, waveforms = read_audio_files(files[first: first + args.batch_size], skipped)
+        started = time.perf_counter()
+        decoded = (transcribe_deepspeech(model, waveforms, chunk_s) if family == "deepspeech2"
+                   else transcribe_hf(model, family, waveforms, chunk_s, args.batch_size))
+        decode_seconds += time.perf_counter() - started
+        for path, waveform, result in zip(batch, waveforms, decoded):
+            duration = len(waveform) / SAMPLE_RATE
+            audio_seconds += duration
+            result = {"path": str(path), "duration": round(duration, 3), **result}
+            results.append(result)
+            tqdm.write(f"{names[path]}: {result['text']}")
+            if args.format in ("txt", "srt"):
+                write_per_file(result, args.format, out_dir / names[path].with_suffix(f".{args.format}"))
+        progress.update(len(files[first: first + args.batch_size]))
+    progress.close()
+
+    rtf = round(decode_seconds / audio_seconds, 4) if audio_seconds else None
+    summary = {"model": str(folder), "family": family, "device": device, "audio_seconds": round(audio_seconds, 3),
+               "decode_seconds": round(decode_seconds, 3), "rtf": rtf, "skipped": skipped}
+    if args.format in ("csv", "json"):
+        print(f"wrote {write_table(results, summary, args.format, out_dir)}")
+    elif results:
+        print(f"wrote {len(results)} .{args.format} file{'s' * (len(results) != 1)} in {out_dir}")
+    if results:
+        print(f"transcribed {len(results)} file{'s' * (len(results) != 1)}, {audio_seconds:.1f} s of audio in "
+              f"{decode_seconds:.1f} s: real-time factor {rtf:.3f} (below 1 is faster than real time)")
+    if skipped:
+        print(f"skipped {len(skipped)} input(s): " + "; ".join(f"{s['path']} ({s['reason']})" for s in skipped),
+              file=sys.stderr)
+    if not results:
+        raise InputError("nothing was transcribed: none of the inputs could be read as audio (see above)")
+    return {**summary, "files": results}
+
+
+if __name__ == "__main__":
+    main()
