@@ -1,0 +1,911 @@
+"""Fine-tune a Wav2Vec2 / XLS-R model with a CTC head on a prepared VIVOS waveform dataset.
+
+Shortest command (the dataset comes from `prepare_vivos.py --features waveform`):
+
+    python train_wav2vec2.py --data data/vivos_wave --output-dir runs/wav2vec2-xlsr
+
+It builds a character vocabulary from the train transcripts (`|` between words, `[PAD]` as the CTC
+blank, `[UNK]`), or keeps the checkpoint's own CTC head when its vocabulary already covers the data,
+trains by epoch with validation loss/WER/CER and a train-subset WER after every epoch, stops early when
+validation WER stops improving, loads the best checkpoint and transcribes the test split with it.
+Re-running the same command resumes from the last complete checkpoint.
+
+What it writes in --output-dir:
+  checkpoint-N/           Trainer checkpoints (resume)
+  best_model/             model + processor for pipeline("automatic-speech-recognition"), README.md card
+  trainer_state.json      the Trainer's log history
+  history.csv             one row per evaluation (losses, WER/CER on validation and on the train subset)
+  run_info.json           model, settings, vocabulary, timing and dataset facts
+  test_predictions.csv    per-utterance reference, prediction, WER, CER
+  test_metrics.json       corpus WER, CER, error counts, decode time and real-time factor
+  runs/                   TensorBoard events (when tensorboard is installed)
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import importlib.util
+import json
+import math
+import os
+import platform
+import shlex
+import sys
+import tempfile
+import time
+import unicodedata
+from collections import Counter
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+import jiwer
+import numpy as np
+import torch
+from datasets import DatasetDict, load_from_disk
+from torch.utils.data import SequentialSampler
+from transformers import (AutoConfig, AutoFeatureExtractor, AutoModelForCTC, AutoProcessor, EarlyStoppingCallback,
+                          Trainer, TrainerCallback, TrainingArguments, Wav2Vec2CTCTokenizer,
+                          Wav2Vec2FeatureExtractor, Wav2Vec2Processor, set_seed)
+from transformers.trainer_callback import ExportableState
+
+# torchrun / accelerate launch set RANK: only the first process prints and writes the run folder.
+IS_MAIN_PROCESS = int(os.environ.get("RANK", "0")) == 0
+SAMPLE_RATE = 16000  # every Wav2Vec2-family checkpoint is pre-trained on 16 kHz audio
+PAD, UNK, WORD_DELIMITER = "[PAD]", "[UNK]", "|"
+# A reference character the vocabulary lacks is scored as this letter, which no model can write: one error.
+UNKNOWN_LETTER = "\u0294"
+BEST_METRIC = "validation_wer"  # Trainer reads it as eval_validation_wer
+HISTORY_COLUMNS = ["epoch", "step", "train_loss", "val_loss", "val_wer", "val_cer", "train_wer", "train_cer",
+                   "learning_rate"]
+PREDICTION_COLUMNS = ["id", "speaker", "duration", "reference", "prediction", "raw_prediction", "wer", "cer"]
+
+# Settings for a card; any flag given on the command line wins over its preset. Sized from the memory
+# arithmetic in the README (not yet measured on these cards).
+PRESETS = {
+    # base-sized models (95M parameters) on a 4 GB laptop GPU (RTX 3050 Ti): clips up to 10 s, batches of 4
+    # with the same effective batch of 32, activations recomputed in backward, 8-bit optimizer states
+    # (adafactor without bitsandbytes).
+    "low-vram": {"batch_size": 4, "eval_batch_size": 4, "grad_accum": 8, "gradient_checkpointing": True,
+                 "optim": "adamw_bnb_8bit", "max_duration": 10.0, "num_workers": 0},
+    # Colab T4 (16 GB): XLS-R 300M in fp16 with checkpointing, effective batch 32.
+    "t4": {"batch_size": 8, "eval_batch_size": 16, "grad_accum": 4, "gradient_checkpointing": True,
+           "optim": "adamw_torch", "max_duration": 15.0, "num_workers": 2},
+    # A100 (40/80 GB): big batches, no recomputation, fused optimizer, data loading in parallel.
+    "a100": {"batch_size": 32, "eval_batch_size": 32, "grad_accum": 1, "gradient_checkpointing": False,
+             "optim": "adamw_torch_fused", "max_duration": 20.0, "num_workers": 4},
+}
+
+
+def normalize_text(text: str) -> str:
+    """NFC, lower case, punctuation and symbols to spaces, whitespace collapsed; tone marks kept."""
+    text = unicodedata.normalize("NFC", text).lower()
+    text = "".join(ch if unicodedata.category(ch)[0] in "LMN" else " " for ch in text)
+    return " ".join(text.split())
+
+
+def compute_wer_cer(references: list[str], predictions: list[str]) -> dict:
+    """Corpus WER, CER, sentence error rate and word error counts (jiwer), on normalised text."""
+    words = jiwer.process_words(references, predictions)
+    return {
+        "wer": words.wer,
+        "cer": jiwer.process_characters(references, predictions).cer,
+        "ser": sum(ref != hyp for ref, hyp in zip(references, predictions)) / max(len(references), 1),
+        "substitutions": words.substitutions,
+        "deletions": words.deletions,
+        "insertions": words.insertions,
+        "hits": words.hits,
+        "ref_words": words.hits + words.substitutions + words.deletions,
+    }
+
+
+def log(message: str) -> None:
+    if IS_MAIN_PROCESS:
+        print(message, flush=True)
+
+
+# ----------------------------------------------------------------------------- 1. settings
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    io = parser.add_argument_group("data, model, output")
+    io.add_argument("--data", type=Path, required=True,
+                    help="prepared dataset folder (prepare_vivos.py --features waveform)")
+    io.add_argument("--model", default="facebook/wav2vec2-xls-r-300m",
+                    help="any Wav2Vec2-family checkpoint: Hub id or local folder (default facebook/wav2vec2-xls-r-300m;"
+                         " on 4 GB a base-sized one such as nguyenvulebinh/wav2vec2-base-vi)")
+    io.add_argument("--output-dir", type=Path, required=True,
+                    help="run folder: checkpoints, best_model/, history.csv, test predictions")
+    io.add_argument("--reuse-vocab", choices=["auto", "never"], default="auto",
+                    help="auto: keep the checkpoint's CTC head when its vocabulary covers the train text; "
+                         "never: always a new character vocabulary and head")
+    io.add_argument("--max-duration", type=float, default=20.0,
+                    help="train clips longer than this many seconds are left out (memory; default 20)")
+    io.add_argument("--preset", choices=sorted(PRESETS),
+                    help="settings for a card: low-vram (base-sized models on 4 GB), t4 (Colab), a100; flags win")
+
+    train = parser.add_argument_group("training")
+    train.add_argument("--epochs", type=float, default=20, help="training epochs (default 20)")
+    train.add_argument("--max-steps", type=int, default=-1, help="stop after this many optimizer steps instead")
+    train.add_argument("--batch-size", type=int, default=8, help="clips per step and device (default 8)")
+    train.add_argument("--eval-batch-size", type=int, default=8, help="clips per evaluation batch")
+    train.add_argument("--grad-accum", type=int, default=2,
+                       help="steps whose gradients are summed before an update (default 2: effective batch 16)")
+    train.add_argument("--lr", type=float, default=1e-4,
+                       help="peak learning rate (default 1e-4, the usual CTC fine-tuning rate; 3e-4 for XLS-R "
+                            "on tens of hours)")
+    train.add_argument("--warmup-ratio", type=float, default=0.1, help="share of steps for linear warm-up")
+    train.add_argument("--scheduler", default="linear",
+                       choices=["linear", "cosine", "constant_with_warmup", "inverse_sqrt", "polynomial"])
+    train.add_argument("--optim", default="adamw_torch",
+                       choices=["adamw_torch", "adamw_torch_fused", "adamw_bnb_8bit", "adafactor"],
+                       help="optimizer; adamw_bnb_8bit needs bitsandbytes and a CUDA GPU")
+    train.add_argument("--seed", type=int, default=42)
+    train.add_argument("--num-workers", type=int, default=0 if os.name == "nt" else 2,
+                       help="data loading processes (default 2; 0 on Windows, where each worker re-imports)")
+
+    regular = parser.add_argument_group("regularisation")
+    regular.add_argument("--dropout", type=float, default=0.1,
+                         help="transformer dropout: hidden, attention, activation, projection, CTC head (default 0.1)")
+    regular.add_argument("--layerdrop", type=float, default=0.05,
+                         help="probability of skipping a whole transformer layer in a step (default 0.05)")
+    regular.add_argument("--weight-decay", type=float, default=0.005)
+    regular.add_argument("--spec-augment", action=argparse.BooleanOptionalAction, default=True,
+                         help="SpecAugment: mask random time steps / feature channels while training (default on)")
+    regular.add_argument("--mask-time-prob", type=float, default=0.05, help="SpecAugment time masking")
+    regular.add_argument("--mask-feature-prob", type=float, default=0.0, help="SpecAugment feature-channel masking")
+    regular.add_argument("--freeze-feature-encoder", action=argparse.BooleanOptionalAction, default=True,
+                         help="keep the convolutional feature encoder fixed (default on, as in the wav2vec 2.0 paper)")
+
+    memory = parser.add_argument_group("memory")
+    memory.add_argument("--precision", choices=["auto", "fp32", "fp16", "bf16"], default="auto",
+                        help="auto: bf16 on GPUs from Ampere on, fp16 on older ones (T4), fp32 on CPU")
+    memory.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=False,
+                        help="recompute activations in backward: much less memory, about 30%% slower")
+
+    evaluation = parser.add_argument_group("evaluation and checkpoints")
+    evaluation.add_argument("--eval-every", type=int, default=0,
+                            help="evaluate and save every N steps (default 0: every epoch)")
+    evaluation.add_argument("--patience", type=int, default=3,
+                            help="stop after N evaluations without a better validation WER (0: never)")
+    evaluation.add_argument("--train-eval-size", type=int, default=200,
+                            help="fixed train clips scored at each evaluation, to show the overfitting gap")
+    evaluation.add_argument("--logging-steps", type=int, default=25)
+    evaluation.add_argument("--save-total-limit", type=int, default=2,
+                            help="checkpoints kept (the best one is always kept)")
+    evaluation.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
+                            help="continue from the last complete checkpoint (default); --no-resume needs an "
+                                 "empty --output-dir")
+    evaluation.add_argument("--eval-only", action="store_true",
+                            help="no training: score --model as it is (baseline) and write the run folder")
+
+    hub = parser.add_argument_group("sharing")
+    hub.add_argument("--push-to-hub", action="store_true", help="upload best_model/ and its card to the Hub")
+    hub.add_argument("--hub-model-id", help="Hub repository (default: the --output-dir name)")
+    return parser
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """Command-line flags over the chosen preset over the defaults."""
+    parser = build_parser()
+    preset = parser.parse_known_args(argv)[0].preset
+    if preset:
+        parser.set_defaults(**PRESETS[preset])
+    args = parser.parse_args(argv)
+    if not 0 <= args.warmup_ratio < 1:
+        parser.error(f"--warmup-ratio must be in [0, 1), got {args.warmup_ratio}")
+    args.argv = sys.argv[1:] if argv is None else list(argv)
+    return args
+
+
+def resolve_optimizer(name: str) -> str:
+    """The optimizer to use: 8-bit AdamW only where bitsandbytes can run it, else adafactor."""
+    if name != "adamw_bnb_8bit":
+        return name
+    if not torch.cuda.is_available():
+        missing = "no CUDA GPU here"
+    elif importlib.util.find_spec("bitsandbytes") is None:
+        missing = "bitsandbytes is not installed: pip install bitsandbytes"
+    else:
+        return name
+    log(f"--optim adamw_bnb_8bit needs bitsandbytes and a CUDA GPU ({missing}); using adafactor instead, "
+        "which also keeps almost no optimizer state")
+    return "adafactor"
+
+
+def resolve_precision(choice: str) -> str:
+    """fp16/bf16 only on CUDA; auto picks bf16 on compute capability >= 8 (A100, RTX 30xx), else fp16."""
+    cuda = torch.cuda.is_available()
+    if choice == "auto":
+        if not cuda:
+            return "fp32"
+        return "bf16" if torch.cuda.get_device_capability()[0] >= 8 else "fp16"
+    if choice in ("fp16", "bf16") and not cuda:
+        raise SystemExit(f"--precision {choice} needs a CUDA GPU and none is visible; use --precision auto "
+                         f"(fp32 on CPU) or run on a GPU machine")
+    return choice
+
+
+# ----------------------------------------------------------------------------- 2. checkpoint to resume
+
+def last_complete_checkpoint(output_dir: Path) -> Path | None:
+    """The newest checkpoint-N whose trainer_state.json (written last by Trainer) is there and readable."""
+    complete = []
+    for folder in output_dir.glob("checkpoint-*"):
+        state = folder / "trainer_state.json"
+        if not (folder.name.split("-")[-1].isdigit() and state.is_file()):
+            continue
+        with contextlib.suppress(ValueError):
+            json.loads(state.read_text(encoding="utf-8"))
+            complete.append(folder)
+    return max(complete, key=lambda folder: int(folder.name.split("-")[-1]), default=None)
+
+
+def checkpoint_to_resume(args: argparse.Namespace) -> Path | None:
+    """The checkpoint training continues from, or None for a fresh start (refused into a used folder)."""
+    if args.eval_only:
+        return None
+    used = args.output_dir.is_dir() and any(args.output_dir.iterdir())
+    if not args.resume:
+        if used:
+            raise SystemExit(f"--no-resume starts over only into an empty folder, and {args.output_dir} is not "
+                             f"empty. Choose a new --output-dir, or delete that folder, or drop --no-resume to "
+                             f"continue from its last checkpoint.")
+        return None
+    checkpoint = last_complete_checkpoint(args.output_dir) if used else None
+    if checkpoint:
+        log(f"resuming from {checkpoint} (same optimizer, scheduler, random state and epoch counter)")
+    return checkpoint
+
+
+# ----------------------------------------------------------------------------- 3. prepared dataset
+
+def prepare_command(source: str, out: Path) -> str:
+    """The prepare_vivos.py call that makes a waveform dataset from `source` ("VIVOS DIR" or "manifest CSV")."""
+    kind, _, where = source.partition(" ")
+    flag = "--manifest" if kind == "manifest" else "--vivos-dir"
+    return (f"python prepare_vivos.py {flag} {shlex.quote(where or 'VIVOS_DIR')} --out {shlex.quote(str(out))} "
+            f"--features waveform")
+
+
+def load_prepared_dataset(path: Path) -> tuple[DatasetDict, dict]:
+    """The DatasetDict and its prepare_summary.json, refused unless it holds 16 kHz waveforms and all splits."""
+    if not (path / "dataset_dict.json").is_file():
+        if (path / "train" / "prompts.txt").is_file():
+            raise SystemExit(f"--data {path} is the raw VIVOS corpus; prepare it first:\n  "
+                             + prepare_command(f"VIVOS {path}", path.parent / f"{path.name}_wave"))
+        found = ", ".join(sorted(p.name for p in path.iterdir())[:10]) if path.is_dir() else "no such folder"
+        raise SystemExit(f"--data {path}: expected a dataset written by prepare_vivos.py (dataset_dict.json, "
+                         f"train/, validation/, test/), found: {found or 'an empty folder'}. Make one with:\n  "
+                         + prepare_command("VIVOS", path))
+    summary_path = path / "prepare_summary.json"
+    summary = json.loads(summary_path.read_text(encoding="utf-8")) if summary_path.is_file() else {}
+    again = prepare_command(summary.get("source", "VIVOS"), path)
+    data = load_from_disk(str(path))
+    missing = [split for split in ("train", "validation", "test") if split not in data]
+    if missing:
+        raise SystemExit(f"--data {path}: splits {missing} are missing (found {list(data)}); make the dataset "
+                         f"again with:\n  {again}")
+    columns = data["train"].column_names
+    if summary.get("features", "waveform") != "waveform" or "input_values" not in columns:
+        wave = prepare_command(summary.get("source", "VIVOS"), path.parent / f"{path.name}_wave")
+        raise SystemExit(f"--data {path} holds {summary.get('features', 'no waveform')} features (columns "
+                         f"{columns}); Wav2Vec2 reads the raw 16 kHz waveform (`input_values`). Make that dataset "
+                         f"with:\n  {wave}")
+    rate = summary.get("sampling_rate", SAMPLE_RATE)
+    if rate != SAMPLE_RATE:
+        raise SystemExit(f"--data {path} is sampled at {rate} Hz; Wav2Vec2 needs {SAMPLE_RATE} Hz. "
+                         f"Make the dataset again with:\n  {again}")
+    for needed in ("sentence", "duration"):
+        if needed not in columns:
+            raise SystemExit(f"--data {path}: column `{needed}` is missing (found {columns}); make the dataset "
+                             f"again with:\n  {again}")
+    return data, summary
+
+
+# ----------------------------------------------------------------------------- 4. model and processor
+
+def build_vocabulary(sentences: list[str]) -> dict[str, int]:
+    """Characters of the normalised train text; `[PAD]` (the CTC blank) is 0, spaces become `|`."""
+    characters = sorted(set("".join(sentences)) - {" "})
+    return {PAD: 0, UNK: 1, WORD_DELIMITER: 2, **{ch: i for i, ch in enumerate(characters, start=3)}}
+
+
+def tokenizer_from_vocabulary(vocab: dict[str, int]) -> Wav2Vec2CTCTokenizer:
+    with tempfile.TemporaryDirectory() as folder:
+        vocab_file = Path(folder) / "vocab.json"
+        vocab_file.write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+        return Wav2Vec2CTCTokenizer(str(vocab_file), unk_token=UNK, pad_token=PAD, word_delimiter_token=WORD_DELIMITER,
+                                    bos_token=None, eos_token=None)
+
+
+def tokenizer_characters(tokenizer) -> set[str]:
+    """Characters the tokenizer can write; the word delimiter stands for the space."""
+    return {token for token in tokenizer.get_vocab() if len(token) == 1} | {" "}
+
+
+def unknown_characters(sentences: list[str], known: set[str]) -> dict[str, int]:
+    """Characters the vocabulary lacks, with how often they occur (they become [UNK] in the labels)."""
+    counts = Counter(ch for sentence in sentences for ch in sentence if ch not in known)
+    return dict(counts.most_common())
+
+
+def pretrained_ctc_processor(model_id: str) -> Wav2Vec2Processor | None:
+    """The checkpoint's own processor when it ships a CTC tokenizer and a CTC head, else None."""
+    try:
+        config = AutoConfig.from_pretrained(model_id)
+        processor = AutoProcessor.from_pretrained(model_id)
+    except (OSError, ValueError, TypeError):
+        return None
+    has_head = any(name.endswith("ForCTC") for name in (config.architectures or []))
+    tokenizer = getattr(processor, "tokenizer", None)
+    if not has_head or tokenizer is None:
+        return None
+    if len(tokenizer) != config.vocab_size:
+        log(f"{model_id}: its tokenizer has {len(tokenizer)} tokens but its CTC head {config.vocab_size} outputs; "
+            "the head is not reused")
+        return None
+    return processor
+
+
+def feature_extractor_for(model_id: str) -> Wav2Vec2FeatureExtractor:
+    """The checkpoint's own normalisation; layer-norm models (XLS-R, large) also need the attention mask."""
+    try:
+        return AutoFeatureExtractor.from_pretrained(model_id)
+    except OSError:
+        config = AutoConfig.from_pretrained(model_id)
+        log(f"{model_id} has no preprocessor_config.json: using zero-mean unit-variance normalisation")
+        return Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=SAMPLE_RATE, padding_value=0.0,
+                                        do_normalize=True,
+                                        return_attention_mask=getattr(config, "feat_extract_norm", "") == "layer")
+
+
+def choose_processor(args, data: DatasetDict, checkpoint: Path | None) -> tuple[Wav2Vec2Processor, str]:
+    """The processor to train with and why: kept from the checkpoint, or a new character vocabulary."""
+    if checkpoint is not None:
+        return Wav2Vec2Processor.from_pretrained(checkpoint), f"the vocabulary saved in {checkpoint.name}"
+    pretrained = pretrained_ctc_processor(args.model)
+    if args.eval_only:
+        if pretrained is None:
+            raise SystemExit(f"--eval-only needs a model with a CTC head and its tokenizer (a fine-tuned "
+                             f"checkpoint such as nguyenvulebinh/wav2vec2-base-vietnamese-250h or a run's "
+                             f"best_model/); {args.model} has none. Fine-tune it first without --eval-only.")
+        return pretrained, "the checkpoint's own CTC head (--eval-only)"
+    train_sentences = list(data["train"]["sentence"])
+    if pretrained is not None and args.reuse_vocab == "auto":
+        missing = unknown_characters(train_sentences, tokenizer_characters(pretrained.tokenizer))
+        if not missing:
+            return pretrained, "the checkpoint's own CTC head (its vocabulary covers the train text)"
+        log(f"{args.model} has a CTC head, but its vocabulary lacks {''.join(missing)}: training a new head")
+    vocab = build_vocabulary(train_sentences)
+    processor = Wav2Vec2Processor(feature_extractor=feature_extractor_for(args.model),
+                                  tokenizer=tokenizer_from_vocabulary(vocab))
+    return processor, f"a new CTC head over {len(vocab)} tokens built from the train text"
+
+
+def load_model(args, processor: Wav2Vec2Processor):
+    """The checkpoint with our CTC settings; a vocabulary of another size gets a freshly initialised head.
+    --eval-only keeps the checkpoint's own regularisation settings (they do nothing at inference)."""
+    tokenizer = processor.tokenizer
+    overrides = dict(
+        vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
+        ctc_loss_reduction="mean",  # a sum grows with clip length and batch size and destabilises warm-up
+        ctc_zero_infinity=True,  # a clip too short for its transcript gives an infinite loss: zero it, not NaN
+    )
+    if not args.eval_only:
+        overrides.update(
+            layerdrop=args.layerdrop,
+            mask_time_prob=args.mask_time_prob if args.spec_augment else 0.0,
+            mask_feature_prob=args.mask_feature_prob if args.spec_augment else 0.0,
+            **{name: args.dropout for name in ("hidden_dropout", "attention_dropout", "activation_dropout",
+                                               "feat_proj_dropout", "final_dropout")})
+    # fp32 master weights whatever the checkpoint's dtype; fp16/bf16 come from autocast in the Trainer
+    model = AutoModelForCTC.from_pretrained(args.model, dtype=torch.float32, ignore_mismatched_sizes=True,
+                                            **overrides)
+    if args.freeze_feature_encoder and not args.eval_only:
+        model.freeze_feature_encoder()
+    return model
+
+
+def architecture_facts(config, tokenizer) -> dict:
+    conv_dim = list(getattr(config, "conv_dim", []) or [])
+    return {
+        "model_type": config.model_type,
+        "encoder_layers": config.num_hidden_layers,
+        "decoder_layers": 0,
+        "d_model": config.hidden_size,
+        "heads": config.num_attention_heads,
+        "ffn_dim": config.intermediate_size,
+        "activation": config.hidden_act,
+        "vocab_size": len(tokenizer),
+        "conv_layers": len(conv_dim),
+        "conv_channels": conv_dim[-1] if conv_dim else None,
+        "feat_extract_norm": getattr(config, "feat_extract_norm", None),
+        "frame_stride_ms": 1000 * math.prod(getattr(config, "conv_stride", [320])) / SAMPLE_RATE,
+        "decoder": "greedy CTC",
+    }
+
+
+# ----------------------------------------------------------------------------- 5. data for the Trainer
+
+def ctc_frames(model, durations: list[float]) -> list[int]:
+    """Output frames of the convolutional encoder for clips of these durations."""
+    samples = torch.tensor([round(d * SAMPLE_RATE) for d in durations])
+    return model._get_feat_extract_output_lengths(samples).tolist()
+
+
+def trainable_rows(train, tokenizer, model, max_duration: float) -> tuple[list[int], dict]:
+    """Train rows CTC can learn from, and how many were left out for which reason."""
+    durations = [float(d) for d in train["duration"]]
+    frames = ctc_frames(model, durations)
+    label_lengths = [len(ids) for ids in tokenizer(list(train["sentence"]))["input_ids"]]
+    keep, dropped = [], Counter()
+    for index, (seconds, n_frames, n_labels) in enumerate(zip(durations, frames, label_lengths)):
+        if seconds > max_duration:
+            dropped[f"longer than --max-duration {max_duration:g} s"] += 1
+        elif n_labels == 0:
+            dropped["empty transcript"] += 1
+        elif n_labels > n_frames:
+            dropped["transcript longer than the clip's CTC frames"] += 1
+        else:
+            keep.append(index)
+    return keep, dict(dropped)
+
+
+def model_inputs(split):
+    """Only what the collator reads, as numpy (no Python float lists); `duration` drives group_by_length."""
+    return split.select_columns(["input_values", "sentence", "duration"]).with_format("numpy")
+
+
+@dataclass
+class DataCollatorCTCWithPadding:
+    """Normalises and pads each batch's waveforms to its longest clip; labels padded with -100."""
+
+    processor: Wav2Vec2Processor
+
+    def __call__(self, rows: list[dict]) -> dict:
+        audio = [np.asarray(row["input_values"], dtype=np.float32) for row in rows]
+        batch = self.processor.feature_extractor(audio, sampling_rate=SAMPLE_RATE, padding=True, return_tensors="pt")
+        labels = self.processor.tokenizer([str(row["sentence"]) for row in rows], padding=True, return_tensors="pt")
+        batch["labels"] = labels["input_ids"].masked_fill(labels["attention_mask"].ne(1), -100)
+        return batch
+
+
+# ----------------------------------------------------------------------------- 6. metrics
+
+def decode_predictions(tokenizer, ids: np.ndarray) -> list[str]:
+    """Greedy CTC text: repeats merged, blanks dropped (after merging, so double letters survive), [UNK] removed."""
+    ids = np.where(ids < 0, tokenizer.pad_token_id, ids)
+    return [text.replace(tokenizer.unk_token, "").strip() for text in tokenizer.batch_decode(ids)]
+
+
+def metrics_function(tokenizer):
+    """compute_metrics for Trainer: WER and CER of the greedy transcripts, on normalised text."""
+    def compute_metrics(prediction) -> dict:
+        label_ids = np.where(prediction.label_ids < 0, tokenizer.pad_token_id, prediction.label_ids)
+        references = [normalize_text(t.replace(tokenizer.unk_token, UNKNOWN_LETTER))
+                      for t in tokenizer.batch_decode(label_ids, group_tokens=False)]
+        predictions = [normalize_text(t) for t in decode_predictions(tokenizer, prediction.predictions)]
+        scores = compute_wer_cer(references, predictions)
+        return {"wer": scores["wer"], "cer": scores["cer"]}
+
+    return compute_metrics
+
+
+def clip_samples(inputs: dict) -> torch.Tensor:
+    """Samples of each clip before batch padding: from the attention mask, or (models fed without one) up to
+    the last non-zero sample, as a normalised clip practically never ends in exact zeros."""
+    if "attention_mask" in inputs:
+        return inputs["attention_mask"].sum(dim=-1)
+    nonzero = inputs["input_values"] != 0
+    return nonzero.shape[1] - nonzero.flip(dims=[1]).int().argmax(dim=1)
+
+
+class CTCTrainer(Trainer):
+    """Trainer whose evaluation keeps greedy token ids instead of (frames x vocabulary) logits, with the
+    frames that exist only as batch padding set to -100 (decoded, they could add letters), and goes through
+    a split in its own order, so that prediction i is row i (group_by_length would shuffle it)."""
+
+    def _get_eval_sampler(self, eval_dataset):
+        return SequentialSampler(eval_dataset)
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        loss, logits, labels = super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
+        if logits is None:
+            return loss, logits, labels
+        ids = logits.argmax(dim=-1)
+        frames = self.model._get_feat_extract_output_lengths(clip_samples(inputs)).to(ids.device)
+        padding = torch.arange(ids.shape[1], device=ids.device)[None, :] >= frames[:, None]
+        return loss, ids.masked_fill(padding, -100), labels
+
+
+# ----------------------------------------------------------------------------- 7. training
+
+def history_rows(log_history: list[dict]) -> list[dict]:
+    """One row per evaluation; train_loss is the step-weighted mean of the losses logged since the last one."""
+    rows: dict[int, dict] = {}
+    loss_sum = loss_steps = last_loss_step = 0
+    learning_rate = None
+    for entry in log_history:
+        step = entry["step"]
+        if "loss" in entry:
+            loss_sum += entry["loss"] * (step - last_loss_step)
+            loss_steps += step - last_loss_step
+            last_loss_step, learning_rate = step, entry.get("learning_rate")
+        if not any(key in entry for key in ("eval_validation_loss", "eval_train_subset_wer")):
+            continue
+        row = rows.setdefault(step, {"epoch": round(entry.get("epoch", 0.0), 4), "step": step})
+        row["learning_rate"] = learning_rate
+        for ours, theirs in (("val_loss", "eval_validation_loss"), ("val_wer", "eval_validation_wer"),
+                             ("val_cer", "eval_validation_cer"), ("train_wer", "eval_train_subset_wer"),
+                             ("train_cer", "eval_train_subset_cer")):
+            if theirs in entry:
+                row[ours] = entry[theirs]
+        if "eval_validation_loss" in entry and loss_steps:
+            row["train_loss"] = loss_sum / loss_steps
+            loss_sum = loss_steps = 0
+    return [rows[step] for step in sorted(rows)]
+
+
+def write_csv(path: Path, rows: list[dict], columns: list[str]) -> None:
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns, restval="")
+        writer.writeheader()
+        writer.writerows({key: "" if value is None else value for key, value in row.items()} for row in rows)
+
+
+class HistoryCsvCallback(TrainerCallback):
+    """Rewrites history.csv after every evaluation, so the curves exist even if the run is cut off."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def on_step_end(self, args, state, control, **kwargs):
+        # Log the training loss right before each evaluation, so train_loss covers exactly that window.
+        control.should_log = control.should_log or control.should_evaluate
+        return control
+
+    on_epoch_end = on_step_end
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            write_csv(self.path, history_rows(state.log_history), HISTORY_COLUMNS)
+
+
+class TrainClockCallback(TrainerCallback, ExportableState):
+    """Training seconds summed over every session of a resumed run (stored in each checkpoint)."""
+
+    def __init__(self, seconds_before: float = 0.0):
+        self.seconds_before = seconds_before
+        self.started = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.started = time.perf_counter()
+
+    def seconds(self) -> float:
+        return self.seconds_before + (time.perf_counter() - self.started if self.started else 0.0)
+
+    def state(self) -> dict:
+        return {"args": {}, "attributes": {"seconds_before": self.seconds()}}
+
+
+class ValidationEarlyStopping(EarlyStoppingCallback):
+    """Early stopping on validation WER; the train-subset evaluation (no such metric) is not a reason to warn."""
+
+    def on_evaluate(self, args, state, control, metrics, **kwargs):
+        if f"eval_{BEST_METRIC}" in metrics:
+            super().on_evaluate(args, state, control, metrics, **kwargs)
+
+
+def training_arguments(args: argparse.Namespace, precision: str, optim: str) -> TrainingArguments:
+    """Trainer settings: evaluation and checkpoint together (epoch or --eval-every steps), best by WER."""
+    every = {"eval_strategy": "steps", "eval_steps": args.eval_every, "save_strategy": "steps",
+             "save_steps": args.eval_every} if args.eval_every else {"eval_strategy": "epoch", "save_strategy": "epoch"}
+    return TrainingArguments(
+        output_dir=str(args.output_dir), num_train_epochs=args.epochs, max_steps=args.max_steps,
+        per_device_train_batch_size=args.batch_size, per_device_eval_batch_size=args.eval_batch_size,
+        gradient_accumulation_steps=args.grad_accum, learning_rate=args.lr, warmup_steps=args.warmup_ratio,
+        lr_scheduler_type=args.scheduler, weight_decay=args.weight_decay, optim=optim,
+        fp16=precision == "fp16", bf16=precision == "bf16",
+        # Non-reentrant checkpointing: no "backward through the graph a second time" (PITFALLS 1).
+        activation_checkpointing=args.gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False} if args.gradient_checkpointing else None,
+        **every, load_best_model_at_end=True, metric_for_best_model=BEST_METRIC, greater_is_better=False,
+        save_total_limit=args.save_total_limit, logging_steps=args.logging_steps,
+        seed=args.seed, dataloader_num_workers=args.num_workers, dataloader_pin_memory=torch.cuda.is_available(),
+        # Batches of clips of similar length (little padding); lengths from `duration`, no pass over the audio.
+        train_sampling_strategy="group_by_length", length_column_name="duration",
+        # The collator reads `sentence` (PITFALLS 14).
+        remove_unused_columns=False, label_names=["labels"],
+        # Early-stopping patience and the training clock continue across a resume.
+        restore_callback_states_from_checkpoint=True,
+        # Without CUDA, torchrun's processes only form a DDP group (gloo) when told they run on the CPU.
+        use_cpu=not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1,
+        ddp_find_unused_parameters=args.layerdrop > 0,  # a skipped layer gets no gradient in that step
+        report_to=["tensorboard"] if importlib.util.find_spec("tensorboard") else "none",
+        disable_tqdm=not IS_MAIN_PROCESS,
+    )
+
+
+def next_setting_after_oom(args: argparse.Namespace) -> str:
+    """What to change after a CUDA out-of-memory error, cheapest loss of speed first."""
+    if args.batch_size > 1:
+        return (f"--batch-size {args.batch_size // 2} --grad-accum {args.grad_accum * 2} (same effective batch; "
+                f"if it ran out while evaluating: --eval-batch-size {max(args.eval_batch_size // 2, 1)})")
+    if not args.gradient_checkpointing:
+        return "--gradient-checkpointing"
+    if args.optim not in ("adamw_bnb_8bit", "adafactor"):
+        return "--optim adamw_bnb_8bit (pip install bitsandbytes) or --optim adafactor"
+    if args.max_duration > 6:
+        return f"--max-duration {args.max_duration / 2:g}"
+    return "a smaller --model (a base-sized checkpoint) or a GPU with more memory"
+
+
+def run_training(trainer, args: argparse.Namespace, checkpoint: Path | None) -> None:
+    """trainer.train(), turning an out-of-memory error or Ctrl-C into what to type next."""
+    try:
+        trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    except torch.cuda.OutOfMemoryError:
+        kept = last_complete_checkpoint(args.output_dir)
+        raise SystemExit(f"CUDA out of memory. {'Kept ' + str(kept) if kept else 'No checkpoint was complete yet'}; "
+                         f"re-run the same command with {next_setting_after_oom(args)}"
+                         f"{'' if args.preset == 'low-vram' else ', or with --preset low-vram'}.")
+    except KeyboardInterrupt:
+        kept = last_complete_checkpoint(args.output_dir)
+        raise SystemExit(f"Stopped. Re-run the same command to continue from "
+                         f"{kept if kept else 'the start (no checkpoint was complete yet)'}.")
+
+
+# ----------------------------------------------------------------------------- 8. test transcription
+
+def transcribe_split(trainer, split, tokenizer) -> tuple[list[str], float]:
+    """Batched greedy CTC decoding with the loaded (best) model: (raw transcripts, seconds it took).
+    Clips go in order of length, so a batch pads little (models without an attention mask hear the padding)."""
+    order = np.argsort([float(d) for d in split["duration"]], kind="stable")
+    start = time.perf_counter()
+    output = trainer.predict(model_inputs(split.select(order)), metric_key_prefix="test")
+    seconds = time.perf_counter() - start
+    texts = [""] * len(order)
+    for index, text in zip(order, decode_predictions(tokenizer, output.predictions)):
+        texts[index] = text
+    return texts, seconds
+
+
+def test_predictions(split, raw_predictions: list[str]) -> list[dict]:
+    """Rows of test_predictions.csv: normalised reference and prediction, per-utterance WER and CER."""
+    rows = []
+    for example, raw in zip(split.select_columns(["id", "speaker", "duration", "sentence"]), raw_predictions):
+        reference, prediction = normalize_text(example["sentence"]), normalize_text(raw)
+        scores = compute_wer_cer([reference], [prediction])
+        rows.append({"id": example["id"], "speaker": example["speaker"], "duration": round(example["duration"], 3),
+                     "reference": reference, "prediction": prediction, "raw_prediction": raw,
+                     "wer": scores["wer"], "cer": scores["cer"]})
+    return rows
+
+
+def test_metrics(rows: list[dict], decode_seconds: float) -> dict:
+    """test_metrics.json: corpus scores, amount of audio, decoding time and real-time factor."""
+    metrics = compute_wer_cer([r["reference"] for r in rows], [r["prediction"] for r in rows])
+    audio_seconds = float(sum(r["duration"] for r in rows))
+    metrics.update({"num_utterances": len(rows), "audio_seconds": round(audio_seconds, 3),
+                    "decode_seconds": round(decode_seconds, 3),
+                    "rtf": round(decode_seconds / audio_seconds, 5) if audio_seconds else None})
+    return metrics
+
+
+# ----------------------------------------------------------------------------- 9. run folder
+
+def stop_reason(args: argparse.Namespace, state) -> str:
+    if args.eval_only:
+        return "eval_only"
+    if args.max_steps > 0 and state.global_step >= args.max_steps:
+        return "max_steps"
+    return "early_stopping" if state.global_step < state.max_steps else "completed"
+
+
+def best_epoch(state) -> float | None:
+    """The epoch of the evaluation that scored the best validation WER."""
+    return next((e["epoch"] for e in state.log_history
+                 if e.get("step") == state.best_global_step and "eval_validation_wer" in e), None)
+
+
+def versions() -> dict:
+    """Versions of what produced the run (for the report's reproducibility table)."""
+    found = {"python": platform.python_version()}
+    for package in ("torch", "transformers", "datasets", "accelerate", "jiwer", "bitsandbytes"):
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            found[package] = metadata.version(package)
+    return found
+
+
+def device_description(trainer) -> str:
+    world = trainer.args.world_size
+    if torch.cuda.is_available():
+        return f"cuda ({torch.cuda.get_device_name(0)}) x{world}"
+    return f"cpu x{world} process{'es' if world > 1 else ''}"
+
+
+def model_card(args: argparse.Namespace, run_info: dict, metrics: dict) -> str:
+    """best_model/README.md: Hub metadata (language, base model, dataset, test scores) and the settings."""
+    base_on_hub = not Path(args.model).exists()
+    name = args.hub_model_id or args.output_dir.name
+    lines = ["---", "language:", "- vi", "tags:", "- automatic-speech-recognition", "- wav2vec2", "- ctc", "- vivos",
+             "datasets:", "- AILAB-VNUHCM/vivos", "metrics:", "- wer", "- cer",
+             "pipeline_tag: automatic-speech-recognition"]
+    if base_on_hub:
+        lines.append(f"base_model: {args.model}")
+    lines += ["model-index:", f"- name: {name}", "  results:", "  - task:", "      type: automatic-speech-recognition",
+              "      name: Automatic Speech Recognition", "    dataset:", "      name: VIVOS",
+              "      type: AILAB-VNUHCM/vivos", "      split: test", "    metrics:",
+              f"    - {{type: wer, value: {100 * metrics['wer']:.2f}, name: Test WER}}",
+              f"    - {{type: cer, value: {100 * metrics['cer']:.2f}, name: Test CER}}", "---", ""]
+    trained = ("evaluated as it is (no fine-tuning)" if args.eval_only else
+               f"fine-tuned with CTC for {run_info['epochs_run']:.2f} epochs (best epoch {run_info['best_epoch']}, "
+               f"stopped: {run_info['stop_reason']})")
+    vocabulary = run_info["vocabulary"]
+    lines += [f"# {name}", "", f"Wav2Vec2 ({args.model}) {trained} on Vietnamese speech from the prepared dataset "
+              f"`{args.data.name}` ({run_info['dataset']['splits']['train']} train utterances), text normalised "
+              "(lower case, punctuation removed, tone marks kept).", "",
+              f"Test WER **{100 * metrics['wer']:.2f} %**, CER **{100 * metrics['cer']:.2f} %** on "
+              f"{metrics['num_utterances']} test utterances (greedy CTC decoding, real-time factor {metrics['rtf']}).",
+              "", f"Output: {vocabulary['size']} character tokens (`{vocabulary['word_delimiter']}` between words, "
+              f"`{PAD}` as the CTC blank); {vocabulary['origin']}.", "",
+              "## Use", "", "```python", "from transformers import pipeline", "",
+              f'asr = pipeline("automatic-speech-recognition", model="{name}")',
+              'print(asr("audio.wav")["text"])  # 16 kHz mono', "```", "", "## Training settings", "",
+              "| setting | value |", "| --- | --- |"]
+    for key in ("learning_rate", "scheduler", "warmup_steps", "weight_decay", "batch_size", "grad_accum",
+                "effective_batch_size", "optimizer", "precision", "params_trainable", "train_seconds", "device"):
+        lines.append(f"| {key} | {run_info[key]} |")
+    lines += ["", f"Command: `{run_info['command']}`", "",
+              "VIVOS (AILAB, VNU-HCM) is licensed CC BY-NC-SA 4.0; check it before any commercial use.", ""]
+    return "\n".join(lines)
+
+
+def push_best_model(args: argparse.Namespace, best_dir: Path) -> None:
+    """Upload best_model/ (weights, processor, card) to the Hub, as one commit."""
+    from huggingface_hub import HfApi
+
+    api = HfApi()
+    repo_id = api.create_repo(args.hub_model_id or args.output_dir.name, exist_ok=True).repo_id
+    api.upload_folder(folder_path=str(best_dir), repo_id=repo_id, commit_message="Wav2Vec2 CTC fine-tuned on VIVOS")
+    log(f"Pushed {best_dir} to https://huggingface.co/{repo_id}")
+
+
+def write_json(path: Path, value: dict) -> None:
+    path.write_text(json.dumps(value, indent=2, ensure_ascii=False), encoding="utf-8")
+
+
+# ----------------------------------------------------------------------------- main
+
+def main(argv: list[str] | None = None) -> dict:
+    # 1. Settings.
+    args = parse_args(argv)
+    set_seed(args.seed)
+    precision = resolve_precision(args.precision)
+    optim = resolve_optimizer(args.optim)
+
+    # 2. Checkpoint to resume from.
+    checkpoint = checkpoint_to_resume(args)
+
+    # 3. Prepared dataset, checked.
+    dataset, summary = load_prepared_dataset(args.data)
+
+    # 4. Model and processor: the vocabulary decides the CTC head.
+    processor, vocabulary_origin = choose_processor(args, dataset, checkpoint)
+    tokenizer = processor.tokenizer
+    log(f"Vocabulary: {vocabulary_origin}.")
+    known = tokenizer_characters(tokenizer)
+    unknown = {name: unknown_characters(list(dataset[name]["sentence"]), known) for name in ("validation", "test")}
+    for name, counts in unknown.items():
+        if counts:
+            log(f"{name}: {sum(counts.values())} characters the vocabulary lacks, scored as errors: "
+                + ", ".join(f"{ch!r} x{n}" for ch, n in counts.items()))
+    model = load_model(args, processor)
+
+    # 5. Preprocessing: leave out train clips CTC cannot learn from; the collator pads each batch.
+    if args.eval_only:
+        train, dropped = dataset["train"], {}
+    else:
+        keep, dropped = trainable_rows(dataset["train"], tokenizer, model, args.max_duration)
+        for reason, count in dropped.items():
+            log(f"train: left out {count} clips ({reason})")
+        if not keep:
+            raise SystemExit(f"No train clip is usable ({dropped}); raise --max-duration or check the dataset.")
+        train = dataset["train"].select(keep)
+    subset_size = min(args.train_eval_size, len(train))
+    train_subset = train.select(np.sort(np.random.default_rng(args.seed).choice(len(train), subset_size,
+                                                                                 replace=False)))
+    eval_sets = {"validation": model_inputs(dataset["validation"])}
+    if subset_size:
+        eval_sets["train_subset"] = model_inputs(train_subset)
+
+    # 6. Metrics.
+    compute_metrics = metrics_function(tokenizer)
+
+    # 7. Training.
+    callbacks = [HistoryCsvCallback(args.output_dir / "history.csv"), TrainClockCallback()]
+    if args.patience > 0 and not args.eval_only:
+        callbacks.append(ValidationEarlyStopping(early_stopping_patience=args.patience))
+    trainer = CTCTrainer(
+        model=model, args=training_arguments(args, precision, optim),
+        data_collator=DataCollatorCTCWithPadding(processor),
+        train_dataset=None if args.eval_only else model_inputs(train), eval_dataset=eval_sets,
+        processing_class=processor, compute_metrics=compute_metrics, callbacks=callbacks)
+    if args.eval_only:
+        trainer.evaluate()
+    else:
+        log(f"Training {sum(p.numel() for p in model.parameters() if p.requires_grad):,} parameters on "
+            f"{device_description(trainer)}, {precision}, {len(train)} clips.")
+        run_training(trainer, args, checkpoint)
+    clock = next(cb for cb in trainer.callback_handler.callbacks if isinstance(cb, TrainClockCallback))
+
+    # 8. The best model (loaded by Trainer) transcribes the test split; every process takes part.
+    raw, decode_seconds = transcribe_split(trainer, dataset["test"], tokenizer)
+    if not trainer.is_world_process_zero():
+        return {}
+    rows = test_predictions(dataset["test"], raw)
+    metrics = test_metrics(rows, decode_seconds)
+
+    # 9. Run folder.
+    out = args.output_dir
+    out.mkdir(parents=True, exist_ok=True)
+    trainer.save_state()
+    write_csv(out / "history.csv", history_rows(trainer.state.log_history), HISTORY_COLUMNS)
+    write_csv(out / "test_predictions.csv", rows, PREDICTION_COLUMNS)
+    write_json(out / "test_metrics.json", metrics)
+    state = trainer.state
+    run_info = {
+        "family": "wav2vec2", "base_model": args.model, "run_name": out.name,
+        "params_total": sum(p.numel() for p in trainer.model.parameters()),
+        "params_trainable": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
+        "architecture": architecture_facts(trainer.model.config, tokenizer),
+        "loss": "CTC (blank = [PAD], mean over target lengths, zero_infinity)",
+        "optimizer": optim, "learning_rate": args.lr, "scheduler": args.scheduler,
+        "warmup_steps": trainer.args.get_warmup_steps(state.max_steps) if not args.eval_only else 0,
+        "weight_decay": args.weight_decay, "batch_size": args.batch_size, "grad_accum": args.grad_accum,
+        "effective_batch_size": args.batch_size * args.grad_accum * trainer.args.world_size,
+        "precision": precision, "gradient_checkpointing": args.gradient_checkpointing,
+        "freeze_feature_encoder": args.freeze_feature_encoder,
+        "regularisation": {"dropout": args.dropout, "layerdrop": args.layerdrop, "weight_decay": args.weight_decay,
+                           "spec_augment": {"time_prob": args.mask_time_prob, "feature_prob": args.mask_feature_prob}
+                           if args.spec_augment else None},
+        "lora": None, "preset": args.preset,
+        "epochs_planned": args.epochs, "epochs_run": round(state.epoch or 0.0, 4),
+        "best_epoch": best_epoch(state), "best_step": state.best_global_step,
+        "best_val_wer": state.best_metric, "stop_reason": stop_reason(args, state),
+        "train_seconds": 0.0 if args.eval_only else round(clock.seconds(), 1),
+        "peak_gpu_memory_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1)
+        if torch.cuda.is_available() else None,
+        "device": device_description(trainer),
+        "dataset": {"path": str(args.data), "features": summary.get("features", "waveform"),
+                    "splits": {name: len(dataset[name]) for name in ("train", "validation", "test")},
+                    "train_clips_left_out": dropped},
+        "vocabulary": {"origin": vocabulary_origin, "size": len(tokenizer), "pad_token_id": tokenizer.pad_token_id,
+                       "word_delimiter": tokenizer.word_delimiter_token, "unknown_characters": unknown},
+        "decoding": "greedy CTC",
+        "resumed_from": str(checkpoint) if checkpoint else None,
+        "eval_only": args.eval_only,
+        "command": shlex.join(["python", "train_wav2vec2.py", *args.argv]),
+        "versions": versions(),
+    }
+    write_json(out / "run_info.json", run_info)
+    best_dir = out / "best_model"
+    trainer.model.save_pretrained(best_dir)
+    processor.save_pretrained(best_dir)
+    (best_dir / "README.md").write_text(model_card(args, run_info, metrics), encoding="utf-8")
+    if args.push_to_hub:
+        push_best_model(args, best_dir)
+
+    best_text = ("evaluated as it is" if args.eval_only else
+                 f"best epoch {run_info['best_epoch']} (step {run_info['best_step']}), validation WER "
+                 f"{100 * (state.best_metric or 0):.2f} %, {run_info['stop_reason']}, "
+                 f"{run_info['train_seconds'] / 60:.1f} min of training")
+    log(f"{out.name}: {best_text}; test WER {100 * metrics['wer']:.2f} %, CER {100 * metrics['cer']:.2f} % "
+        f"on {metrics['num_utterances']} utterances (RTF {metrics['rtf']}). Run folder: {out}")
+    return run_info
+
+
+if __name__ == "__main__":
+    main()
