@@ -405,6 +405,9 @@ def load_model(args, processor: Wav2Vec2Processor):
                                             **overrides)
     if args.freeze_feature_encoder and not args.eval_only:
         model.freeze_feature_encoder()
+    # Wav2Vec2's forward takes **kwargs but averages its CTC loss itself: without this, Trainer skips the
+    # division by --grad-accum (and multiplies by the process count), inflating loss and gradients.
+    model.accepts_loss_kwargs = False
     return model
 
 

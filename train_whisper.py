@@ -194,7 +194,8 @@ def resolve_precision(choice: str) -> str:
         return choice
     if not torch.cuda.is_available():
         return "fp32"
-    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    # Compute capability >= 8 (A100, RTX 30xx) has bf16; is_bf16_supported() also says yes on a T4 (emulated).
+    return "bf16" if torch.cuda.get_device_capability()[0] >= 8 else "fp16"
 
 
 def resolve_optimizer(name: str) -> str:

@@ -1,79 +1,18 @@
-"""A tiny Whisper built offline (no download) and one complete tiny training run, for the tests.
+"""One complete tiny Whisper training run, for the tests.
 
-`make_tiny_whisper(folder)` saves a WhisperForConditionalGeneration + WhisperProcessor that
-`train_whisper.py --model FOLDER`, `transformers.pipeline` and `generate(language="vi",
-task="transcribe")` accept like a Hub checkpoint (PITFALLS #21). Its context is 4 s instead of 30 s
-(the espeak clips are under 3.5 s): the same code paths, a training step 14x cheaper on CPU (measured).
-`train_tiny_run(data, out)` is the complete run folder that the report.py / transcribe.py / demo.py
-tests read (conftest's `whisper_run`).
+`make_tiny_whisper(folder)` (sample_data/offline_models.py) saves a random d_model-128, 2+2-layer
+Whisper with a local tokenizer; `train_tiny_run(data, out)` is the complete run folder that the
+report.py / transcribe.py / demo.py tests read (conftest's `whisper_run`).
 """
 from __future__ import annotations
 
-import json
 from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from make_vivos_like import WORDS
-from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-from transformers import (GenerationConfig, WhisperConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration,
-                          WhisperProcessor, WhisperTokenizer)
-from transformers.models.whisper.tokenization_whisper import LANGUAGES
+from offline_models import make_tiny_whisper
 
-# Whisper's order: the language and task tokens are found by their position after <|startoftranscript|>.
-SPECIAL_TOKENS = (["<|endoftext|>", "<|startoftranscript|>"] + [f"<|{code}|>" for code in LANGUAGES]
-                  + ["<|translate|>", "<|transcribe|>", "<|startoflm|>", "<|startofprev|>", "<|nospeech|>",
-                     "<|notimestamps|>"])
-# Whisper's 1501 timestamp tokens follow the special tokens: generate(return_timestamps=True) needs them.
-TIMESTAMP_TOKENS = [f"<|{i * 0.02:.2f}|>" for i in range(1501)]
-CHUNK_SECONDS = 4
-
-
-def byte_level_bpe(vocab_size: int = 1000) -> tuple[dict[str, int], list[tuple[str, str]]]:
-    """Vocabulary and merges of a byte-level BPE (Whisper's kind) learnt on the espeak corpus words."""
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    # Both cases: corpus prompts are upper case, the normalised training targets lower case.
-    tokenizer.train_from_iterator([" ".join(WORDS), " ".join(WORDS).upper()], trainer=trainer)
-    bpe = json.loads(tokenizer.to_str())["model"]
-    return bpe["vocab"], [tuple(pair) for pair in bpe["merges"]]
-
-
-def make_tiny_whisper(folder: Path, num_mel_bins: int = 80) -> Path:
-    """Save a randomly initialised multilingual Whisper (d_model 128, 2+2 layers) and its processor."""
-    folder = Path(folder)
-    vocab, merges = byte_level_bpe()
-    tokenizer = WhisperTokenizer(vocab=vocab, merges=merges, pad_token="<|endoftext|>")
-    tokenizer.add_special_tokens({"additional_special_tokens": SPECIAL_TOKENS})
-    tokenizer.add_tokens(TIMESTAMP_TOKENS)
-    tokenizer.set_prefix_tokens(language="vi", task="transcribe")
-    feature_extractor = WhisperFeatureExtractor(feature_size=num_mel_bins, chunk_length=CHUNK_SECONDS)
-    ids = {token: tokenizer.convert_tokens_to_ids(token) for token in SPECIAL_TOKENS}
-    eot, sot = ids["<|endoftext|>"], ids["<|startoftranscript|>"]
-    # The suppress lists default to ids of OpenAI's vocabulary; ours are in generation_config below.
-    config = WhisperConfig(
-        vocab_size=len(tokenizer), num_mel_bins=num_mel_bins, d_model=128, encoder_layers=2, decoder_layers=2,
-        encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=512, decoder_ffn_dim=512,
-        max_source_positions=feature_extractor.nb_max_frames // 2, max_target_positions=64, pad_token_id=eot,
-        bos_token_id=eot, eos_token_id=eot, decoder_start_token_id=sot, begin_suppress_tokens=None,
-        suppress_tokens=None)
-    torch.manual_seed(0)
-    model = WhisperForConditionalGeneration(config)
-    # Built whole (not derived from the model config) so that from_pretrained keeps it as saved.
-    model.generation_config = GenerationConfig(
-        decoder_start_token_id=sot, bos_token_id=eot, eos_token_id=eot, pad_token_id=eot,
-        max_length=config.max_target_positions, is_multilingual=True,
-        lang_to_id={f"<|{code}|>": ids[f"<|{code}|>"] for code in LANGUAGES},
-        task_to_id={"transcribe": ids["<|transcribe|>"], "translate": ids["<|translate|>"]},
-        no_timestamps_token_id=ids["<|notimestamps|>"], prev_sot_token_id=ids["<|startofprev|>"],
-        max_initial_timestamp_index=50, begin_suppress_tokens=[eot],
-        # As Whisper's own config does for its control tokens: a transcript is text (and timestamps).
-        suppress_tokens=[ids[token] for token in SPECIAL_TOKENS[1:]])
-    model.save_pretrained(folder)
-    WhisperProcessor(feature_extractor=feature_extractor, tokenizer=tokenizer).save_pretrained(folder)
-    return folder
+__all__ = ["make_tiny_whisper", "single_thread", "tiny_train_args", "train_tiny_run"]
 
 
 @contextmanager

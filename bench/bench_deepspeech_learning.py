@@ -1,0 +1,88 @@
+"""Does train_deepspeech.py with its CPU defaults learn? The full-size measurement of issue 5.
+
+    python bench/bench_deepspeech_learning.py                 # about 1 GB of disk in a temporary folder
+    python bench/bench_deepspeech_learning.py --work-dir /tmp/ds2-bench --keep
+
+Makes a VIVOS-shaped espeak-ng corpus (sample_data/make_vivos_like.py): 14 train voices x 60 utterances
+and 3 test voices x 60 utterances whose sentences never occur in train. prepare_vivos.py holds out 2 of
+the train voices (one per gender) for validation, leaving 720 train utterances of 12 voices; the test
+split is 180 utterances of 3 unseen voices reading unseen sentences. Then train_deepspeech.py trains a
+DeepSpeech2 from scratch with its defaults (only --data and --output-dir given, plus anything after
+`--`), and the test CER/WER, epochs and wall time are printed and written to RESULT.json in the work dir.
+
+Target (issue 5): CER <= 0.05 and WER <= 0.13 on the test split, measured there after 9 epochs in
+about 7 minutes on 2 CPU cores. Needs espeak-ng and sox.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "sample_data"))
+
+import prepare_vivos  # noqa: E402
+import train_deepspeech  # noqa: E402
+from make_vivos_like import make_corpus  # noqa: E402
+
+TARGET = {"cer": 0.05, "wer": 0.13}
+CORPUS = {"train_speakers": 14, "train_per_speaker": 60, "test_speakers": 3, "test_per_speaker": 60, "seed": 0}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work-dir", type=Path, help="where corpus, dataset and run go (default: a temporary folder)")
+    parser.add_argument("--keep", action="store_true", help="keep the work dir (default: delete a temporary one)")
+    parser.add_argument("train_args", nargs="*", help="extra train_deepspeech.py flags, after `--`")
+    args = parser.parse_args(argv)
+    work = args.work_dir or Path(tempfile.mkdtemp(prefix="ds2-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        began = time.perf_counter()
+        corpus = work / "corpus"
+        if not (corpus / "test" / "prompts.txt").is_file():
+            make_corpus(corpus, **CORPUS)
+        data = work / "data"
+        if not (data / "prepare_summary.json").is_file():
+            prepare_vivos.main(["--vivos-dir", str(corpus), "--out", str(data), "--features", "waveform",
+                                "--val-ratio", "0.1", "--seed", "0"])
+        splits = json.loads((data / "prepare_summary.json").read_text(encoding="utf-8"))["splits"]
+        sizes = ", ".join(f"{name} {s['utterances']} utterances / {s['speakers']} voices" for name, s in splits.items())
+        print(f"corpus and dataset ready in {time.perf_counter() - began:.0f} s: {sizes}")
+
+        run = work / "run"
+        began = time.perf_counter()
+        train_deepspeech.main(["--data", str(data), "--output-dir", str(run), *args.train_args])
+        seconds = time.perf_counter() - began
+
+        metrics = json.loads((run / "test_metrics.json").read_text(encoding="utf-8"))
+        info = json.loads((run / "run_info.json").read_text(encoding="utf-8"))
+        result = {
+            "test_cer": round(metrics["cer"], 4), "test_wer": round(metrics["wer"], 4),
+            "target": TARGET, "met": metrics["cer"] <= TARGET["cer"] and metrics["wer"] <= TARGET["wer"],
+            "epochs_run": info["epochs_run"], "best_epoch": info["best_epoch"], "stop_reason": info["stop_reason"],
+            "params": info["params_total"], "train_seconds": info["train_seconds"], "wall_seconds": round(seconds, 1),
+            "splits": {name: s["utterances"] for name, s in splits.items()},
+            "torch_threads": torch.get_num_threads(), "extra_args": args.train_args,
+        }
+        (work / "RESULT.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
+        print(json.dumps(result, indent=2))
+        print(f"test CER {result['test_cer']:.4f} (target <= {TARGET['cer']}), WER {result['test_wer']:.4f} "
+              f"(target <= {TARGET['wer']}) after {result['epochs_run']} epochs, {seconds / 60:.1f} min: "
+              + ("target met" if result["met"] else "target NOT met"))
+        return result
+    finally:
+        if not args.keep and args.work_dir is None:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
