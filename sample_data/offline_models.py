@@ -73,3 +73,36 @@ def make_tiny_whisper(folder: Path, num_mel_bins: int = 80) -> Path:
     model.save_pretrained(folder)
     WhisperProcessor(feature_extractor=feature_extractor, tokenizer=tokenizer).save_pretrained(folder)
     return folder
+
+
+# 4 conv layers with total stride 320 (20 ms frames, as in the real models), 2 transformer layers of width 64
+TINY_CONFIG = dict(
+    hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128,
+    conv_dim=(32, 32, 32, 32), conv_kernel=(10, 8, 4, 4), conv_stride=(5, 4, 4, 4),
+    num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4,
+    feat_extract_norm="layer", do_stable_layer_norm=True,
+)
+
+
+def make_tiny_wav2vec2(folder: Path, vocab_chars: str | None = None) -> Path:
+    """Save a randomly initialised tiny Wav2Vec2ForCTC (+ CTC tokenizer when `vocab_chars` is given)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    feature_extractor = Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16000, padding_value=0.0,
+                                                 do_normalize=True, return_attention_mask=True)
+    vocab = None
+    if vocab_chars is not None:
+        vocab = {"[PAD]": 0, "[UNK]": 1, "|": 2}
+        vocab.update({ch: i for i, ch in enumerate(sorted(set(vocab_chars) - {" "}), start=3)})
+    config = Wav2Vec2Config(vocab_size=len(vocab) if vocab else 32, pad_token_id=0, **TINY_CONFIG)
+    Wav2Vec2ForCTC(config).save_pretrained(folder)
+    feature_extractor.save_pretrained(folder)
+    if vocab:
+        with tempfile.TemporaryDirectory() as tmp:
+            vocab_file = Path(tmp) / "vocab.json"
+            vocab_file.write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+            tokenizer = Wav2Vec2CTCTokenizer(str(vocab_file), unk_token="[UNK]", pad_token="[PAD]",
+                                             word_delimiter_token="|", bos_token=None, eos_token=None)
+            Wav2Vec2Processor(feature_extractor=feature_extractor, tokenizer=tokenizer).save_pretrained(folder)
+    return folder

@@ -20,7 +20,7 @@ from datasets import DatasetDict, load_from_disk
 
 import train_whisper
 from conftest import REPO
-from tiny_whisper import make_tiny_whisper, single_thread, tiny_train_args
+from tiny_whisper import make_tiny_whisper, one_thread, tiny_train_args
 
 RUN_INFO_KEYS = {"family", "base_model", "run_name", "params_total", "params_trainable", "architecture", "loss",
                  "optimizer", "learning_rate", "scheduler", "warmup_steps", "weight_decay", "batch_size",
@@ -32,7 +32,7 @@ QUICK = ("--generation-max-length", "16", "--train-eval-size", "4")  # short eva
 
 @pytest.fixture(autouse=True)
 def one_torch_thread():
-    with single_thread():
+    with one_thread():
         yield
 
 

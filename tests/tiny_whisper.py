@@ -6,25 +6,12 @@ report.py / transcribe.py / demo.py tests read (conftest's `whisper_run`).
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
 from pathlib import Path
 
-import torch
+from conftest import one_thread
 from offline_models import make_tiny_whisper
 
-__all__ = ["make_tiny_whisper", "single_thread", "tiny_train_args", "train_tiny_run"]
-
-
-@contextmanager
-def single_thread():
-    """Run torch on one thread: the tiny model's matrices are too small to share between threads, and on
-    a CPU shared with other jobs a second thread mostly waits (measured here: 10x faster on one)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+__all__ = ["make_tiny_whisper", "one_thread", "tiny_train_args", "train_tiny_run"]
 
 
 def tiny_train_args(data_dir: Path, model_dir: Path, out_dir: Path, *extra: str) -> list[str]:
@@ -41,6 +28,6 @@ def train_tiny_run(data_dir: Path, out_dir: Path) -> Path:
 
     out_dir = Path(out_dir)
     model_dir = make_tiny_whisper(out_dir.parent / f"{out_dir.name} base model")
-    with single_thread():
+    with one_thread():
         train_whisper.main(tiny_train_args(data_dir, model_dir, out_dir))
     return out_dir
