@@ -227,7 +227,8 @@ def test_run_folder_contract(wav2vec2_run, waveform_data):
     assert [r["reference"] for r in predictions] == list(data["test"]["sentence"])
     metrics = read_json(wav2vec2_run / "test_metrics.json")
     assert set(metrics) == METRIC_KEYS and metrics["num_utterances"] == len(data["test"])
-    assert metrics["rtf"] == pytest.approx(metrics["decode_seconds"] / metrics["audio_seconds"], rel=1e-3, abs=1e-5)  # rtf is rounded to 5 decimals
+    # rtf and decode_seconds are both rounded in the file: compare within that rounding
+    assert metrics["rtf"] == pytest.approx(metrics["decode_seconds"] / metrics["audio_seconds"], rel=1e-3, abs=2e-4)
 
     card = (best / "README.md").read_text(encoding="utf-8")
     assert card.startswith("---\nlanguage:\n- vi\n") and "model-index:" in card
