@@ -91,7 +91,8 @@ def main(argv: list[str] | None = None) -> None:
                 "--out", data / f"sample_{features}", "--features", features, "--val-ratio", "0.1")
     times["train DeepSpeech2"] = run_step(
         "Train DeepSpeech2 from scratch", "train_deepspeech.py", "--data", data / "sample_waveform",
-        "--output-dir", runs / "deepspeech2", "--rnn-layers", "2", "--rnn-hidden", "128", "--epochs", "12",
+        "--output-dir", runs / "deepspeech2", "--rnn-layers", "2", "--rnn-hidden", "128", "--batch-size", "8",
+        "--epochs", "12",
         "--train-eval-size", "40")
     times["train Whisper"] = run_step(
         "Fine-tune Whisper", "train_whisper.py", "--data", data / "sample_whisper", "--model", bases["whisper"],

@@ -21,7 +21,8 @@ from safetensors.torch import load_file
 
 import train_deepspeech as ds2
 from make_vivos_like import make_corpus
-from tiny_deepspeech import TINY_ARGS, one_torch_thread, train_tiny_run
+from conftest import one_thread
+from tiny_deepspeech import TINY_ARGS, train_tiny_run
 
 REPO = Path(__file__).resolve().parents[1]
 OFFLINE_ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
@@ -310,7 +311,7 @@ def learned_run(work_dir) -> Path:
     prepare_vivos.main(["--vivos-dir", str(corpus), "--out", str(data), "--features", "waveform",
                         "--val-ratio", "0.2", "--seed", "0"])
     out = work_dir / "runs" / "deepspeech2 learning"
-    with one_torch_thread():
+    with one_thread():
         ds2.main(["--data", str(data), "--output-dir", str(out), *LEARNING_ARGS])
     return out
 
@@ -357,7 +358,7 @@ def test_eval_only_reproduces_the_run_and_padded_decoding_is_exact(learned_run, 
     the Trainer's padded, concatenated logits) equals the CER of transcribe() one clip at a time."""
     out = work_dir / "runs" / "deepspeech2 eval-only"
     data = work_dir / "ds2 learning data"
-    with one_torch_thread():
+    with one_thread():
         ds2.main(["--data", str(data), "--output-dir", str(out), "--model", str(learned_run / "best_model"),
                   "--eval-only", "--train-eval-size", "0", "--eval-batch-size", "7"])
         validation = datasets.load_from_disk(str(data))["validation"]

@@ -6,31 +6,17 @@
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
 from pathlib import Path
 
-import torch
+from conftest import one_thread
 
 TINY_ARGS = ["--preset", "tiny", "--seed", "0"]
-
-
-@contextmanager
-def one_torch_thread():
-    """Small recurrent layers run several times faster on one thread: their per-step matrices are too small
-    to share, and threads that wait for each other are 4-5x slower on a 2-core machine that runs anything
-    else (measured here). The previous setting is restored for the other tests."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def train_tiny_run(data_dir: Path, out_dir: Path, extra_args: tuple[str, ...] = ()) -> Path:
     """Train the tiny DeepSpeech2 on a prepared waveform dataset into `out_dir`; returns `out_dir`."""
     import train_deepspeech
 
-    with one_torch_thread():
+    with one_thread():
         train_deepspeech.main(["--data", str(data_dir), "--output-dir", str(out_dir), *TINY_ARGS, *extra_args])
     return Path(out_dir)
