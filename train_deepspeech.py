@@ -18,6 +18,7 @@ history.csv (one row per evaluation), run_info.json, test_predictions.csv, test_
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import importlib.metadata
 import importlib.util
@@ -213,11 +214,16 @@ def resolve_optimizer(name: str) -> str:
 # ----------------------------------------------------------------------------- 2. checkpoint to resume
 
 def last_complete_checkpoint(output_dir: Path) -> Path | None:
-    """Newest checkpoint-N/ holding trainer_state.json. The Trainer writes that file last, so a
-    checkpoint cut off mid-write is never picked."""
-    done = [p for p in output_dir.glob("checkpoint-*")
-            if p.name.split("-")[-1].isdigit() and (p / "trainer_state.json").is_file()]
-    return max(done, key=lambda p: int(p.name.split("-")[-1]), default=None)
+    """The newest checkpoint-N whose trainer_state.json (written last by Trainer) is there and readable."""
+    complete = []
+    for folder in output_dir.glob("checkpoint-*"):
+        state = folder / "trainer_state.json"
+        if not (folder.name.split("-")[-1].isdigit() and state.is_file()):
+            continue
+        with contextlib.suppress(ValueError):
+            json.loads(state.read_text(encoding="utf-8"))
+            complete.append(folder)
+    return max(complete, key=lambda folder: int(folder.name.split("-")[-1]), default=None)
 
 
 # ----------------------------------------------------------------------------- 3. prepared dataset

@@ -15,6 +15,13 @@ SHARED = {
     "compute_wer_cer": ["train_whisper.py", "train_wav2vec2.py", "train_deepspeech.py", "report.py"],
 }
 SCRIPTS = sorted(p.name for p in REPO.glob("*.py"))
+# Run-folder plumbing the standalone trainers must repeat: one copy drifting would break the shared
+# contract (which checkpoint is resumed, what test files hold), so the copies stay identical.
+TRAINER_PLUMBING = {
+    "last_complete_checkpoint": ["train_whisper.py", "train_wav2vec2.py", "train_deepspeech.py"],
+    **{name: ["train_whisper.py", "train_wav2vec2.py"]
+       for name in ("best_epoch", "stop_reason", "test_metrics", "test_predictions", "write_json")},
+}
 
 
 def reference_functions() -> dict[str, str]:
@@ -53,3 +60,11 @@ def test_scripts_are_standalone(script):
     source = (REPO / script).read_text(encoding="utf-8")
     assert 'if __name__ == "__main__":' in source and "def main(argv" in source
     assert ast.get_docstring(tree), f"{script} starts with a docstring"
+
+
+@pytest.mark.parametrize("name", sorted(TRAINER_PLUMBING))
+def test_trainer_plumbing_is_identical(name):
+    copies = {script: function_sources((REPO / script).read_text(encoding="utf-8")).get(name)
+              for script in TRAINER_PLUMBING[name]}
+    assert None not in copies.values(), f"{name} missing in {[s for s, c in copies.items() if c is None]}"
+    assert len(set(copies.values())) == 1, f"{name} differs between {', '.join(copies)}"
