@@ -46,6 +46,10 @@ from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, Traini
 SAMPLING_RATE = 16000  # every prepared dataset is 16 kHz mono
 IGNORE_INDEX = -100  # label padding the Trainer also uses when it concatenates batches
 BLANK_FAVOUR = 1e4  # logit gap that makes padded frames decode as blank (fits in fp16)
+# Lexicon beam search, chosen on the validation split of bench/bench_deepspeech_learning.py: greedy CER/WER
+# 0.044/0.149 -> 0.028/0.080. Leaving the lexicon costs about what deleting a clearly heard one-syllable word
+# would (-8), so a new word still comes through; best_model/config.json "beam" overrides these.
+BEAM_DEFAULTS = {"beam_width": 16, "lm_weight": 0.2, "word_bonus": 1.0, "oov_penalty": -8.0, "prune_log_prob": -8.0}
 TEST_CHUNK = 256  # test utterances read from disk at a time, so memory stays flat on the full test set
 # Best model and early stopping follow validation CER: a character model trained from scratch keeps its
 # validation WER at 1.0 for its first epochs while CER already falls, and patience on WER would stop it there.
@@ -143,6 +147,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
     reg = parser.add_argument_group("regularisation")
     reg.add_argument("--dropout", type=float, default=0.1, help="dropout after each recurrent layer")
+    reg.add_argument("--speed-perturb", type=float, default=0.0,
+                     help="train on each clip played at a random speed within 1 +- this (0: off)")
     reg.add_argument("--spec-augment", action=argparse.BooleanOptionalAction, default=True,
                      help="SpecAugment time and Mel masks while training (default on)")
     reg.add_argument("--mask-time-prob", type=float, default=0.05, help="share of frames masked (default 0.05)")
@@ -162,6 +168,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ev.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                     help="continue from the last complete checkpoint in --output-dir (default); --no-resume "
                          "starts over, only into an empty folder")
+    ev.add_argument("--decoder", choices=["beam", "greedy"], default="beam",
+                    help="how the test split (and later transcribe.py / demo.py) decode: beam = CTC beam search "
+                         "favouring words of the train transcripts (default), greedy = best path; validation "
+                         "during training is always greedy")
     ev.add_argument("--eval-only", action="store_true",
                     help="no training: evaluate --model as it is and write the test artifacts")
 
@@ -314,6 +324,18 @@ class LogMelSpectrogram(nn.Module):
         return features.masked_fill(padding[:, None, :], 0.0), frames
 
 
+def perturb_speed(waveforms: torch.Tensor, lengths: torch.Tensor, spread: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each clip resampled by its own random factor in [1 - spread, 1 + spread] and played at 16 kHz
+    (speed perturbation, Ko et al. 2015): tempo, pitch and formants move together, as with another speaker."""
+    factors = 1.0 + (torch.rand(len(lengths), device=lengths.device) * 2.0 - 1.0) * spread
+    new_lengths = (lengths.float() / factors).round().long().clamp(min=1)
+    resampled = waveforms.new_zeros(len(lengths), int(new_lengths.max()))
+    for row, (old, new) in enumerate(zip(lengths.tolist(), new_lengths.tolist())):
+        clip = waveforms[row, :old].float()[None, None]
+        resampled[row, :new] = F.interpolate(clip, size=new, mode="linear", align_corners=False)[0, 0]
+    return resampled, new_lengths
+
+
 def span_mask(sizes: torch.Tensor, axis_len: int, prob: float, span: int) -> torch.Tensor:
     """(batch, axis_len) bool: spans of `span` positions at random starts covering about `prob` of each
     row's first `sizes[i]` positions (SpecAugment's masks, counted like Hugging Face's mask_*_prob)."""
@@ -414,6 +436,7 @@ class DeepSpeech2(nn.Module):
         # `settings`, not `config`: the Trainer treats a `config` attribute as a PretrainedConfig.
         self.settings, self.vocab = dict(config), dict(vocab)
         self.tokens = {index: token for token, index in vocab.items()}
+        self.lexicon = None  # a Lexicon for beam search: built from the train text, saved as lexicon.json
         self.gradient_checkpointing = False
         self.features = LogMelSpectrogram(config)
         self.conv = MaskConv(config["n_mels"], config["conv_channels"], config["conv_layers"])
@@ -436,6 +459,8 @@ class DeepSpeech2(nn.Module):
 
     def forward(self, input_values: torch.Tensor, input_lengths: torch.Tensor,
                 labels: torch.Tensor | None = None) -> dict:
+        if self.training and self.settings.get("speed_perturb", 0.0) > 0:
+            input_values, input_lengths = perturb_speed(input_values, input_lengths, self.settings["speed_perturb"])
         features, frames = self.features(input_values, input_lengths)
         if self.training and self.settings["spec_augment"]:
             features = self.spec_augment(features, frames)
@@ -484,41 +509,137 @@ def ctc_greedy_text(ids: np.ndarray, tokens: dict[int, str], blank_id: int) -> s
     return " ".join(text.split())
 
 
+def log_add(a: float, b: float) -> float:
+    if a == -math.inf:
+        return b
+    if b == -math.inf:
+        return a
+    return max(a, b) + math.log1p(math.exp(-abs(a - b)))
+
+
+class Lexicon:
+    """The words of the train transcripts with their log relative frequency (a unigram language model),
+    and every prefix of them, for decoding. Vietnamese writes one syllable per word, and the syllables of a
+    language form a closed set, so the train text covers most of the words a test set uses."""
+
+    def __init__(self, counts: dict[str, int]):
+        total = max(sum(counts.values()), 1)
+        self.counts = dict(counts)
+        self.log_prob = {word: math.log(count / total) for word, count in counts.items()}
+        self.prefixes = {word[:k] for word in counts for k in range(len(word) + 1)}
+
+
+def ctc_lexicon_beam_search(log_probs: np.ndarray, tokens: dict[int, str], blank_id: int, lexicon: Lexicon,
+                            settings: dict) -> str:
+    """CTC prefix beam search (Hannun et al., 2014) over characters, scored with the lexicon's unigram
+    model: a finished word adds lm_weight * log P(word) + word_bonus; a word that leaves every lexicon
+    prefix pays oov_penalty once. `log_probs` is (frames, vocabulary) log-softmax of one utterance.
+
+    Greedy decoding spells what it hears ("chời" for "trời" where a dialect merges tr and ch); this
+    prefers words the train text contains and still lets a new word through when the sound insists."""
+    width, lm_weight = settings["beam_width"], settings["lm_weight"]
+    bonus, oov = settings["word_bonus"], settings["oov_penalty"]
+    space = next(i for i, t in tokens.items() if t == "|")
+    chars = {i: ("\ufffd" if t == "[UNK]" else t) for i, t in tokens.items() if i not in (blank_id, space)}
+
+    def word_end(word: str) -> float:
+        if word in lexicon.log_prob:
+            return lm_weight * lexicon.log_prob[word] + bonus
+        return bonus + (oov if word in lexicon.prefixes else 0.0)  # else it paid on leaving the prefixes
+
+    # A beam is (finished words, partial word) -> [log P(ends in blank), log P(ends in a character),
+    # language score, last token]; the last two depend on the text only.
+    beams = {("", ""): [0.0, -math.inf, 0.0, None]}
+    for frame in log_probs:
+        candidates = [int(i) for i in np.flatnonzero(frame > settings["prune_log_prob"])]
+        grown: dict = {}
+
+        def add(key, blank_score, char_score, language, last):
+            entry = grown.setdefault(key, [-math.inf, -math.inf, language, last])
+            entry[0], entry[1] = log_add(entry[0], blank_score), log_add(entry[1], char_score)
+
+        for (done, part), (p_blank, p_char, language, last) in beams.items():
+            p_total = log_add(p_blank, p_char)
+            for token in candidates:
+                p = float(frame[token])
+                if token == blank_id or (token == space and not part):  # no text change
+                    add((done, part), p_total + p, -math.inf, language, last)
+                    continue
+                if token == last:  # a repeat merges unless a blank came between
+                    add((done, part), -math.inf, p_char + p, language, last)
+                    source = p_blank
+                else:
+                    source = p_total
+                if source == -math.inf:
+                    continue
+                if token == space:
+                    add(((done + " " + part).strip(), ""), -math.inf, source + p, language + word_end(part), token)
+                else:
+                    longer = part + chars[token]
+                    leaves = part in lexicon.prefixes and longer not in lexicon.prefixes
+                    add((done, longer), -math.inf, source + p, language + (oov if leaves else 0.0), token)
+        ranked = sorted(grown.items(), key=lambda kv: log_add(kv[1][0], kv[1][1]) + kv[1][2], reverse=True)
+        beams = dict(ranked[:width])
+
+    def final(item):
+        (done, part), (p_blank, p_char, language, _) = item
+        return log_add(p_blank, p_char) + language + (word_end(part) if part else 0.0)
+
+    done, part = max(beams.items(), key=final)[0]
+    return (done + " " + part).strip()
+
+
 def load_model(folder) -> nn.Module:
-    """The DeepSpeech2 saved in `folder` (config.json, vocab.json, model.safetensors), in eval mode."""
+    """The DeepSpeech2 saved in `folder` (config.json, vocab.json, model.safetensors, and lexicon.json
+    when it was saved with one), in eval mode."""
     folder = Path(folder)
     config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     vocab = json.loads((folder / "vocab.json").read_text(encoding="utf-8"))
     model = DeepSpeech2(config, vocab)
     model.load_state_dict(load_file(str(folder / "model.safetensors")))
+    if (folder / "lexicon.json").is_file():
+        model.lexicon = Lexicon(json.loads((folder / "lexicon.json").read_text(encoding="utf-8")))
     return model.eval()
 
 
 @torch.no_grad()
-def transcribe(model: nn.Module, waveforms: list, batch_size: int = 16) -> list[str]:
-    """Greedy CTC transcripts of 16 kHz mono float32 clips, batched by length; order kept."""
+def transcribe(model: nn.Module, waveforms: list, batch_size: int = 16, decoder: str | None = None) -> list[str]:
+    """Transcripts of 16 kHz mono float32 clips, batched by length; order kept. decoder: "greedy" (best
+    path) or "beam" (lexicon beam search, needs the model's lexicon); default: the model's config, greedy
+    for a model saved without a lexicon."""
+    if decoder is None:
+        decoder = model.settings.get("decoder", "greedy") if model.lexicon is not None else "greedy"
+    elif decoder == "beam" and model.lexicon is None:
+        raise ValueError("decoder 'beam' needs the model's lexicon (lexicon.json next to the weights)")
     device = next(model.parameters()).device
     order = sorted(range(len(waveforms)), key=lambda i: len(waveforms[i]))
     texts = [""] * len(waveforms)
+    blank_id = model.settings["blank_id"]
     for start in range(0, len(order), batch_size):
         chosen = order[start: start + batch_size]
         values, lengths = pad_waveforms([waveforms[i] for i in chosen])
-        ids = model(values.to(device), lengths.to(device))["logits"].argmax(dim=-1).cpu().numpy()
-        for i, row in zip(chosen, ids):
-            texts[i] = ctc_greedy_text(row, model.tokens, model.settings["blank_id"])
+        logits = model(values.to(device), lengths.to(device))["logits"].float()
+        if decoder == "greedy":
+            for i, row in zip(chosen, logits.argmax(dim=-1).cpu().numpy()):
+                texts[i] = ctc_greedy_text(row, model.tokens, blank_id)
+            continue
+        frames = model.output_lengths(lengths).tolist()
+        for i, row, n in zip(chosen, logits.log_softmax(dim=-1).cpu().numpy(), frames):
+            texts[i] = ctc_lexicon_beam_search(row[:n], model.tokens, blank_id, model.lexicon,
+                                               {**BEAM_DEFAULTS, **model.settings.get("beam", {})})
     return texts
 
 
-MODEL_CODE = [mel_filterbank, LogMelSpectrogram, span_mask, MaskConv, reverse_within_lengths, BatchRNN, DeepSpeech2,
-              pad_waveforms, ctc_greedy_text, load_model, transcribe]
+MODEL_CODE = [mel_filterbank, LogMelSpectrogram, perturb_speed, span_mask, MaskConv, reverse_within_lengths, BatchRNN,
+              DeepSpeech2, pad_waveforms, ctc_greedy_text, log_add, Lexicon, ctc_lexicon_beam_search, load_model,
+              transcribe]
 
 
 MODELING_HEADER = '''"""DeepSpeech2 (CNN + bidirectional RNN + CTC) for 16 kHz speech: the model's own code.
 
 Written by train_deepspeech.py next to the weights, as Hugging Face "remote code" is:
 
-    import importlib.metadata
-import importlib.util
+    import importlib.util
     spec = importlib.util.spec_from_file_location("modeling_deepspeech2", "best_model/modeling_deepspeech2.py")
     ds2 = importlib.util.module_from_spec(spec); spec.loader.exec_module(ds2)
     model = ds2.load_model("best_model")
@@ -527,6 +648,7 @@ import importlib.util
 Needs torch, numpy and safetensors only.
 """
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -537,13 +659,14 @@ from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint
 
 BLANK_FAVOUR = {blank_favour}
+BEAM_DEFAULTS = {beam_defaults}
 '''
 
 
 def modeling_source() -> str:
     """The text of modeling_deepspeech2.py: the header and the model code above, copied from this file."""
     body = "\n\n".join(inspect.getsource(obj) for obj in MODEL_CODE)
-    return MODELING_HEADER.format(blank_favour=BLANK_FAVOUR) + "\n\n" + body
+    return MODELING_HEADER.format(blank_favour=BLANK_FAVOUR, beam_defaults=BEAM_DEFAULTS) + "\n\n" + body
 
 
 # Read once, at import: the code that runs is the code that gets saved, even if this file is edited
@@ -581,8 +704,8 @@ def model_config(args, vocab: dict[str, int], mean: list[float], std: list[float
 
 
 def training_config(args) -> dict:
-    """The config entries that only act while training; flags set them even for a loaded model."""
-    return {"dropout": args.dropout, "spec_augment": args.spec_augment,
+    """The config entries that flags set even for a loaded model: training-only settings and the decoder."""
+    return {"decoder": args.decoder, "dropout": args.dropout, "speed_perturb": args.speed_perturb, "spec_augment": args.spec_augment,
             "mask_time_prob": args.mask_time_prob, "mask_time_length": args.mask_time_length,
             "mask_feature_prob": args.mask_feature_prob, "mask_feature_length": args.mask_feature_length}
 
@@ -619,6 +742,15 @@ def feature_statistics(split, config: dict, limit: int, seed: int) -> tuple[list
 
 
 # ----------------------------------------------------------------------------- 5. data for the Trainer
+
+def word_counts(sentences: list[str]) -> dict[str, int]:
+    """How often each word occurs in the (normalised) sentences, most frequent first: lexicon.json."""
+    counts: dict[str, int] = {}
+    for sentence in sentences:
+        for word in sentence.split():
+            counts[word] = counts.get(word, 0) + 1
+    return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
+
 
 def encode_text(sentence: str, vocab: dict[str, int]) -> list[int]:
     unknown = vocab["[UNK]"]
@@ -888,6 +1020,9 @@ def save_best_model(model: DeepSpeech2, folder: Path) -> None:
               "feature_std": model.features.std.tolist()}
     (folder / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
     (folder / "vocab.json").write_text(json.dumps(model.vocab, ensure_ascii=False, indent=2), encoding="utf-8")
+    if model.lexicon is not None:
+        (folder / "lexicon.json").write_text(json.dumps(model.lexicon.counts, ensure_ascii=False, indent=0),
+                                             encoding="utf-8")
     (folder / "modeling_deepspeech2.py").write_text(MODELING_SOURCE, encoding="utf-8")
 
 
@@ -920,7 +1055,7 @@ Vietnamese characters: {config['n_mels']}-bin log-Mel features (computed inside 
 normalised with train-split statistics), {a['conv_layers']} 2-D convolutions with batch norm and a clipped
 ReLU, {a['rnn_layers']} bidirectional {a['rnn_type'].upper()} layers of {a['rnn_hidden']} units per direction,
 and a linear head over {a['vocab_size']} tokens (`|` is the space, `[PAD]` the CTC blank).
-{run_info['params_total']:,} parameters. Greedy CTC decoding.
+{run_info['params_total']:,} parameters. Decoding: {run_info['decoder_description']}.
 
 ## Results (test split: {metrics['num_utterances']} utterances, {metrics['audio_seconds'] / 60:.1f} min of audio)
 
@@ -946,7 +1081,6 @@ length-grouped batches. {run_info['epochs_run']} epochs in {run_info['train_seco
 
 ## Use
 ```python
-import importlib.metadata
 import importlib.util
 spec = importlib.util.spec_from_file_location("modeling_deepspeech2", "best_model/modeling_deepspeech2.py")
 ds2 = importlib.util.module_from_spec(spec); spec.loader.exec_module(ds2)
@@ -990,6 +1124,11 @@ def build_run_info(args: argparse.Namespace, trainer: Trainer, model: DeepSpeech
             "frame_rate_hz": (SAMPLING_RATE / model.settings["hop_length"]
                               / math.prod(stride[1] for _, stride, _ in model.conv.specs)),
         },
+        "decoder": model.settings["decoder"],
+        "decoder_description": ("CTC prefix beam search over the words of the train transcripts (best_model/lexicon.json, "
+                                f"{len(model.lexicon.counts)} words) with their unigram frequencies, "
+                                f"{ {**BEAM_DEFAULTS, **model.settings.get('beam', {})} }"
+                                if model.settings["decoder"] == "beam" else "greedy CTC (best path)"),
         "loss": "ctc", "optimizer": optimizer, "learning_rate": args.lr, "scheduler": args.scheduler,
         "warmup_steps": trainer.args.get_warmup_steps(state.max_steps) if state.max_steps else 0,
         "weight_decay": args.weight_decay, "batch_size": args.batch_size, "grad_accum": args.grad_accum,
@@ -1084,6 +1223,8 @@ def main(argv: list[str] | None = None) -> dict:
                 module.p = args.dropout
         base_model, vocab = str(folder), model.vocab
         say(f"loaded {folder} (its architecture and vocabulary; the model-size flags do not apply)")
+    if model.lexicon is None or not args.eval_only:  # a saved model evaluated keeps its own lexicon
+        model.lexicon = Lexicon(word_counts(list(train_split["sentence"])))
     model.gradient_checkpointing = args.gradient_checkpointing
     say(f"DeepSpeech2: {sum(p.numel() for p in model.parameters()):,} parameters, vocabulary of {len(vocab)} tokens")
     unknown = {name: unknown_characters(list(split["sentence"]), vocab)

@@ -67,12 +67,60 @@ def test_greedy_decoding_merges_repeats_and_drops_blanks_and_padding():
     assert ds2.label_text(np.array([b, a, sep, b, a, -100]), tokens) == "ba ba"
 
 
+def spelled(vocab: dict[str, int], frames: list[dict[str, float]]) -> np.ndarray:
+    """(frames, vocabulary) log-probabilities: each frame's listed tokens get their probability, the
+    rest of the mass is the blank's (and a trace for every other token)."""
+    log_probs = np.full((len(frames), len(vocab)), math.log(1e-6))
+    for row, frame in enumerate(frames):
+        for token, prob in frame.items():
+            log_probs[row, vocab[token]] = math.log(prob)
+        log_probs[row, vocab["[PAD]"]] = math.log(max(1.0 - sum(frame.values()), 1e-6))
+    return log_probs
+
+
+def test_lexicon_beam_search_prefers_train_words_but_lets_a_clear_new_word_through():
+    vocab = ds2.build_vocab(["trời chơi xe"])
+    tokens = {i: t for t, i in vocab.items()}
+    lexicon = ds2.Lexicon({"trời": 3, "chơi": 2})
+    # "trời" in a dialect that merges tr and ch: each letter of the pair only slightly ahead
+    heard = spelled(vocab, [{"c": 0.5, "t": 0.45}, {"h": 0.5, "r": 0.45}, {"ờ": 0.95}, {}, {"i": 0.95},
+                            {"|": 0.95}, {"x": 0.999}, {}, {"e": 0.999}])
+    assert ds2.ctc_greedy_text(heard.argmax(axis=1), tokens, vocab["[PAD]"]) == "chời xe"
+    assert ds2.ctc_lexicon_beam_search(heard, tokens, vocab["[PAD]"], lexicon, ds2.BEAM_DEFAULTS) == "trời xe"
+    # a letter repeated in the text needs a blank between its frames, in the beam as in greedy decoding
+    both = ds2.Lexicon({"xe": 1, "xee": 1})
+    for frames, text in (([{"x": 0.99}, {"e": 0.99}, {"e": 0.99}], "xe"),
+                         ([{"x": 0.99}, {"e": 0.99}, {}, {"e": 0.99}], "xee")):
+        assert ds2.ctc_lexicon_beam_search(spelled(vocab, frames), tokens, vocab["[PAD]"], both,
+                                           ds2.BEAM_DEFAULTS) == text
+
+
 def test_spec_augment_masks_cover_about_the_requested_share():
     torch.manual_seed(0)
     sizes = torch.tensor([1000, 500, 0])
     mask = ds2.span_mask(sizes, 1000, prob=0.1, span=10)
     assert 0.05 < mask[0].float().mean() <= 0.1 and 0.05 < mask[1, :500].float().mean() / 1 <= 0.1
     assert not mask[1, 500:].any() and not mask[2].any()
+
+
+def test_speed_perturbation_moves_duration_and_pitch_together_and_only_while_training():
+    torch.manual_seed(0)
+    seconds = torch.arange(16000) / ds2.SAMPLING_RATE
+    tone = torch.sin(2 * math.pi * 1000.0 * seconds)  # 1 s at 1 kHz
+    waves = torch.stack([tone, torch.where(seconds < 0.5, tone, torch.zeros_like(tone))])
+    lengths = torch.tensor([16000, 8000])
+    perturbed, new_lengths = ds2.perturb_speed(waves, lengths, spread=0.1)
+    factors = (lengths / new_lengths).tolist()
+    assert all(0.9 <= f <= 1.1 for f in factors) and abs(factors[0] - factors[1]) > 1e-3  # one speed per clip
+    for row, (factor, new) in enumerate(zip(factors, new_lengths.tolist())):
+        spectrum = np.abs(np.fft.rfft(perturbed[row, :new].numpy()))
+        pitch = np.argmax(spectrum) * ds2.SAMPLING_RATE / new
+        assert pitch == pytest.approx(1000.0 * factor, abs=2.0)  # faster clip, higher pitch, same factor
+        assert not perturbed[row, new:].any()
+    model = random_model(speed_perturb=0.1)
+    values, input_lengths = ds2.pad_waveforms([np.random.default_rng(0).standard_normal(8000).astype(np.float32)])
+    first, second = (model(values, input_lengths)["logits"] for _ in range(2))  # eval mode: no perturbation
+    assert torch.equal(first, second)
 
 
 def test_sortagrad_sampler_sorts_first_epoch_then_groups_lengths_deterministically():
@@ -318,6 +366,10 @@ def learned_run(work_dir) -> Path:
 
 def test_learns_to_transcribe_unseen_voices_and_sentences(learned_run):
     metrics = read_json(learned_run / "test_metrics.json")
+    info = read_json(learned_run / "run_info.json")
+    lexicon = read_json(learned_run / "best_model" / "lexicon.json")
+    train = datasets.load_from_disk(str(learned_run.parents[1] / "ds2 learning data"))["train"]
+    assert lexicon == ds2.word_counts(list(train["sentence"])) and info["decoder"] == "beam"
     history = read_csv(learned_run / "history.csv")
     assert metrics["cer"] < LEARNING_MAX_CER, metrics
     assert float(history[-1]["val_cer"]) < float(history[0]["val_cer"])
@@ -364,7 +416,7 @@ def test_eval_only_reproduces_the_run_and_padded_decoding_is_exact(learned_run, 
         validation = datasets.load_from_disk(str(data))["validation"]
         model = ds2.load_model(learned_run / "best_model")
         waves = list(validation.with_format("numpy", columns=["input_values"])["input_values"])
-        hyps = [ds2.normalize_text(ds2.transcribe(model, [w])[0]) for w in waves]
+        hyps = [ds2.normalize_text(ds2.transcribe(model, [w], decoder="greedy")[0]) for w in waves]
     reference = read_json(learned_run / "test_metrics.json")
     assert read_json(out / "test_metrics.json")["cer"] == pytest.approx(reference["cer"])
     info = read_json(out / "run_info.json")
