@@ -705,7 +705,8 @@ def model_config(args, vocab: dict[str, int], mean: list[float], std: list[float
 
 def training_config(args) -> dict:
     """The config entries that flags set even for a loaded model: training-only settings and the decoder."""
-    return {"decoder": args.decoder, "dropout": args.dropout, "speed_perturb": args.speed_perturb, "spec_augment": args.spec_augment,
+    return {"decoder": args.decoder, "dropout": args.dropout, "speed_perturb": args.speed_perturb,
+            "spec_augment": args.spec_augment,
             "mask_time_prob": args.mask_time_prob, "mask_time_length": args.mask_time_length,
             "mask_feature_prob": args.mask_feature_prob, "mask_feature_length": args.mask_feature_length}
 

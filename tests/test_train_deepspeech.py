@@ -79,7 +79,7 @@ def spelled(vocab: dict[str, int], frames: list[dict[str, float]]) -> np.ndarray
 
 
 def test_lexicon_beam_search_prefers_train_words_but_lets_a_clear_new_word_through():
-    vocab = ds2.build_vocab(["trời chơi xe"])
+    vocab = ds2.build_vocab(["trời chơi xe xem"])
     tokens = {i: t for t, i in vocab.items()}
     lexicon = ds2.Lexicon({"trời": 3, "chơi": 2})
     # "trời" in a dialect that merges tr and ch: each letter of the pair only slightly ahead
@@ -87,12 +87,26 @@ def test_lexicon_beam_search_prefers_train_words_but_lets_a_clear_new_word_throu
                             {"|": 0.95}, {"x": 0.999}, {}, {"e": 0.999}])
     assert ds2.ctc_greedy_text(heard.argmax(axis=1), tokens, vocab["[PAD]"]) == "chời xe"
     assert ds2.ctc_lexicon_beam_search(heard, tokens, vocab["[PAD]"], lexicon, ds2.BEAM_DEFAULTS) == "trời xe"
+    # a word that stops inside a lexicon word ("xe" of "xem") is not a word: the faint "m" is taken
+    faint_end = spelled(vocab, [{"x": 0.9}, {"e": 0.9}, {"m": 0.3}])
+    assert ds2.ctc_greedy_text(faint_end.argmax(axis=1), tokens, vocab["[PAD]"]) == "xe"
+    assert ds2.ctc_lexicon_beam_search(faint_end, tokens, vocab["[PAD]"], ds2.Lexicon({"xem": 3}),
+                                       ds2.BEAM_DEFAULTS) == "xem"
     # a letter repeated in the text needs a blank between its frames, in the beam as in greedy decoding
     both = ds2.Lexicon({"xe": 1, "xee": 1})
     for frames, text in (([{"x": 0.99}, {"e": 0.99}, {"e": 0.99}], "xe"),
                          ([{"x": 0.99}, {"e": 0.99}, {}, {"e": 0.99}], "xee")):
         assert ds2.ctc_lexicon_beam_search(spelled(vocab, frames), tokens, vocab["[PAD]"], both,
                                            ds2.BEAM_DEFAULTS) == text
+
+
+def test_beam_decoding_needs_a_lexicon_and_a_model_without_one_decodes_greedily():
+    model = random_model()
+    clip = [np.random.default_rng(0).normal(0, 0.1, 8000).astype(np.float32)]
+    with pytest.raises(ValueError, match="lexicon.json"):
+        ds2.transcribe(model, clip, decoder="beam")
+    assert model.settings["decoder"] == "beam" and model.lexicon is None
+    assert ds2.transcribe(model, clip) == ds2.transcribe(model, clip, decoder="greedy")
 
 
 def test_spec_augment_masks_cover_about_the_requested_share():
@@ -429,3 +443,18 @@ def test_eval_only_reproduces_the_run_and_padded_decoding_is_exact(learned_run, 
     scores = ds2.compute_wer_cer(list(validation["sentence"]), hyps)
     assert float(row["val_cer"]) == pytest.approx(scores["cer"])
     assert float(row["val_wer"]) == pytest.approx(scores["wer"])
+
+
+def test_decoder_greedy_writes_best_path_test_predictions(learned_run, work_dir):
+    out = work_dir / "runs" / "deepspeech2 greedy"
+    data = work_dir / "ds2 learning data"
+    with one_thread():
+        ds2.main(["--data", str(data), "--output-dir", str(out), "--model", str(learned_run / "best_model"),
+                  "--eval-only", "--train-eval-size", "0", "--decoder", "greedy"])
+        model = ds2.load_model(learned_run / "best_model")
+        test = datasets.load_from_disk(str(data))["test"]
+        greedy = ds2.transcribe(model, list(test.with_format("numpy", columns=["input_values"])["input_values"]),
+                                decoder="greedy")
+    assert read_json(out / "run_info.json")["decoder"] == "greedy"
+    assert [r["raw_prediction"] for r in read_csv(out / "test_predictions.csv")] == greedy
+    assert json.loads((out / "best_model" / "config.json").read_text(encoding="utf-8"))["decoder"] == "greedy"
