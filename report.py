@@ -169,9 +169,9 @@ TEXT = {
                      "Lý do: wav2vec 2.0 học biểu diễn tiếng nói không cần nhãn rồi được tinh chỉnh với đầu ra CTC; "
                      "giải mã chỉ một lượt, không tự hồi quy, đủ nhanh cho GPU nhỏ, và đầu ra theo ký tự phủ mọi chữ "
                      "cái tiếng Việt."),
-    "why_deepspeech2": ("Why: DeepSpeech2 (convolutions + bidirectional GRU + CTC) is trained from scratch; it is "
+    "why_deepspeech2": ("Why: DeepSpeech2 (convolutions + bidirectional LSTM/GRU + CTC) is trained from scratch; it is "
                         "the classic baseline that shows what pretraining buys on a corpus of VIVOS's size.",
-                        "Lý do: DeepSpeech2 (tích chập + GRU hai chiều + CTC) được huấn luyện từ đầu; đây là mô hình "
+                        "Lý do: DeepSpeech2 (tích chập + LSTM/GRU hai chiều + CTC) được huấn luyện từ đầu; đây là mô hình "
                         "cơ sở kinh điển cho thấy huấn luyện trước mang lại bao nhiêu trên bộ dữ liệu cỡ VIVOS."),
     "base_model": ("Base model: {base}.", "Mô hình gốc: {base}."),
     "t_arch": ("Architecture of {run} (parameters as exact counts; layer sizes in units)",

@@ -137,6 +137,42 @@ def test_speed_perturbation_moves_duration_and_pitch_together_and_only_while_tra
     assert torch.equal(first, second)
 
 
+def test_pitch_features_follow_the_tone_contour_relative_to_the_speaker():
+    """A voice at 110 Hz then a fifth higher (165 Hz), then silence: the relative F0 of the halves is
+    3 * log2(165 / 110) apart around the utterance's mean (no octave errors), the silence unvoiced, and a
+    clip gets the same features alone as inside a padded batch."""
+    seconds = torch.arange(8000) / ds2.SAMPLING_RATE
+    def voice(f0):  # ten harmonics falling off like a glottal source
+        return sum(torch.sin(2 * math.pi * k * f0 * seconds) / k for k in range(1, 11)) * 0.1
+    clip = torch.cat([voice(110.0), voice(165.0), torch.zeros(4800)])
+    pitch = ds2.PitchFeatures({"hop_length": 160, "sampling_rate": ds2.SAMPLING_RATE})
+    relative, slope, voicing = pitch(clip[None], torch.tensor([len(clip)]))[0]
+    assert relative.shape == (len(clip) // 160 + 1,)
+    low, high, silent = slice(5, 45), slice(55, 95), slice(110, 120)  # frames away from the edges
+    step = 3 * math.log2(165 / 110)
+    assert relative[low].mean() == pytest.approx(-step / 2, abs=0.05)
+    assert relative[high].mean() == pytest.approx(step / 2, abs=0.05)
+    assert (voicing[low] > 0.9).all() and (voicing[high] > 0.9).all() and (slope[low].abs() < 0.05).all()
+    assert not voicing[silent].any() and not relative[silent].any()
+    other = torch.randn(30000) * 0.05
+    values, lengths = ds2.pad_waveforms([clip.numpy(), other.numpy()])
+    alone = torch.stack([relative, slope, voicing])
+    torch.testing.assert_close(pitch(values, lengths)[0, :, : relative.shape[0]], alone)
+
+
+def test_a_model_saved_without_pitch_features_loads_and_transcribes_as_trained(tmp_path):
+    """Models saved before pitch features existed have no "pitch" in config.json: they load without them."""
+    model = random_model(pitch=False)
+    ds2.save_best_model(model, tmp_path)
+    config = read_json(tmp_path / "config.json")
+    del config["pitch"]
+    (tmp_path / "config.json").write_text(json.dumps(config), encoding="utf-8")
+    loaded = ds2.load_model(tmp_path)
+    assert loaded.pitch is None and random_model().pitch is not None  # pitch is on for new models
+    clip = [np.random.default_rng(0).normal(0, 0.1, 12000).astype(np.float32)]
+    assert ds2.transcribe(loaded, clip, decoder="greedy") == ds2.transcribe(model, clip, decoder="greedy")
+
+
 def test_sortagrad_sampler_sorts_first_epoch_then_groups_lengths_deterministically():
     lengths = list(np.random.default_rng(0).uniform(1, 10, 200))
     sampler = ds2.SortaGradSampler(lengths, batch_size=8, seed=3, group_batches=5)
@@ -351,16 +387,20 @@ def test_torchrun_two_cpu_processes(waveform_data, work_dir):
 # 10 voices x 30 utterances: 8 voices (240 utterances) train, 2 (one per gender) validate; the test split
 # is 2 other voices reading 12 sentences each that appear nowhere in train.
 LEARNING_CORPUS = {"train_speakers": 10, "train_per_speaker": 30, "test_speakers": 2, "test_per_speaker": 12}
-LEARNING_ARGS = ["--n-mels", "40", "--conv-channels", "16", "--rnn-layers", "2", "--rnn-hidden", "128",
-                 "--batch-size", "4", "--epochs", "6", "--lr", "2e-3", "--no-spec-augment", "--train-eval-size", "0",
-                 "--patience", "0", "--seed", "0"]
+LEARNING_ARGS = ["--n-mels", "40", "--conv-channels", "16", "--rnn-type", "gru", "--no-pitch", "--rnn-layers", "2",
+                 "--rnn-hidden", "128", "--batch-size", "4", "--epochs", "6", "--lr", "2e-3", "--no-spec-augment",
+                 "--train-eval-size", "0", "--patience", "0", "--seed", "0"]
 # An untrained model outputs blanks (CER 1.0); one stuck in CTC's blank plateau or emitting a few frequent
 # letters scores 0.7-1.0 (measured here: 0.99 after one epoch, 0.69 on the way out of the plateau). Below
 # 0.5, one character in two of sentences never heard, spoken by voices never heard, comes out right:
 # that takes a learnt sound-to-letter mapping. After these 6 epochs: validation CER 0.24 (greedy), test CER
 # 0.34 greedy and 0.25 with the lexicon beam search that test_metrics.json uses (the beam alone cannot
-# pass an untrained model: it only picks among what the acoustic model hears). The full-size benchmark
-# (bench/bench_deepspeech_learning.py) is the one held to issue 5's CER 0.05.
+# pass an untrained model: it only picks among what the acoustic model hears). A small GRU without pitch,
+# not the defaults: PyTorch's GRU on a CPU gives the same numbers every run, while its LSTM goes through
+# oneDNN, whose results differ in the last bits from run to run, and how soon a small model leaves CTC's
+# blank-only start amplifies that (this test with the default LSTM and pitch, lr 4e-3: 0.37, 0.26 and once
+# above 0.5). The full-size benchmark (bench/bench_deepspeech_learning.py) holds the defaults to issue 5's
+# CER 0.05.
 LEARNING_MAX_CER = 0.5
 
 

@@ -1,7 +1,7 @@
 """A complete DeepSpeech2 run folder in seconds, for the tests of every tool that reads run folders.
 
 `train_tiny_run(data_dir, out_dir)` runs `train_deepspeech.main` with `--preset tiny` (40 Mel bins,
-8 conv channels, one BiGRU-64 layer, 2 epochs): the folder has every file of the contract
+8 conv channels, one BiLSTM-64 layer, 2 epochs): the folder has every file of the contract
 (docs/FORMATS.md), though the model barely learns.
 """
 from __future__ import annotations
