@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import unicodedata
 from pathlib import Path
 
 import datasets
@@ -98,6 +99,29 @@ def test_lexicon_beam_search_prefers_train_words_but_lets_a_clear_new_word_throu
                          ([{"x": 0.99}, {"e": 0.99}, {}, {"e": 0.99}], "xee")):
         assert ds2.ctc_lexicon_beam_search(spelled(vocab, frames), tokens, vocab["[PAD]"], both,
                                            ds2.BEAM_DEFAULTS) == text
+
+
+def test_tone_tokens_spell_each_tone_after_its_vowel_and_decode_back_to_the_written_word():
+    """--tone-tokens: "tối" is learnt as t, ô, sắc, i; greedy and beam decoding give back NFC text, and the
+    lexicon matches words spelled that way."""
+    sentences = ["tôi tối nay", "bà bán bạn"]
+    assert [unicodedata.normalize("NFC", ds2.split_tones(s)) for s in sentences] == sentences
+    assert ds2.split_tones("tối") == "tô\u0301i"
+    assert ds2.split_tones("đường") == "đươ\u0300ng"  # ô, ơ, đ stay whole letters
+    vocab = ds2.build_vocab([ds2.split_tones(s) for s in sentences])
+    assert ds2.uses_tone_tokens(vocab) and not ds2.uses_tone_tokens(ds2.build_vocab(sentences))
+    assert "ố" not in vocab and {"ô", "\u0301", "\u0300", "\u0323"} <= set(vocab)
+    assert ds2.encode_text("tối", vocab) == [vocab[c] for c in ("t", "ô", "\u0301", "i")]
+    assert ds2.unknown_characters(["tối nay"], vocab) == {}
+    tokens = {i: t for t, i in vocab.items()}
+    labels = np.array(ds2.encode_text("tối nay", vocab) + [-100])
+    assert ds2.label_text(labels, tokens) == "tối nay"  # the reference of the validation metrics
+    heard = spelled(vocab, [{"t": 0.95}, {"ô": 0.95}, {"\u0301": 0.9}, {"i": 0.95}])
+    assert ds2.ctc_greedy_text(heard.argmax(axis=1), tokens, vocab["[PAD]"]) == "tối"
+    lexicon = ds2.Lexicon({"tối": 1, "tôi": 5}, tone_tokens=True)
+    assert ds2.ctc_lexicon_beam_search(heard, tokens, vocab["[PAD]"], lexicon, ds2.BEAM_DEFAULTS) == "tối"
+    unsure = spelled(vocab, [{"t": 0.95}, {"ô": 0.95}, {"\u0301": 0.3}, {"i": 0.95}])  # the beam weighs tôi's count
+    assert ds2.ctc_lexicon_beam_search(unsure, tokens, vocab["[PAD]"], lexicon, ds2.BEAM_DEFAULTS) == "tôi"
 
 
 def test_beam_decoding_needs_a_lexicon_and_a_model_without_one_decodes_greedily():
