@@ -358,6 +358,25 @@ def test_run_folder_contract(deepspeech_run, waveform_data):
     assert card.startswith("---\nlanguage: vi") and f"{100 * metrics['wer']:.2f}" in card
 
 
+def test_tone_tokens_run_writes_nfc_transcripts_and_a_vocabulary_of_separate_tones(waveform_data, work_dir):
+    """--tone-tokens through main(): the saved vocabulary spells tones apart, every transcript and the
+    metrics' references are NFC, and the saved model decodes the same text after loading."""
+    from tiny_deepspeech import train_tiny_run
+
+    out = train_tiny_run(waveform_data, work_dir / "runs" / "deepspeech2 tone tokens", ("--tone-tokens",))
+    vocab = read_json(out / "best_model" / "vocab.json")
+    assert ds2.uses_tone_tokens(vocab) and not any(len(t) == 1 and unicodedata.normalize("NFD", t) != t
+                                                   and set(unicodedata.normalize("NFD", t)) & set(ds2.TONE_MARKS)
+                                                   for t in vocab)
+    rows = read_csv(out / "test_predictions.csv")
+    test = datasets.load_from_disk(str(waveform_data))["test"]
+    assert [r["reference"] for r in rows] == [str(s) for s in test["sentence"]]
+    assert all(unicodedata.normalize("NFC", r["prediction"]) == r["prediction"] for r in rows)
+    model = ds2.load_model(out / "best_model")
+    waves = list(test.with_format("numpy", columns=["input_values"])["input_values"])
+    assert ds2.transcribe(model, waves) == [r["raw_prediction"] for r in rows]
+
+
 def test_resume_after_interruption_continues_exactly(deepspeech_run, waveform_data, work_dir, monkeypatch, capsys):
     """Ctrl-C right after epoch 1's checkpoint, a half-written newer checkpoint, then the same command:
     the run ends where an uninterrupted one does, with the same losses (optimizer, scheduler, RNG and
