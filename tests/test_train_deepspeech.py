@@ -356,6 +356,9 @@ def test_run_folder_contract(deepspeech_run, waveform_data):
     torch.testing.assert_close(weights["features.mean"], torch.tensor(config["feature_mean"]))
     card = (run / "best_model" / "README.md").read_text(encoding="utf-8")
     assert card.startswith("---\nlanguage: vi") and f"{100 * metrics['wer']:.2f}" in card
+    # the defaults' pitch features and LSTM cell are said where a reader of the run looks
+    assert config["pitch"] is True and config["rnn_type"] == "lstm" and "pitch features" in card and "LSTM" in card
+    assert "pitch" in info["architecture"]["features"]
 
 
 def test_tone_tokens_run_writes_nfc_transcripts_and_a_vocabulary_of_separate_tones(waveform_data, work_dir):
