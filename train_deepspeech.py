@@ -46,6 +46,8 @@ from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, Traini
 
 SAMPLING_RATE = 16000  # every prepared dataset is 16 kHz mono
 IGNORE_INDEX = -100  # label padding the Trainer also uses when it concatenates batches
+PITCH_VERSION = 2  # PitchFeatures of new models (config "pitch_version"; absent in older models: 1)
+PITCH_PROJECTION = 32  # learnt inputs the 3 pitch features become (version 2)
 BLANK_FAVOUR = 1e4  # logit gap that makes padded frames decode as blank (fits in fp16)
 # Lexicon beam search, chosen on the validation split of bench/bench_deepspeech_learning.py: greedy CER/WER
 # 0.044/0.149 -> 0.028/0.080. Leaving the lexicon costs about what deleting a clearly heard one-syllable word
@@ -335,26 +337,30 @@ class LogMelSpectrogram(nn.Module):
 
 class PitchFeatures(nn.Module):
     """Waveforms (batch, samples) -> (batch, 3, frames) tone features on the log-Mel's frame grid:
-    log2 F0 relative to the utterance's mean (x3, so 4 semitones is 1; within +-2), its slope, and voicing.
+    log2 F0 relative to the utterance's median (x3, so 4 semitones is 1; within +-2), its slope, and voicing.
 
     Vietnamese tones are pitch contours, and a 25 ms log-Mel barely resolves the harmonics of a low
     voice; Kaldi's pitch features for tonal languages do the same job. F0 is the lag of the normalised
     cross-correlation's first peak within 85 % of its best (which avoids octave-down errors) between
-    60 and 500 Hz over 40 ms frames; subtracting each utterance's mean log F0 removes the speaker's
-    register, so only the contour is left. Deterministic and per utterance, like the log-Mel.
+    50 and 500 Hz over 50 ms frames; subtracting each utterance's median log F0 removes the speaker's
+    register, so only the contour is left, and a frame still about an octave from the median is an
+    octave error, folded back. Deterministic and per utterance, like the log-Mel. Version 1 (models
+    saved before config "pitch_version" existed): 40 ms frames, 60 Hz floor, the mean, no folding.
     """
 
-    FRAME, MIN_HZ, MAX_HZ, PEAK_SHARE, VOICED = 640, 60.0, 500.0, 0.85, 0.5
+    MAX_HZ, PEAK_SHARE, VOICED = 500.0, 0.85, 0.5
 
     def __init__(self, config: dict):
         super().__init__()
         self.hop_length, self.sampling_rate = config["hop_length"], config["sampling_rate"]
+        self.version = config.get("pitch_version", 1)
+        self.frame, min_hz = (800, 50.0) if self.version >= 2 else (640, 60.0)
         self.min_lag = int(self.sampling_rate / self.MAX_HZ)
-        self.max_lag = int(self.sampling_rate / self.MIN_HZ)
+        self.max_lag = int(self.sampling_rate / min_hz)
 
     def forward(self, waveforms: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         with torch.autocast(device_type=waveforms.device.type, enabled=False):
-            size = self.FRAME
+            size = self.frame
             padded = F.pad(waveforms.float(), (size // 2, size // 2))
             frames = padded.unfold(-1, size, self.hop_length)  # (batch, frames, size), the log-Mel's centres
             frames = frames - frames.mean(dim=-1, keepdim=True)
@@ -375,8 +381,15 @@ class PitchFeatures(nn.Module):
             inside = torch.arange(frames.shape[1], device=frames.device)[None, :] < count[:, None]
             loud = energy[..., -1] > 1e-3 * energy[..., -1].amax(dim=1, keepdim=True)
             voiced = (best[..., 0] > self.VOICED) & loud & inside
-            mean = (log_f0 * voiced).sum(dim=1, keepdim=True) / voiced.sum(dim=1, keepdim=True).clamp(min=1)
-            relative = torch.where(voiced, ((log_f0 - mean) * 3.0).clamp(-2.0, 2.0), 0.0)
+            if self.version >= 2:
+                # The median, not the mean, so octave errors do not shift everyone else's contour; frames
+                # still over 0.7 octave from it are folded back (a tone moves well under an octave).
+                centre = torch.where(voiced, log_f0, torch.nan).nanmedian(dim=1, keepdim=True).values.nan_to_num(0.0)
+                away = log_f0 - centre
+                log_f0 = log_f0 - (away > 0.7).float() + (away < -0.7).float()
+            else:
+                centre = (log_f0 * voiced).sum(dim=1, keepdim=True) / voiced.sum(dim=1, keepdim=True).clamp(min=1)
+            relative = torch.where(voiced, ((log_f0 - centre) * 3.0).clamp(-2.0, 2.0), 0.0)
             around = F.pad(relative, (2, 2))
             both = F.pad(voiced, (2, 2))
             rise = (around[:, 4:] - around[:, :-4]).clamp(-1.0, 1.0) * 2.0  # over 40 ms
@@ -503,7 +516,11 @@ class DeepSpeech2(nn.Module):
         self.conv = MaskConv(config["n_mels"], config["conv_channels"], config["conv_layers"])
         # Pitch joins after the convolutions: its 3 rows are not a spectrum for 2-D kernels to slide over.
         self.pitch = PitchFeatures(config) if config.get("pitch", False) else None
-        first_size = self.conv.output_size + (3 if self.pitch is not None else 0)
+        # Version 2 widens the 3 pitch rows to PITCH_PROJECTION learnt inputs: raw, they were 3 of ~640
+        # layer-normed inputs, and training kept growing their weights beyond every other input's.
+        projection = PITCH_PROJECTION if self.pitch is not None and self.pitch.version >= 2 else 0
+        self.pitch_projection = nn.Linear(3, projection) if projection else None
+        first_size = self.conv.output_size + ((projection or 3) if self.pitch is not None else 0)
         sizes = [first_size] + [2 * config["rnn_hidden"]] * config["rnn_layers"]
         self.rnns = nn.ModuleList(BatchRNN(size, config["rnn_hidden"], config["rnn_type"], config["dropout"])
                                   for size in sizes[:-1])
@@ -532,7 +549,8 @@ class DeepSpeech2(nn.Module):
         if self.pitch is not None:
             stride = math.prod(stride[1] for _, stride, _ in self.conv.specs)
             pitch = self.pitch(input_values, input_lengths)[..., ::stride][..., : x.shape[1]]
-            x = torch.cat([x, pitch.transpose(1, 2).to(x.dtype)], dim=-1)
+            pitch = pitch.transpose(1, 2).to(x.dtype)
+            x = torch.cat([x, self.pitch_projection(pitch) if self.pitch_projection is not None else pitch], dim=-1)
         for rnn in self.rnns:
             if self.gradient_checkpointing and self.training:
                 # Non-reentrant: works with frozen inputs and never backpropagates through a graph twice.
@@ -747,6 +765,7 @@ from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint
 
 BLANK_FAVOUR = {blank_favour}
+PITCH_PROJECTION = {pitch_projection}
 BEAM_DEFAULTS = {beam_defaults}
 TONE_MARKS = {tone_marks!r}
 '''
@@ -755,7 +774,8 @@ TONE_MARKS = {tone_marks!r}
 def modeling_source() -> str:
     """The text of modeling_deepspeech2.py: the header and the model code above, copied from this file."""
     body = "\n\n".join(inspect.getsource(obj) for obj in MODEL_CODE)
-    header = MODELING_HEADER.format(blank_favour=BLANK_FAVOUR, beam_defaults=BEAM_DEFAULTS, tone_marks=TONE_MARKS)
+    header = MODELING_HEADER.format(blank_favour=BLANK_FAVOUR, pitch_projection=PITCH_PROJECTION,
+                                    beam_defaults=BEAM_DEFAULTS, tone_marks=TONE_MARKS)
     return header + "\n\n" + body
 
 
@@ -785,7 +805,8 @@ def model_config(args, vocab: dict[str, int], mean: list[float], std: list[float
     return {
         "model_type": "deepspeech2", "architectures": ["DeepSpeech2"],
         "sampling_rate": SAMPLING_RATE, "n_fft": 512, "win_length": 400, "hop_length": 160,
-        "n_mels": args.n_mels, "pitch": args.pitch, "feature_mean": mean, "feature_std": std,
+        "n_mels": args.n_mels, "pitch": args.pitch, "pitch_version": PITCH_VERSION,
+        "feature_mean": mean, "feature_std": std,
         "conv_layers": args.conv_layers, "conv_channels": args.conv_channels,
         "rnn_type": args.rnn_type, "rnn_layers": args.rnn_layers, "rnn_hidden": args.rnn_hidden,
         "vocab_size": len(vocab), "blank_id": vocab["[PAD]"], "unk_id": vocab["[UNK]"], "word_delimiter": "|",
@@ -1124,8 +1145,9 @@ def model_card(run_info: dict, metrics: dict, config: dict) -> str:
     """best_model/README.md: Hub metadata (model-index with test WER/CER) and a human description."""
     splits = run_info["dataset"]["splits"]
     a = run_info["architecture"]
-    pitch_note = (" and pitch features for the tones (log F0 relative to the utterance's mean, its slope and"
-                  " voicing, joined after the convolutions)" if config.get("pitch") else "")
+    relative_to = "median" if config.get("pitch_version", 1) >= 2 else "mean"
+    pitch_note = (f" and pitch features for the tones (log F0 relative to the utterance's {relative_to}, its slope"
+                  " and voicing, joined after the convolutions)" if config.get("pitch") else "")
     return f"""---
 language: vi
 license: cc-by-nc-sa-4.0

@@ -162,21 +162,23 @@ def test_speed_perturbation_moves_duration_and_pitch_together_and_only_while_tra
 
 
 def test_pitch_features_follow_the_tone_contour_relative_to_the_speaker():
-    """A voice at 110 Hz then a fifth higher (165 Hz), then silence: the relative F0 of the halves is
-    3 * log2(165 / 110) apart around the utterance's mean (no octave errors), the silence unvoiced, and a
-    clip gets the same features alone as inside a padded batch."""
-    seconds = torch.arange(8000) / ds2.SAMPLING_RATE
-    def voice(f0):  # ten harmonics falling off like a glottal source
+    """A voice at 110 Hz, then a fifth higher (165 Hz), then an octave higher (220 Hz), then silence: the
+    relative F0 is 0 at the utterance's median (110 Hz) and 3 * log2(165 / 110) for the fifth, a frame an
+    octave away from the median is folded back as a tracking error, the silence is unvoiced, and a clip
+    gets the same features alone as inside a padded batch."""
+    def voice(f0, samples):  # ten harmonics falling off like a glottal source
+        seconds = torch.arange(samples) / ds2.SAMPLING_RATE
         return sum(torch.sin(2 * math.pi * k * f0 * seconds) / k for k in range(1, 11)) * 0.1
-    clip = torch.cat([voice(110.0), voice(165.0), torch.zeros(4800)])
-    pitch = ds2.PitchFeatures({"hop_length": 160, "sampling_rate": ds2.SAMPLING_RATE})
+    clip = torch.cat([voice(110.0, 11200), voice(165.0, 6400), voice(220.0, 4800), torch.zeros(4800)])
+    pitch = ds2.PitchFeatures({"hop_length": 160, "sampling_rate": ds2.SAMPLING_RATE, "pitch_version": 2})
     relative, slope, voicing = pitch(clip[None], torch.tensor([len(clip)]))[0]
     assert relative.shape == (len(clip) // 160 + 1,)
-    low, high, silent = slice(5, 45), slice(55, 95), slice(110, 120)  # frames away from the edges
-    step = 3 * math.log2(165 / 110)
-    assert relative[low].mean() == pytest.approx(-step / 2, abs=0.05)
-    assert relative[high].mean() == pytest.approx(step / 2, abs=0.05)
-    assert (voicing[low] > 0.9).all() and (voicing[high] > 0.9).all() and (slope[low].abs() < 0.05).all()
+    # frames away from the edges: 0-70 at 110 Hz, 70-110 at 165 Hz, 110-140 at 220 Hz, then silence
+    low, fifth, octave, silent = slice(5, 65), slice(76, 104), slice(116, 134), slice(150, 165)
+    assert relative[low].abs().max() < 0.05
+    assert relative[fifth].mean() == pytest.approx(3 * math.log2(165 / 110), abs=0.05)
+    assert relative[octave].abs().max() < 0.05
+    assert (voicing[low] > 0.9).all() and (voicing[fifth] > 0.9).all() and (slope[low].abs() < 0.05).all()
     assert not voicing[silent].any() and not relative[silent].any()
     other = torch.randn(30000) * 0.05
     values, lengths = ds2.pad_waveforms([clip.numpy(), other.numpy()])
@@ -193,6 +195,25 @@ def test_a_model_saved_without_pitch_features_loads_and_transcribes_as_trained(t
     (tmp_path / "config.json").write_text(json.dumps(config), encoding="utf-8")
     loaded = ds2.load_model(tmp_path)
     assert loaded.pitch is None and random_model().pitch is not None  # pitch is on for new models
+    clip = [np.random.default_rng(0).normal(0, 0.1, 12000).astype(np.float32)]
+    assert ds2.transcribe(loaded, clip, decoder="greedy") == ds2.transcribe(model, clip, decoder="greedy")
+
+
+def test_a_model_saved_with_version_1_pitch_features_loads_and_transcribes_as_trained(tmp_path):
+    """New models have pitch_version 2 (median, octave folding, 50 Hz floor, the 3 features widened to 32
+    learnt inputs); a config.json without "pitch_version" (saved before it existed) gets version 1 back:
+    the mean-relative tracker and the 3 raw features, as that model was trained."""
+    new = random_model()
+    assert new.settings["pitch_version"] == 2 and new.pitch.version == 2
+    assert new.pitch_projection.out_features == ds2.PITCH_PROJECTION == 32
+    model = random_model(pitch_version=1)
+    assert model.pitch.version == 1 and model.pitch_projection is None
+    ds2.save_best_model(model, tmp_path)
+    config = read_json(tmp_path / "config.json")
+    del config["pitch_version"]
+    (tmp_path / "config.json").write_text(json.dumps(config), encoding="utf-8")
+    loaded = ds2.load_model(tmp_path)  # strict state-dict loading: the first layer's input size must match
+    assert loaded.pitch.version == 1 and loaded.pitch_projection is None
     clip = [np.random.default_rng(0).normal(0, 0.1, 12000).astype(np.float32)]
     assert ds2.transcribe(loaded, clip, decoder="greedy") == ds2.transcribe(model, clip, decoder="greedy")
 
@@ -358,6 +379,7 @@ def test_run_folder_contract(deepspeech_run, waveform_data):
     assert card.startswith("---\nlanguage: vi") and f"{100 * metrics['wer']:.2f}" in card
     # the defaults' pitch features and LSTM cell are said where a reader of the run looks
     assert config["pitch"] is True and config["rnn_type"] == "lstm" and "pitch features" in card and "LSTM" in card
+    assert config["pitch_version"] == 2
     assert "pitch" in info["architecture"]["features"]
 
 
