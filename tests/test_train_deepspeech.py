@@ -186,6 +186,23 @@ def test_pitch_features_follow_the_tone_contour_relative_to_the_speaker():
     torch.testing.assert_close(pitch(values, lengths)[0, :, : relative.shape[0]], alone)
 
 
+def test_pitch_features_track_a_low_voice_under_60_hz():
+    """A low male voice at 55 Hz, then a fifth up (82.5 Hz): version 2 (50 Hz floor, 50 ms frames) hears
+    the fifth; version 1's 60 Hz floor could not, which is why models now get version 2."""
+    def voice(f0, samples):
+        seconds = torch.arange(samples) / ds2.SAMPLING_RATE
+        return sum(torch.sin(2 * math.pi * k * f0 * seconds) / k for k in range(1, 21)) * 0.05
+    clip = torch.cat([voice(55.0, 9600), voice(82.5, 6400)])
+    config = {"hop_length": 160, "sampling_rate": ds2.SAMPLING_RATE}
+    low, fifth = slice(8, 52), slice(68, 94)  # frames away from the edges: 0-60 at 55 Hz, 60-100 at 82.5 Hz
+    step = 3 * math.log2(1.5)
+    relative, _, voicing = ds2.PitchFeatures({**config, "pitch_version": 2})(clip[None], torch.tensor([len(clip)]))[0]
+    assert (voicing[low] > 0.9).all() and (voicing[fifth] > 0.9).all()
+    assert relative[low].abs().max() < 0.05 and relative[fifth].mean() == pytest.approx(step, abs=0.05)
+    relative, _, _ = ds2.PitchFeatures(config)(clip[None], torch.tensor([len(clip)]))[0]  # version 1
+    assert abs((relative[fifth].mean() - relative[low].mean()) - step) > 0.3
+
+
 def test_a_model_saved_without_pitch_features_loads_and_transcribes_as_trained(tmp_path):
     """Models saved before pitch features existed have no "pitch" in config.json: they load without them."""
     model = random_model(pitch=False)
