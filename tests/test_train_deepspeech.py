@@ -396,7 +396,7 @@ def test_run_folder_contract(deepspeech_run, waveform_data):
     assert card.startswith("---\nlanguage: vi") and f"{100 * metrics['wer']:.2f}" in card
     # the defaults' pitch features and LSTM cell are said where a reader of the run looks
     assert config["pitch"] is True and config["rnn_type"] == "lstm" and "pitch features" in card and "LSTM" in card
-    assert config["pitch_version"] == 2
+    assert config["pitch_version"] == 2 and "relative to the utterance's median" in card
     assert "pitch" in info["architecture"]["features"]
 
 
