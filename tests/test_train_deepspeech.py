@@ -270,7 +270,7 @@ def test_padded_batch_gives_each_clip_its_own_logits():
 
 
 def test_gradient_checkpointing_gives_the_same_gradients():
-    model = random_model(dropout=0.0, spec_augment=False)
+    model = random_model(dropout=0.0, spec_augment=False, speed_perturb=0.0)
     model.train()
     values, lengths = ds2.pad_waveforms([np.random.default_rng(1).normal(0, 0.1, 12000).astype(np.float32)])
     labels = torch.tensor([ds2.encode_text("xin chào", model.vocab)])
@@ -397,6 +397,7 @@ def test_run_folder_contract(deepspeech_run, waveform_data):
     # the defaults' pitch features and LSTM cell are said where a reader of the run looks
     assert config["pitch"] is True and config["rnn_type"] == "lstm" and "pitch features" in card and "LSTM" in card
     assert config["pitch_version"] == 2 and "relative to the utterance's median" in card
+    assert config["speed_perturb"] == 0.1 and "speed perturbation within 1 +- 0.1" in card
     assert "pitch" in info["architecture"]["features"]
 
 
@@ -474,7 +475,7 @@ def test_torchrun_two_cpu_processes(waveform_data, work_dir):
 LEARNING_CORPUS = {"train_speakers": 10, "train_per_speaker": 30, "test_speakers": 2, "test_per_speaker": 12}
 LEARNING_ARGS = ["--n-mels", "40", "--conv-channels", "16", "--rnn-type", "gru", "--no-pitch", "--rnn-layers", "2",
                  "--rnn-hidden", "128", "--batch-size", "4", "--epochs", "6", "--lr", "2e-3", "--no-spec-augment",
-                 "--train-eval-size", "0", "--patience", "0", "--seed", "0"]
+                 "--train-eval-size", "0", "--patience", "0", "--speed-perturb", "0", "--seed", "0"]
 # An untrained model outputs blanks (CER 1.0); one stuck in CTC's blank plateau or emitting a few frequent
 # letters scores 0.7-1.0 (measured here: 0.99 after one epoch, 0.69 on the way out of the plateau). Below
 # 0.5, one character in two of sentences never heard, spoken by voices never heard, comes out right:
@@ -484,8 +485,9 @@ LEARNING_ARGS = ["--n-mels", "40", "--conv-channels", "16", "--rnn-type", "gru",
 # not the defaults: PyTorch's GRU on a CPU gives the same numbers every run, while its LSTM goes through
 # oneDNN, whose results differ in the last bits from run to run, and how soon a small model leaves CTC's
 # blank-only start amplifies that (this test with the default LSTM and pitch, lr 4e-3: 0.37, 0.26 and once
-# above 0.5). The full-size benchmark (bench/bench_deepspeech_learning.py) holds the defaults to issue 5's
-# CER 0.05.
+# above 0.5). Without speed perturbation for the same reason: with the default 0.1 this test scored test CER
+# 0.286 and 0.285 in two runs (beam; validation 0.26). The full-size benchmark
+# (bench/bench_deepspeech_learning.py) holds the defaults to issue 5's CER 0.05.
 LEARNING_MAX_CER = 0.5
 
 
