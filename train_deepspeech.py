@@ -163,9 +163,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     # On: 12 train voices are few, and a clip played up to 10 % faster or slower sounds like another voice
     # (pitch, formants and tempo move together). Bench, 4 seeds: mean test CER / WER 0.053 / 0.146 -> 0.049 / 0.137.
     reg.add_argument("--speed-perturb", type=float, default=0.1,
-                     help="train on each clip played at a random speed within 1 +- this (default 0.1; 0: off)")
+                     help="train on each clip played at a random speed within 1 +- this (default 0.1; 0: off), "
+                     "from the end of the warm-up")
     reg.add_argument("--spec-augment", action=argparse.BooleanOptionalAction, default=True,
-                     help="SpecAugment time and Mel masks while training (default on)")
+                     help="SpecAugment time and Mel masks while training, from the end of the warm-up (default on)")
     reg.add_argument("--mask-time-prob", type=float, default=0.05, help="share of frames masked (default 0.05)")
     reg.add_argument("--mask-time-length", type=int, default=10, help="frames per time mask (10 ms each)")
     reg.add_argument("--mask-feature-prob", type=float, default=0.15, help="share of Mel bins masked")
@@ -516,6 +517,7 @@ class DeepSpeech2(nn.Module):
         self.tokens = {index: token for token, index in vocab.items()}
         self.lexicon = None  # a Lexicon for beam search: built from the train text, saved as lexicon.json
         self.gradient_checkpointing = False
+        self.augment = True  # speed perturbation and SpecAugment in train mode; AugmentAfterWarmup switches it
         self.features = LogMelSpectrogram(config)
         self.conv = MaskConv(config["n_mels"], config["conv_channels"], config["conv_layers"])
         # Pitch joins after the convolutions: its 3 rows are not a spectrum for 2-D kernels to slide over.
@@ -544,10 +546,11 @@ class DeepSpeech2(nn.Module):
 
     def forward(self, input_values: torch.Tensor, input_lengths: torch.Tensor,
                 labels: torch.Tensor | None = None) -> dict:
-        if self.training and self.settings.get("speed_perturb", 0.0) > 0:
+        augment = self.training and self.augment
+        if augment and self.settings.get("speed_perturb", 0.0) > 0:
             input_values, input_lengths = perturb_speed(input_values, input_lengths, self.settings["speed_perturb"])
         features, frames = self.features(input_values, input_lengths)
-        if self.training and self.settings["spec_augment"]:
+        if augment and self.settings["spec_augment"]:
             features = self.spec_augment(features, frames)
         x, lengths = self.conv(features, frames)
         if self.pitch is not None:
@@ -1055,6 +1058,15 @@ class HistoryCallback(TrainerCallback):
             write_csv(self.path, HISTORY_COLUMNS, history_rows(state.log_history))
 
 
+class AugmentAfterWarmup(TrainerCallback):
+    """Speed perturbation and SpecAugment only once the learning-rate warm-up is over: on clean clips the
+    model leaves CTC's blank-only start sooner, and the augmentation then has something to regularise. Read
+    from the step count, so a resumed run switches at the same step."""
+
+    def on_step_begin(self, args, state, control, model=None, **kwargs):
+        model.augment = state.global_step >= args.get_warmup_steps(state.max_steps)
+
+
 class ValidationEarlyStopping(EarlyStoppingCallback):
     """Early stopping that reads only the validation evaluation; the train-subset evaluation that
     follows it carries no validation WER and is not a reason to warn or to count."""
@@ -1199,9 +1211,9 @@ AdamW-family optimizer `{run_info['optimizer']}`, learning rate {run_info['learn
 {run_info['warmup_steps']} warm-up steps and a {run_info['scheduler']} schedule, weight decay
 {run_info['weight_decay']}, batch {run_info['batch_size']} x {run_info['grad_accum']} accumulation
 (effective {run_info['effective_batch_size']}), precision {run_info['precision']}, SpecAugment
-{'on' if config['spec_augment'] else 'off'}, speed perturbation {speed}, dropout {config['dropout']}, SortaGrad
-first epoch then length-grouped batches. {run_info['epochs_run']} epochs in {run_info['train_seconds']:.0f} s on
-{run_info['device']}.
+{'on' if config['spec_augment'] else 'off'} and speed perturbation {speed} (both from the end of the warm-up),
+dropout {config['dropout']}, SortaGrad first epoch then length-grouped batches. {run_info['epochs_run']} epochs in
+{run_info['train_seconds']:.0f} s on {run_info['device']}.
 
 ## Use
 ```python
@@ -1377,7 +1389,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     # 7. train (Hugging Face Trainer; torchrun/accelerate launch gives DDP from the environment)
     training_args = training_arguments(args, output_dir, precision, optimizer)
-    callbacks = [HistoryCallback(output_dir / "history.csv")]
+    callbacks = [HistoryCallback(output_dir / "history.csv"), AugmentAfterWarmup()]
     if args.patience > 0:
         callbacks.append(ValidationEarlyStopping(early_stopping_patience=args.patience))
     trainer = SortaGradTrainer(
