@@ -4,6 +4,7 @@ from-scratch model that learns to transcribe unseen voices. Offline, CPU."""
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import math
 import os
@@ -432,6 +433,22 @@ def test_tone_tokens_run_writes_nfc_transcripts_and_a_vocabulary_of_separate_ton
     model = ds2.load_model(out / "best_model")
     waves = list(test.with_format("numpy", columns=["input_values"])["input_values"])
     assert ds2.transcribe(model, waves) == [r["raw_prediction"] for r in rows]
+
+
+def test_training_sees_clean_clips_until_the_warm_up_ends(waveform_data, tmp_path, monkeypatch):
+    seen = []  # per training step: were speed perturbation and SpecAugment on?
+    forward = ds2.DeepSpeech2.forward
+
+    @functools.wraps(forward)  # the Trainer reads forward's signature
+    def recording_forward(self, *args, **kwargs):
+        if self.training:
+            seen.append(self.augment)
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(ds2.DeepSpeech2, "forward", recording_forward)
+    train_tiny_run(waveform_data, tmp_path / "run", ("--max-steps", "8", "--warmup-ratio", "0.25",
+                                                     "--train-eval-size", "0"))
+    assert seen == [False] * 2 + [True] * 6
 
 
 def test_resume_after_interruption_continues_exactly(deepspeech_run, waveform_data, work_dir, monkeypatch, capsys):
