@@ -1167,7 +1167,8 @@ def model_card(run_info: dict, metrics: dict, config: dict) -> str:
                   " and voicing, joined after the convolutions)" if config.get("pitch") else "")
     spread = config.get("speed_perturb", 0.0)
     speed = f"within 1 +- {spread:g}" if spread > 0 else "off"
-    after_warmup = " (both from the end of the warm-up)" if config["spec_augment"] or spread > 0 else ""
+    augmentations = int(bool(config["spec_augment"])) + int(spread > 0)
+    after_warmup = ["", " (from the end of the warm-up)", " (both from the end of the warm-up)"][augmentations]
     return f"""---
 language: vi
 license: cc-by-nc-sa-4.0
