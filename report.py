@@ -25,6 +25,7 @@ import argparse
 import base64
 import html
 import json
+import os
 import re
 import sys
 import time
@@ -740,8 +741,8 @@ def run_slug(name: str, taken: set[str]) -> str:
 def name_runs(runs: list[dict]) -> None:
     """Give runs that share a name (runs/a/whisper and runs/b/whisper both call themselves whisper) as many of
     their parent folders as tell them apart (a/whisper, b/whisper), then a file slug each."""
-    parents = [run["folder"].resolve().parts[:-1] if run["name"] == run["folder"].name
-               else run["folder"].resolve().parts for run in runs]
+    paths = [Path(os.path.abspath(run["folder"])).parts for run in runs]  # as typed: symbolic links not followed
+    parents = [path[:-1] if run["name"] == run["folder"].name else path for path, run in zip(paths, runs)]
     depth = [0] * len(runs)
 
     def label(i: int) -> str:

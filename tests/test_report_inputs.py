@@ -1,6 +1,7 @@
 """report.py on inputs that are not what they seem: a history.csv cut short, two runs whose folders share a
 name, a --runs folder with no run in it, and a history rebuilt from trainer_state.json that must say what
-the trainers' own history.csv says. Run folders are written by hand (docs/FORMATS.md §4): seconds, not minutes."""
+the trainers' own history.csv says. Run folders are written by hand (docs/FORMATS.md §4): seconds, not minutes;
+only the real_runs test reads the tiny trainers' run folders."""
 from __future__ import annotations
 
 import ast
@@ -200,3 +201,15 @@ def test_history_rebuilt_from_trainer_state_equals_the_trainers_history_csv(scri
             assert mine[column] == pytest.approx(as_number(row.get(column)), nan_ok=True), (column, row["step"])
     # epoch 1 logs 3.0/3 + 0.1 = 1.1 over steps 1-3 and 3.0/5 + 0.1 = 0.7 over steps 4-5
     assert rebuilt["train_loss"][0] == pytest.approx((1.1 * 3 + 0.7 * 2) / 5)
+
+
+def test_real_runs_history_csv_equals_the_rebuild_from_their_trainer_state(whisper_run, wav2vec2_run, deepspeech_run):
+    """The tiny trainers' own run folders (conftest; slow the first time): both ways to the curves agree."""
+    for folder in (whisper_run, wav2vec2_run, deepspeech_run):
+        written = pd.read_csv(folder / "history.csv")
+        state = json.loads((folder / "trainer_state.json").read_text(encoding="utf-8"))
+        rebuilt = report.history_from_trainer_state(state)
+        assert len(written) == len(rebuilt) > 1, folder.name
+        for column in report.HISTORY_COLUMNS:
+            assert rebuilt[column].tolist() == pytest.approx(written[column].astype(float).tolist(), nan_ok=True), (
+                folder.name, column)
