@@ -13,8 +13,11 @@ Writes into --out:
     tables/*.csv               every table of the report (UTF-8 with BOM, so Excel shows Vietnamese)
 
 Metrics are recomputed from test_predictions.csv with jiwer and checked against test_metrics.json;
-a mismatch, a missing folder or a run without test predictions is reported in the "Run status"
-table and the rest of the report is still written.
+a mismatch, a missing folder, a run without test predictions or a damaged history (history.csv cut
+mid-row or ending before the evaluations trainer_state.json / run_info.json record) is reported in the
+"Run status" table and the rest of the report is still written; curves of a damaged history get no
+verdict on convergence. Runs whose folders share a name are told apart by their parent folders
+(a/whisper, b/whisper). --runs without any run folder is refused.
 """
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ import argparse
 import base64
 import html
 import json
+import os
 import re
 import sys
 import time
@@ -47,6 +51,8 @@ LENGTH_EDGES = [0, 2, 4, 6, 8, 10, 15, float("inf")]  # seconds; VIVOS utterance
 METRIC_TOLERANCE = 5e-5  # stored metrics may be rounded to 4 decimals; 0.005 WER points is invisible
 MAX_SPEAKERS_PLOTTED = 40
 PALETTE = {"train": "#1f77b4", "validation": "#ff7f0e", "test": "#2ca02c"}
+HISTORY_COLUMNS = ["epoch", "step", "train_loss", "val_loss", "val_wer", "val_cer", "train_wer", "train_cer",
+                   "learning_rate"]
 
 # Every sentence the report writes, in both languages. Placeholders are filled by tr().
 TEXT = {
@@ -68,6 +74,7 @@ TEXT = {
     "st_complete": ("complete", "đầy đủ"), "st_partial": ("partial", "chưa đầy đủ"),
     "st_missing": ("missing", "không tìm thấy"),
     "st_baseline": ("baseline (eval-only)", "mô hình cơ sở (chỉ đánh giá)"),
+    "st_damaged": ("damaged ({files})", "dữ liệu hỏng ({files})"),
     "no_problem": ("none", "không có"),
     "p_folder_missing": ("folder not found: {path} (expected a folder written by a trainer's --output-dir)",
                          "không tìm thấy thư mục {path} (cần thư mục do --output-dir của trình huấn luyện ghi ra)"),
@@ -87,6 +94,19 @@ TEXT = {
                          "(chữ hoa, dấu câu): WER khi đó tính cả lỗi định dạng"),
     "p_history_from_state": ("history.csv missing: curves read from {source} (step {step})",
                              "thiếu history.csv: đường cong đọc từ {source} (bước {step})"),
+    "p_history_cut": ("history.csv does not end with a line break: its last row ({row}) looks cut off while being "
+                      "written and is left out; if you edited the file by hand, end it with a line break",
+                      "history.csv không kết thúc bằng dấu xuống dòng: dòng cuối ({row}) có vẻ bị cắt ngang khi đang "
+                      "ghi nên bị bỏ qua; nếu bạn đã sửa tệp bằng tay, hãy thêm dấu xuống dòng ở cuối"),
+    "d_ends": ("{name} ends at epoch {end} of {total}", "{name} dừng ở epoch {end} trên {total}"),
+    "d_cut": ("the last row of history.csv is cut off", "dòng cuối của history.csv bị cắt ngang"),
+    "d_empty": ("{name} has no evaluation rows", "{name} không có dòng đánh giá nào"),
+    "p_history_behind_state": ("{short}: truncated? ({source} has evaluations up to epoch {total}, so the curves are "
+                               "read from it instead)", "{short}: bị cắt cụt? ({source} có các lần đánh giá đến epoch "
+                               "{total} nên đường cong được đọc từ tệp đó)"),
+    "p_history_short": ("{short}: truncated? (run_info.json says the run trained to epoch {total}, stop reason "
+                        "{reason})", "{short}: bị cắt cụt? (run_info.json ghi lần chạy đã huấn luyện đến epoch "
+                        "{total}, lý do dừng {reason})"),
     "p_no_data": ("no data section: --data was not given and no run's dataset path exists here; add --data DIR "
                   "(the --out of prepare_vivos.py)", "không có phần dữ liệu: chưa có --data và đường dẫn dữ liệu "
                   "trong run_info.json không tồn tại trên máy này; thêm --data DIR (thư mục --out của "
@@ -221,6 +241,10 @@ TEXT = {
     "s_eval_only": ("{run} was only evaluated (--eval-only): it is a zero-shot baseline without training curves.",
                     "{run} chỉ được đánh giá (--eval-only): đây là mô hình cơ sở zero-shot, không có đường cong "
                     "huấn luyện."),
+    "s_damaged": ("The training history is incomplete ({short}), so no conclusion about convergence, overfitting or "
+                  "the train/validation gap is drawn from these curves.",
+                  "Lịch sử huấn luyện không đầy đủ ({short}) nên không rút ra kết luận nào về hội tụ, quá khớp hay "
+                  "khoảng chênh giữa huấn luyện và kiểm định từ các đường cong này."),
     "s_one_eval": ("Only one evaluation was logged, so no trend can be read yet.",
                    "Mới có một lần đánh giá nên chưa đọc được xu hướng."),
     "s_overfit": ("Validation loss is lowest at epoch {k} ({low}) and rises afterwards to {last} at epoch {end} while "
@@ -380,6 +404,10 @@ TEXT = {
     "no_comparison": ("No run has test metrics yet, so there is nothing to compare.",
                       "Chưa lần chạy nào có chỉ số kiểm tra nên chưa có gì để so sánh."),
 }
+
+
+class InputError(SystemExit):
+    """Bad input: the message says what was expected, what was found and what to type next."""
 
 
 def tr(lang: str, key: str, **values) -> str:
@@ -560,27 +588,33 @@ def logged_value(entry: dict, names: tuple[str, ...]) -> float:
 
 
 def history_from_trainer_state(state: dict) -> pd.DataFrame:
-    """history.csv's columns rebuilt from Trainer's log_history (a run still training has no history.csv):
-    one row per evaluated step, train_loss the mean of the losses logged since the previous evaluation.
-    Trainer names metrics eval_wer with one eval set and eval_validation_wer / eval_train_subset_wer with two."""
+    """history.csv's columns rebuilt from Trainer's log_history (a run still training has no history.csv) as the
+    trainers' history_rows write them: one row per evaluated step; train_loss the mean of the losses logged since
+    the previous evaluation, each weighted by the steps it covers (Trainer logs the mean since its previous log,
+    so logs at unequal intervals count by their length). Trainer names metrics eval_wer with one eval set and
+    eval_validation_wer / eval_train_subset_wer with two."""
+    log = state.get("log_history", [])
     evals: dict[int, dict] = {}
-    for entry in state.get("log_history", []):
+    for entry in log:
         if any(key.startswith("eval_") for key in entry):
             evals.setdefault(entry.get("step", 0), {}).update(entry)
-    losses = [entry for entry in state.get("log_history", []) if "loss" in entry]
-    rows, previous = [], -1
+    losses = [entry for entry in log if "loss" in entry]
+    covered = np.diff([0] + [entry.get("step", 0) for entry in losses])
+    rows, previous = [], 0
     for step in sorted(evals):
         entry = evals[step]
-        window = [e["loss"] for e in losses if previous < e.get("step", 0) <= step]
-        row = {"epoch": entry.get("epoch"), "step": step, "train_loss": float(np.mean(window)) if window else np.nan}
+        window = [i for i, e in enumerate(losses) if previous < e.get("step", 0) <= step]
+        row = {"epoch": round(entry.get("epoch", 0.0), 4), "step": step,
+               "train_loss": float(np.average([losses[i]["loss"] for i in window], weights=covered[window]))
+               if window else np.nan,
+               "learning_rate": logged_value(losses[window[-1]], ("learning_rate",)) if window else np.nan}
         for metric in ("loss", "wer", "cer"):
             row[f"val_{metric}"] = logged_value(entry, (f"eval_validation_{metric}", f"eval_{metric}"))
         for metric in ("wer", "cer"):
             row[f"train_{metric}"] = logged_value(entry, (f"eval_train_subset_{metric}", f"eval_train_{metric}"))
         rows.append(row)
         previous = step
-    return pd.DataFrame(rows, columns=["epoch", "step", "train_loss", "val_loss", "val_wer", "val_cer", "train_wer",
-                                       "train_cer"])
+    return pd.DataFrame(rows, columns=HISTORY_COLUMNS)
 
 
 def newest_trainer_state(folder: Path) -> tuple[Path, dict] | None:
@@ -595,18 +629,89 @@ def newest_trainer_state(folder: Path) -> tuple[Path, dict] | None:
     return max(states, key=lambda item: item[1].get("global_step", 0)) if states else None
 
 
-def read_history(folder: Path, problems: list[str], lang: str) -> pd.DataFrame | None:
-    """One row per evaluation: history.csv, or the newest trainer_state.json while training still runs."""
-    if (folder / "history.csv").is_file():
-        return read_csv(folder / "history.csv", ["epoch", "val_loss"], problems, lang)
-    newest = newest_trainer_state(folder)
-    if newest is None:
-        problems.append(tr(lang, "p_missing_file", name="history.csv"))
+def read_history_csv(path: Path, problems: list[str], lang: str) -> tuple[pd.DataFrame | None, bool]:
+    """history.csv without a last row cut off mid-write, and whether one was: the trainers rewrite the file
+    after every evaluation, so a run killed or a copy interrupted at that moment leaves half a line."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, ValueError) as error:
+        problems.append(tr(lang, "p_unreadable", name=path.name, error=error))
+        return None, False
+    last_line = text.rsplit("\n", 1)[-1]
+    cut = "\n" in text and bool(last_line.strip()) and not text.endswith("\r")
+    if cut:
+        problems.append(tr(lang, "p_history_cut", row=last_line[:60]))
+    history = read_csv(path, ["epoch", "val_loss"], problems, lang)
+    if history is not None and cut:
+        history = history.iloc[:-1].reset_index(drop=True)
+    return history, cut
+
+
+def last_evaluation(history: pd.DataFrame) -> tuple[float, float]:
+    """(step, epoch) of the last row; the step is NaN where history.csv has no step column."""
+    last = history.iloc[-1]
+    return float(last.get("step", np.nan)), float(last["epoch"])
+
+
+def epochs_missing(history: pd.DataFrame, info: dict) -> float | None:
+    """The epochs a finished run trained (run_info.json) when its history stops at least one evaluation interval
+    before them: the last evaluation of a complete history lies less than one interval before the end."""
+    if info.get("eval_only") or info.get("stop_reason") == "eval_only" or info.get("epochs_run") is None:
         return None
-    state_path, state = newest
-    problems.append(tr(lang, "p_history_from_state", source=state_path.relative_to(folder).as_posix(),
-                       step=state.get("global_step", "?")))
-    return history_from_trainer_state(state)
+    total = float(info["epochs_run"])
+    if history.empty:
+        return total if total > 0 else None
+    step, end = last_evaluation(history)
+    interval = float(np.diff([0.0, *sorted(history["epoch"].astype(float))]).max())
+    # half a step in epochs: history.csv and run_info.json round epochs to 4 decimals
+    slack = 0.5 * end / step if step > 0 and end > 0 else 1e-3
+    return total if total - end > interval - slack else None
+
+
+def read_history(folder: Path, info: dict, problems: list[str], lang: str) -> dict:
+    """One row per evaluation (history.csv, or the newest trainer_state.json while training still runs or when
+    history.csv stops before the evaluations it recorded), the files found damaged, and in a few words why the
+    history is incomplete (None when it is whole)."""
+    found = {"history": None, "damaged": [], "damage": None}
+    newest = newest_trainer_state(folder)
+    name = "history.csv"
+    if (folder / name).is_file():
+        history, cut = read_history_csv(folder / name, problems, lang)
+        if history is None:
+            return found
+        if cut:
+            found.update(damaged=[name], damage=tr(lang, "d_cut"))
+        rebuilt = history_from_trainer_state(newest[1]) if newest else None
+        if rebuilt is not None and not rebuilt.empty and (history.empty or last_evaluation(rebuilt)[1]
+                                                          > last_evaluation(history)[1] + 1e-6):
+            source = newest[0].relative_to(folder).as_posix()
+            end = epoch_text(last_evaluation(history)[1]) if not history.empty else "0"
+            total = epoch_text(last_evaluation(rebuilt)[1])
+            problems.append(tr(lang, "p_history_behind_state", source=source, total=total,
+                               short=tr(lang, "d_ends", name=name, end=end, total=total)))
+            history, name = rebuilt, source
+            found.update(damaged=["history.csv"], damage=None)
+    elif newest is None:
+        problems.append(tr(lang, "p_missing_file", name=name))
+        return found
+    else:
+        state_path, state = newest
+        name = state_path.relative_to(folder).as_posix()
+        problems.append(tr(lang, "p_history_from_state", source=name, step=state.get("global_step", "?")))
+        history = history_from_trainer_state(state)
+    found["history"] = history
+    total = epochs_missing(history, info)
+    if history.empty:
+        problems.append(tr(lang, "p_empty", name=name))
+        found["damage"] = tr(lang, "d_empty", name=name)
+    elif total is not None:
+        found["damage"] = tr(lang, "d_ends", name=name, end=epoch_text(last_evaluation(history)[1]),
+                             total=epoch_text(total))
+        problems.append(tr(lang, "p_history_short", short=found["damage"], total=epoch_text(total),
+                           reason=info.get("stop_reason", "?")))
+    if found["damage"] and name not in found["damaged"]:
+        found["damaged"].append(name)
+    return found
 
 
 def recompute_metrics(predictions: pd.DataFrame) -> dict:
@@ -623,28 +728,53 @@ def metric_mismatches(stored: dict | None, recomputed: dict, lang: str) -> list[
 
 
 def run_slug(name: str, taken: set[str]) -> str:
-    """A file-name-safe, unique version of a run name (ASCII, no spaces: safe in Word, Windows and URLs)."""
+    """A file-name-safe, unique version of a run name (ASCII, no spaces: safe in Word, Windows and URLs);
+    unique regardless of case, because Windows and macOS file names are."""
     slug = re.sub(r"[^A-Za-z0-9._-]+", "-", base_letters(name)).strip("-") or "run"
     unique, index = slug, 2
-    while unique in taken:
+    while unique.lower() in taken:
         unique, index = f"{slug}-{index}", index + 1
-    taken.add(unique)
+    taken.add(unique.lower())
     return unique
 
 
-def load_run(folder: Path, lang: str, taken: set[str]) -> dict:
-    """Everything report.py needs from one run folder, with `problems` listing what is missing or wrong."""
-    run = {"folder": folder, "problems": [], "info": {}, "model_config": {}, "history": None, "predictions": None,
-           "metrics": None, "recomputed": None, "mismatches": [], "eval_only": False}
+def name_runs(runs: list[dict]) -> None:
+    """Give runs that share a name (runs/a/whisper and runs/b/whisper both call themselves whisper) as many of
+    their parent folders as tell them apart (a/whisper, b/whisper), then a file slug each."""
+    paths = [Path(os.path.abspath(run["folder"])).parts for run in runs]  # as typed: symbolic links not followed
+    parents = [path[:-1] if run["name"] == run["folder"].name else path for path, run in zip(paths, runs)]
+    depth = [0] * len(runs)
+
+    def label(i: int) -> str:
+        return "/".join([*parents[i][len(parents[i]) - depth[i]:], runs[i]["name"]])
+
+    while True:
+        counts = Counter(label(i) for i in range(len(runs)))
+        clashing = [i for i in range(len(runs)) if counts[label(i)] > 1 and depth[i] < len(parents[i])]
+        if not clashing:
+            break
+        for i in clashing:
+            depth[i] += 1
+    taken: set[str] = set()
+    for i, run in enumerate(runs):
+        run["name"] = label(i)
+        run["slug"] = run_slug(run["name"], taken)
+
+
+def load_run(folder: Path, lang: str) -> dict:
+    """Everything report.py needs from one run folder, with `problems` listing what is missing or wrong and
+    `damaged` the files that are there but incomplete."""
+    run = {"folder": folder, "problems": [], "info": {}, "model_config": {}, "history": None, "damaged": [],
+           "damage": None, "predictions": None, "metrics": None, "recomputed": None, "mismatches": [],
+           "eval_only": False}
     if not folder.is_dir():
-        run.update(name=folder.name, slug=run_slug(folder.name, taken), status="st_missing")
+        run.update(name=folder.name, status="st_missing")
         run["problems"].append(tr(lang, "p_folder_missing", path=folder))
         return run
     problems = run["problems"]
     run["info"] = read_json(folder / "run_info.json", problems, lang) or {}
     run["name"] = str(run["info"].get("run_name") or folder.name)
-    run["slug"] = run_slug(run["name"], taken)
-    run["history"] = read_history(folder, problems, lang)
+    run.update(read_history(folder, run["info"], problems, lang))
     config_path = folder / "best_model" / "config.json"  # dropout / SpecAugment settings of the saved model
     run["model_config"] = read_json(config_path, [], lang) if config_path.is_file() else {}
     if (folder / "test_predictions.csv").is_file():
@@ -668,13 +798,15 @@ def load_run(folder: Path, lang: str, taken: set[str]) -> dict:
     run["eval_only"] = bool(run["info"].get("eval_only") or run["info"].get("stop_reason") == "eval_only")
     complete = (run["predictions"] is not None and run["metrics"] is not None and bool(run["info"])
                 and (run["history"] is not None or run["eval_only"]))
-    run["status"] = ("st_baseline" if run["eval_only"] else "st_complete") if complete else "st_partial"
+    run["status"] = ("st_damaged" if run["damaged"] else "st_baseline" if run["eval_only"] else "st_complete"
+                     ) if complete else "st_partial"
     return run
 
 
 def is_run_folder(folder: Path) -> bool:
     return any((folder / name).exists() for name in ("run_info.json", "history.csv", "test_predictions.csv",
-                                                      "trainer_state.json"))
+                                                      "trainer_state.json")) or any(
+        folder.glob("checkpoint-*/trainer_state.json"))
 
 
 def expand_run_folders(folders: list[Path]) -> list[Path]:
@@ -685,6 +817,29 @@ def expand_run_folders(folders: list[Path]) -> list[Path]:
         children = sorted(p for p in folder.iterdir() if p.is_dir() and is_run_folder(p)) if folder.is_dir() else []
         expanded += children if children and not is_run_folder(folder) else [folder]
     return expanded
+
+
+def no_runs_message(folders: list[Path]) -> str:
+    """The one line for --runs folders that hold no run: what each holds, what a run folder is, what to type."""
+    found = []
+    for folder in folders:
+        if not folder.is_dir():
+            found.append(f'"{folder}" does not exist')
+            continue
+        entries = sorted(p.name for p in folder.iterdir())
+        found.append(f'"{folder}" holds ' + (", ".join(entries[:8]) + (", ..." if len(entries) > 8 else "")
+                                            if entries else "nothing"))
+    nested = sorted({p.parent.parent for folder in folders if folder.is_dir()
+                     for pattern in ("*/*/run_info.json", "*/*/*/run_info.json") for p in folder.glob(pattern)})
+    if nested:
+        todo = "the runs are further down: python report.py --runs " + " ".join(f'"{p}"' for p in nested)
+    else:
+        todo = (f'train one first, e.g. python train_whisper.py --data data/vivos_whisper --output-dir '
+                f'"{folders[0] / "whisper" if folders[0].is_dir() else folders[0]}", or pass the folder your runs '
+                f'are in')
+    return (f"--runs: no run folder found ({'; '.join(found)}); a run folder is a trainer's --output-dir, holding "
+            f"run_info.json / history.csv written by train_whisper.py, train_wav2vec2.py or train_deepspeech.py; "
+            f"{todo}")
 
 
 def find_data_folder(data: Path | None, runs: list[dict]) -> Path | None:
@@ -740,12 +895,20 @@ def best_epoch(run: dict) -> float | None:
     return None
 
 
-def describe_curves(history: pd.DataFrame | None, info: dict, lang: str, finished: bool = True) -> str:
+def describe_curves(history: pd.DataFrame | None, info: dict, lang: str, finished: bool = True,
+                    damage: str | None = None) -> str:
     """The sentences that say what the learning curves show: overfitting, divergence, under-fitting or
     convergence, how training stopped, the best checkpoint (so far, if not `finished`) and the
-    train/validation gap."""
+    train/validation gap. A history known to be incomplete (`damage` says how) gets no verdict: its last
+    rows are missing, and they decide every one of these readings."""
     if info.get("eval_only") or info.get("stop_reason") == "eval_only":
         return tr(lang, "s_eval_only", run=info.get("run_name", "?"))
+    if damage:
+        sentences = [tr(lang, "s_damaged", short=damage)]
+        if info.get("best_epoch") is not None and info.get("best_val_wer") is not None:
+            sentences.append(tr(lang, "s_best" if finished else "s_best_so_far", k=epoch_text(info["best_epoch"]),
+                                wer=pct(info["best_val_wer"])))
+        return " ".join(sentences)
     if history is None or history.empty or history["val_loss"].notna().sum() == 0:
         return tr(lang, "s_no_history")
     evals = history.dropna(subset=["val_loss"]).reset_index(drop=True)
@@ -1047,7 +1210,7 @@ def plot_architecture(family: str, info: dict, lang: str) -> tuple[Figure, pd.Da
 
 def status_section(runs: list[dict], data_problems: list[str], out: Path, lang: str) -> list[dict]:
     table = pd.DataFrame([{tr(lang, "col_run"): run["name"], tr(lang, "col_folder"): str(run["folder"]),
-                           tr(lang, "col_status"): tr(lang, run["status"]),
+                           tr(lang, "col_status"): tr(lang, run["status"], files=", ".join(run["damaged"])),
                            tr(lang, "col_problems"): "; ".join(run["problems"]) or tr(lang, "no_problem")}
                           for run in runs])
     blocks = [heading(2, tr(lang, "h_status")), table_block(out, "run_status", tr(lang, "t_status"), table)]
@@ -1170,7 +1333,7 @@ def model_section(run: dict, out: Path, lang: str, dpi: int) -> list[dict]:
 def training_section(run: dict, out: Path, lang: str, dpi: int) -> list[dict]:
     """Learning curves with the best epoch marked, what they show, and the remedies used."""
     blocks = [heading(3, run["name"])]
-    history, info = run["history"], {"run_name": run["name"], **run["info"]}
+    history, info = run["history"], {**run["info"], "run_name": run["name"]}
     drawable = history is not None and not history.empty and not run["eval_only"]
     if drawable:
         best = best_epoch(run)
@@ -1179,7 +1342,8 @@ def training_section(run: dict, out: Path, lang: str, dpi: int) -> list[dict]:
         blocks.append(figure_block(out, f"{run['slug']}_learning_curves",
                                    tr(lang, "c_curves", run=run["name"], best=epoch_text(best)),
                                    plot_curves(history, best, lang), history[columns], dpi))
-    blocks.append(paragraph(describe_curves(history, info, lang, finished=run["predictions"] is not None)))
+    blocks.append(paragraph(describe_curves(history, info, lang, finished=run["predictions"] is not None,
+                                            damage=run["damage"])))
     if not run["eval_only"] and run["info"]:
         blocks.append(paragraph(remedies_used(run["info"], run["model_config"], lang)))
     return blocks
@@ -1482,8 +1646,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     content.add_argument("--worst", type=int, default=10, help="worst test utterances listed per run (default: 10)")
     content.add_argument("--top", type=int, default=10, help="most frequent word errors of each kind (default: 10)")
     content.add_argument("--strict", action="store_true",
-                         help="exit with status 1 when a run is missing or partial or a metric mismatches "
-                              "(the report is written anyway)")
+                         help="exit with status 1 when a run is missing, partial or damaged (e.g. a truncated "
+                              "history.csv) or a metric mismatches (the report is written anyway)")
     args = parser.parse_args(argv)
     if args.out.exists() and not args.out.is_dir():
         parser.error(f"--out must be a folder, but {args.out} is a file; pass a new folder name, e.g. --out report")
@@ -1496,11 +1660,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     lang, out, started = args.lang, args.out, time.perf_counter()
+    folders = expand_run_folders(args.runs)
+    if not any(is_run_folder(folder) for folder in folders):
+        raise InputError(no_runs_message(args.runs))
     for folder in (out, out / "figures", out / "tables"):
         folder.mkdir(parents=True, exist_ok=True)
 
-    taken: set[str] = set()
-    runs = [load_run(folder, lang, taken) for folder in expand_run_folders(args.runs)]
+    runs = [load_run(folder, lang) for folder in folders]
+    name_runs(runs)
     data_blocks, data_problems = data_section(find_data_folder(args.data, runs), out, lang, args.dpi)
 
     blocks = [heading(1, tr(lang, "title")),
@@ -1529,7 +1696,8 @@ def main(argv: list[str] | None = None) -> int:
         print(problem, file=sys.stderr)
     print(f"wrote {out / 'report.md'}, {out / 'report.html'} and {out / 'comparison.csv'} "
           f"({len(runs)} run(s), {time.perf_counter() - started:.1f} s)")
-    troubled = data_problems or any(run["status"] in ("st_missing", "st_partial") or run["mismatches"] for run in runs)
+    troubled = data_problems or any(run["status"] in ("st_missing", "st_partial", "st_damaged") or run["mismatches"]
+                                    for run in runs)
     return 1 if args.strict and troubled else 0
 
 
