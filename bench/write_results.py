@@ -120,13 +120,15 @@ def summary(groups: dict[str, list[dict]]) -> list[str]:
 
 
 def deepspeech_section(records: list[dict]) -> list[str]:
-    settings = records[0]["settings"]
+    # The header describes the default runs; a run with other flags names them in its setting.
+    settings = next((r for r in records if any(run["setting"].startswith("defaults") for run in r["runs"])),
+                    records[0])["settings"]
     lines = ["## DeepSpeech2 learning (`bench/bench_deepspeech_learning.py`)", "",
              f"Corpus: {settings['corpus']}; splits "
              + ", ".join(f"{name} {count}" for name, count in settings["splits"].items())
              + f". Validation: {settings['validation']}. "
              f"Test: {settings['test']}. {settings['epochs']} epochs, batch {settings['batch_size']}, "
-             f"{settings['torch_threads']} torch thread per run. Newest first; * the CPU was shared with a further "
+             f"{settings['torch_threads']} torch thread per run, unless the setting says otherwise. Newest first; * the CPU was shared with a further "
              "program. A seed whose model leaves CTC's blank-only start late (high validation CER after epoch 1) "
              "ends worse.", "",
              "| setting | seed | val CER after epoch 1 | val CER / WER | test CER / WER, beam | test CER / WER, greedy | "
