@@ -1,4 +1,4 @@
-"""Does train_deepspeech.py with its CPU defaults learn? The full-size measurement of issue 5.
+"""Does train_deepspeech.py with its CPU defaults learn? Trains one DeepSpeech2 from scratch and scores it.
 
     python bench/bench_deepspeech_learning.py                 # about 1 GB of disk in a temporary folder
     python bench/bench_deepspeech_learning.py --work-dir /tmp/ds2-bench --keep
@@ -9,14 +9,16 @@ the train voices (one per gender) for validation, leaving 720 train utterances o
 split is 180 utterances of 3 unseen voices reading unseen sentences. Then train_deepspeech.py trains a
 DeepSpeech2 from scratch with its defaults (only --data and --output-dir given, plus anything after
 `--`), and the test CER/WER (with the run's decoder, by default the lexicon beam search, and with greedy
-decoding of the same model), epochs and wall time are printed and written to RESULT.json in the work dir.
+decoding of the same model), epochs and wall time are printed and saved as a result file in bench/results/
+(`python bench/write_results.py` then updates bench/RESULTS.md).
 
-Target (issue 5): CER <= 0.05 and WER <= 0.13 on the test split, measured there after 9 epochs in
-about 7 minutes on 2 CPU cores. Needs espeak-ng and sox.
+Target: CER <= 0.05 and WER <= 0.13 on the test split after 9 epochs, in about 7 minutes on 2 CPU cores.
+Needs espeak-ng and sox.
 """
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import shutil
 import sys
@@ -30,10 +32,12 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "sample_data"))
+sys.path.insert(0, str(REPO / "bench"))
 
 import prepare_vivos  # noqa: E402
 import train_deepspeech  # noqa: E402
 from make_vivos_like import make_corpus  # noqa: E402
+from write_results import save_result  # noqa: E402
 
 TARGET = {"cer": 0.05, "wer": 0.13}
 CORPUS = {"train_speakers": 14, "train_per_speaker": 60, "test_speakers": 3, "test_per_speaker": 60, "seed": 0}
@@ -81,7 +85,26 @@ def main(argv: list[str] | None = None) -> dict:
             "splits": {name: s["utterances"] for name, s in splits.items()},
             "torch_threads": torch.get_num_threads(), "extra_args": args.train_args,
         }
-        (work / "RESULT.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
+        train_args = train_deepspeech.parse_args(["--data", str(data), "--output-dir", str(run), *args.train_args])
+        history = [row for row in csv.DictReader((run / "history.csv").open(encoding="utf-8"))]
+        run_row = {
+            "setting": " ".join(args.train_args) or "defaults", "seed": train_args.seed,
+            "val_cer": info["best_val_cer"], "val_wer": info["best_val_wer"],
+            "test_cer": result["test_cer"], "test_wer": result["test_wer"],
+            "test_cer_greedy": result["test_cer_greedy"], "test_wer_greedy": result["test_wer_greedy"],
+            "minutes": round(seconds / 60, 1),
+            "val_cer_epoch1": float(history[0]["val_cer"]) if history and history[0].get("val_cer") else None,
+            **{key: result[key] for key in ("decoder", "met", "epochs_run", "best_epoch", "stop_reason", "params")},
+        }
+        save_result("bench_deepspeech_learning",
+                    {"corpus": "make_vivos_like.py, 14 train voices x 60 + 3 test voices x 60 utterances, seed 0",
+                     "splits": result["splits"],
+                     "validation": "2 held-out voices reading train sentences, greedy decoding",
+                     "test": "3 unseen voices reading unseen sentences; beam = the lexicon beam search (default "
+                             "decoder), greedy = the same model decoded greedily",
+                     "epochs": train_args.epochs, "batch_size": info["batch_size"],
+                     "torch_threads": result["torch_threads"], "target": TARGET},
+                    {"runs": [run_row]})
         print(json.dumps(result, indent=2))
         print(f"test CER {result['test_cer']:.4f} (target <= {TARGET['cer']}), WER {result['test_wer']:.4f} "
               f"(target <= {TARGET['wer']}), {result['decoder']} decoding (greedy: CER {result['test_cer_greedy']:.4f}, "

@@ -7,7 +7,8 @@ fresh process so peak memory is its own:
   naive  datasets.map with WhisperFeatureExtractor, full 80 x 3000 float32 features, save_to_disk
   ours   prepare_vivos.py (streamed Arrow writes, trimmed float16 features)
 and prints wall time, peak RSS and bytes on disk, with ours / naive ratios. It also prepares a corpus
-twice the size with our script, to show that peak RSS stays flat as the corpus grows.
+twice the size with our script, to show that peak RSS stays flat as the corpus grows. The figures are
+saved as a result file in bench/results/ (`python bench/write_results.py` then updates bench/RESULTS.md).
 Needs espeak-ng and sox.
 """
 from __future__ import annotations
@@ -23,6 +24,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "sample_data"))
+sys.path.insert(0, str(REPO / "bench"))
 
 
 def naive_prepare(vivos_dir: Path, out: Path) -> None:
@@ -99,6 +101,14 @@ def main(argv: list[str] | None = None) -> None:
     print(f"ratios ours/naive: time {ours['seconds'] / naive['seconds']:.2f}, "
           f"peak RSS {ours['peak_rss_mb'] / naive['peak_rss_mb']:.2f}, disk {ours['disk_mb'] / naive['disk_mb']:.3f}")
     print(f"ours, corpus x2 / corpus x1: peak RSS {ours2['peak_rss_mb'] / ours['peak_rss_mb']:.2f}")
+    from write_results import save_result
+
+    ratios = {"time": ours["seconds"] / naive["seconds"], "peak_rss": ours["peak_rss_mb"] / naive["peak_rss_mb"],
+              "disk": ours["disk_mb"] / naive["disk_mb"], "peak_rss_x2": ours2["peak_rss_mb"] / ours["peak_rss_mb"]}
+    save_result("bench_prepare", {"speakers": args.speakers, "per_speaker": args.per_speaker,
+                                  "utterances": n_small, "features": "whisper, 80 mels"},
+                {"variants": {name: {key: round(value, 2) for key, value in r.items()} for name, r in results.items()},
+                 "ratios": {key: round(value, 3) for key, value in ratios.items()}})
 
 
 if __name__ == "__main__":

@@ -7,9 +7,10 @@ Builds whisper-small's architecture from its published shape (d_model 768, 12+12
 FFN 3072, vocab 51865, 80 mels) with random weights, so nothing is downloaded. For the full fine-tune
 (train_whisper.py's defaults) and each preset it runs a few optimizer steps on 30 s inputs with the
 script's own Trainer settings (batch, accumulation, precision, gradient checkpointing, optimizer),
-and prints peak GPU memory allocated and training samples/s next to the full fine-tune's.
-Target (issue 3): low-vram below 3.5 GB peak allocated, at no less than half the full fine-tune's
-samples/s. On a machine without a GPU it says so and exits 0.
+and prints peak GPU memory allocated and training samples/s next to the full fine-tune's; the figures are
+saved as a result file in bench/results/ (`python bench/write_results.py` then updates bench/RESULTS.md).
+Target: low-vram below 3.5 GB peak allocated (a 4 GB laptop GPU), at no less than half the full
+fine-tune's samples/s. On a machine without a GPU it says so, saves nothing and exits 0.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "bench"))
 LOW_VRAM_TARGET_GB = 3.5
 # openai/whisper-small's config.json, the parts that set its size.
 WHISPER_SMALL = {"d_model": 768, "encoder_layers": 12, "decoder_layers": 12, "encoder_attention_heads": 12,
@@ -117,10 +119,12 @@ def main(argv: list[str] | None = None) -> int:
           f"{torch.cuda.get_device_name(0)}, torch {torch.__version__}")
     rows = [measure(preset, args.steps, args.skip) for preset in [None, *args.presets]]
     full_speed = rows[0]["samples_per_s"]
+    for row in rows:
+        row["vs_full"] = row["samples_per_s"] / full_speed if full_speed else None
     print(f"\n{'setting':<16}{'batch':>8}{'ckpt':>6}{'optimizer':>18}{'precision':>10}{'peak GB':>9}"
           f"{'samples/s':>11}{'vs full':>9}")
     for row in rows:
-        ratio = row["samples_per_s"] / full_speed if full_speed else float("nan")
+        ratio = row["vs_full"] if row["vs_full"] is not None else float("nan")
         print(f"{row['preset']:<16}{row['batch']:>8}{'yes' if row['checkpointing'] else 'no':>6}{row['optimizer']:>18}"
               f"{row['precision']:>10}{row['peak_gb']:>9.2f}{row['samples_per_s']:>11.2f}{ratio:>8.2f}x")
     low = next((row for row in rows if row["preset"] == "low-vram"), None)
@@ -129,6 +133,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nlow-vram target: peak {low['peak_gb']:.2f} GB < {LOW_VRAM_TARGET_GB} GB: "
               f"{'met' if low['peak_gb'] < LOW_VRAM_TARGET_GB else 'NOT met'}; speed {ratio:.2f}x the full "
               f"fine-tune's (>= 0.5x): {'met' if ratio >= 0.5 else 'NOT met'}")
+    from write_results import save_result
+
+    save_result("bench_whisper_memory", {"model": "whisper-small shape, random weights", "input_seconds": 30,
+                                         "steps": args.steps, "skip": args.skip, "target_low_vram_gb": LOW_VRAM_TARGET_GB},
+                {"gpu": torch.cuda.get_device_name(0),
+                 "rows": [{key: (None if isinstance(value, float) and value != value else value)
+                           for key, value in row.items()} for row in rows]})
     return 0
 
 

@@ -1,0 +1,244 @@
+"""Write bench/RESULTS.md from the result files the benchmarks saved in bench/results/.
+
+    python bench/write_results.py            # rewrite bench/RESULTS.md
+    python bench/write_results.py --check    # exit 1 if bench/RESULTS.md is not what this would write
+
+Every benchmark saves one JSON file per run in bench/results/ through `save_result` (date, commit, machine,
+settings, figures). RESULTS.md is only ever written from those files, so no figure in it is typed by hand:
+to add a measurement, run a benchmark (it saves its file), then run this script.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+RESULTS_DIR = BENCH / "results"
+RESULTS_MD = BENCH / "RESULTS.md"
+
+
+def current_commit() -> str:
+    """Short hash of the checked-out commit, with -dirty when tracked files differ from it."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True).stdout.strip()
+
+    commit = git("rev-parse", "--short=7", "HEAD") or "unknown"
+    return commit + ("-dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
+
+
+def machine_description() -> str:
+    import torch
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return (f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs, {gpu}, torch {torch.__version__}, "
+            f"python {platform.python_version()}")
+
+
+def save_result(bench: str, settings: dict, figures: dict, results_dir: Path = RESULTS_DIR) -> Path:
+    """Save one benchmark run as bench/results/<date>_<bench>_<commit>.json; returns the path."""
+    now = datetime.now(timezone.utc)
+    commit = current_commit()
+    record = {"bench": f"{bench}.py", "date": now.strftime("%Y-%m-%dT%H:%M:%SZ"), "commit": commit,
+              "machine": machine_description(),
+              "source": f"measured by bench/{bench}.py at commit {commit}", "settings": settings, **figures}
+    results_dir.mkdir(parents=True, exist_ok=True)
+    path = results_dir / f"{now.strftime('%Y-%m-%dT%H%M%S')}_{bench.removeprefix('bench_')}_{commit}.json"
+    path.write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    print(f"saved {path.relative_to(REPO) if path.is_relative_to(REPO) else path}; "
+          "run `python bench/write_results.py` to update bench/RESULTS.md")
+    return path
+
+
+def load_results(results_dir: Path) -> list[dict]:
+    """Every result file, newest first."""
+    records = []
+    for path in sorted(results_dir.glob("*.json")):
+        record = json.loads(path.read_text(encoding="utf-8"))
+        record["file"] = path.name
+        records.append(record)
+    return sorted(records, key=lambda r: (r["date"], r["file"]), reverse=True)
+
+
+def num(value, digits: int = 3) -> str:
+    if value is None:
+        return "–"
+    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def pair(first, second) -> str:
+    return num(first) if second is None else f"{num(first)} / {num(second)}"
+
+
+def mean(values: list[float]) -> float:
+    return sum(values) / len(values)
+
+
+def deepspeech_defaults(records: list[dict]) -> list[dict]:
+    """The newest run of each seed with the default settings."""
+    by_seed = {}
+    for record in records:
+        for run in record["runs"]:
+            if run["setting"].startswith("defaults") and run["seed"] not in by_seed:
+                by_seed[run["seed"]] = run
+    return list(by_seed.values())
+
+
+def minutes_range(runs: list[dict]) -> str:
+    values = [m for run in runs for m in str(run["minutes"]).split("-")]
+    low, high = min(values, key=float), max(values, key=float)
+    return f"{low} min" if low == high else f"{low}-{high} min"
+
+
+def summary(groups: dict[str, list[dict]]) -> list[str]:
+    """One row per model family: its bench figure and run time (the README copies this table)."""
+    lines = ["| model | bench figure | run time |", "| --- | --- | --- |"]
+    quick = groups.get("quickstart.py", [None])[0]
+    stage = (lambda name: f"{quick['stages_seconds'][name]} s in the offline quick start") if quick else (lambda name: "–")
+    memory = groups.get("bench_whisper_memory.py")
+    if memory:
+        low = next((row for row in memory[0]["rows"] if row["preset"] == "low-vram"), None)
+        whisper = (f"whisper-small `--preset low-vram`: peak {num(low['peak_gb'], 2)} GB, "
+                   f"{num(low['samples_per_s'], 2)} samples/s ({memory[0]['gpu']})") if low else "–"
+    else:
+        whisper = "GPU memory per preset not measured yet (`bench_whisper_memory.py` needs a GPU)"
+    lines.append(f"| Whisper | {whisper} | {stage('Whisper')} (tiny model: checks the pipeline only) |")
+    lines.append(f"| Wav2Vec2 | no benchmark yet | {stage('Wav2Vec2')} (tiny model: checks the pipeline only) |")
+    runs = deepspeech_defaults(groups.get("bench_deepspeech_learning.py", []))
+    if runs:
+        lines.append(f"| DeepSpeech2 | test CER {mean([r['test_cer'] for r in runs]):.3f}, WER "
+                     f"{mean([r['test_wer'] for r in runs]):.3f} (mean of {len(runs)} seeds, defaults, synthetic "
+                     f"12-voice corpus, unseen voices and sentences) | {minutes_range(runs)} per run on one CPU "
+                     f"thread; {stage('DeepSpeech2')} |")
+    return lines
+
+
+def deepspeech_section(records: list[dict]) -> list[str]:
+    # The header describes the default runs; a run with other flags names them in its setting.
+    settings = next((r for r in records if any(run["setting"].startswith("defaults") for run in r["runs"])),
+                    records[0])["settings"]
+    lines = ["## DeepSpeech2 learning (`bench/bench_deepspeech_learning.py`)", "",
+             f"Corpus: {settings['corpus']}; splits "
+             + ", ".join(f"{name} {count}" for name, count in settings["splits"].items())
+             + f". Validation: {settings['validation']}. "
+             f"Test: {settings['test']}. {settings['epochs']} epochs, batch {settings['batch_size']}, "
+             f"{settings['torch_threads']} torch thread per run, unless the setting says otherwise. Newest first; * the CPU was shared with a further "
+             "program. A seed whose model leaves CTC's blank-only start late (high validation CER after epoch 1) "
+             "ends worse.", "",
+             "| setting | seed | val CER after epoch 1 | val CER / WER | test CER / WER, beam | test CER / WER, greedy | "
+             "minutes | commit |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for record in records:
+        for run in record["runs"]:
+            shared = " *" if run.get("shared_cpu") else ""
+            lines.append(f"| {run['setting']} | {run['seed']} | {num(run.get('val_cer_epoch1'), 2)} | "
+                         f"{pair(run['val_cer'], run['val_wer'])} | "
+                         f"{pair(run['test_cer'], run['test_wer'])} | "
+                         f"{pair(run['test_cer_greedy'], run['test_wer_greedy'])} | {num(run['minutes'], 1)}{shared} | "
+                         f"{record['commit']} |")
+    lines += notes(records)
+    return lines
+
+
+def prepare_section(records: list[dict]) -> list[str]:
+    lines = ["## Data preparation (`bench/bench_prepare.py`)", "",
+             "`prepare_vivos.py` against the naive preparation of the Whisper fine-tuning blog (`datasets.map` with "
+             "`WhisperFeatureExtractor`, full float32 features) on the same espeak-ng corpus, each in its own "
+             "process. Ratios are ours / naive; the last column prepares a corpus twice as large with our script "
+             "(flat memory: near 1).", "",
+             "| date | commit | utterances | peak RSS MB, ours / naive | disk MB, ours / naive | time ratio | "
+             "peak RSS ratio | disk ratio | peak RSS, corpus x2 / x1 |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for record in records:
+        ours, naive, ratios = record["variants"]["ours"], record["variants"]["naive"], record["ratios"]
+        lines.append(f"| {record['date'][:10]} | {record['commit']} | {record['settings']['utterances']} | "
+                     f"{num(ours['peak_rss_mb'], 0)} / {num(naive['peak_rss_mb'], 0)} | "
+                     f"{num(ours['disk_mb'], 1)} / {num(naive['disk_mb'], 1)} | {num(ratios['time'], 2)} | "
+                     f"{num(ratios['peak_rss'], 2)} | {num(ratios['disk'], 3)} | {num(ratios['peak_rss_x2'], 2)} |")
+    return lines + notes(records)
+
+
+def whisper_memory_section(records: list[dict]) -> list[str]:
+    lines = ["## Whisper GPU memory per preset (`bench/bench_whisper_memory.py`)", "",
+             "whisper-small's shape with random weights, a few training steps on 30 s inputs per `--preset`, next "
+             "to the full fine-tune. Target: `low-vram` under 3.5 GB peak at no less than half the full "
+             "fine-tune's samples/s.", ""]
+    if not records:
+        return lines + ["Not measured yet: it needs an NVIDIA GPU (a Colab T4 will do)."]
+    lines += ["| date | commit | GPU | setting | batch | checkpointing | optimizer | precision | peak GB | "
+              "samples/s | vs full |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for record in records:
+        for row in record["rows"]:
+            lines.append(f"| {record['date'][:10]} | {record['commit']} | {record['gpu']} | {row['preset']} | "
+                         f"{row['batch']} | {'yes' if row['checkpointing'] else 'no'} | {row['optimizer']} | "
+                         f"{row['precision']} | {num(row['peak_gb'], 2)} | {num(row['samples_per_s'], 2)} | "
+                         f"{num(row['vs_full'], 2)} |")
+    return lines + notes(records)
+
+
+def quickstart_section(records: list[dict]) -> list[str]:
+    lines = ["## Quick start on the bundled sample (`python quickstart.py`)", "",
+             "The bundled sample is synthetic (espeak-ng): its figures show that the pipeline works, not how well a "
+             "model does on real Vietnamese.", "",
+             "| date | commit | machine | stages (seconds) | total | DeepSpeech2 test CER / WER, beam | greedy |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for record in records:
+        stages = ", ".join(f"{name} {seconds}" for name, seconds in record["stages_seconds"].items())
+        ds2 = record["deepspeech2"]
+        lines.append(f"| {record['date'][:10]} | {record['commit']} | {record['machine']} | {stages} | "
+                     f"{num(record['total_minutes'], 1)} min | {pair(ds2['test_cer'], ds2['test_wer'])} | "
+                     f"{pair(ds2['test_cer_greedy'], ds2['test_wer_greedy'])} |")
+    return lines + notes(records)
+
+
+def notes(records: list[dict]) -> list[str]:
+    lines = [f"- {note} ({record['commit']})" for record in records for note in record.get("notes", [])]
+    return ["", "Notes:", "", *lines] if lines else []
+
+
+SECTIONS = {"bench_deepspeech_learning.py": deepspeech_section, "bench_prepare.py": prepare_section,
+            "bench_whisper_memory.py": whisper_memory_section, "quickstart.py": quickstart_section}
+
+
+def render(results_dir: Path = RESULTS_DIR) -> str:
+    records = load_results(results_dir)
+    groups = {}
+    for record in records:
+        if record["bench"] not in SECTIONS:
+            raise SystemExit(f"{record['file']}: unknown bench {record['bench']!r}; expected one of {', '.join(SECTIONS)}")
+        groups.setdefault(record["bench"], []).append(record)
+    lines = ["# Benchmark results", "",
+             "Written by `python bench/write_results.py` from the result files in `bench/results/` (one per bench "
+             "run: date, commit, machine, settings, figures). Do not edit: run a benchmark, then the script.", "",
+             "## Summary", "", *summary(groups)]
+    for bench, section in SECTIONS.items():
+        if groups.get(bench) or bench == "bench_whisper_memory.py":
+            lines += ["", *section(groups.get(bench, []))]
+    lines += ["", "## Sources", "", *[f"- `{r['file']}`: {r['source']}; {r['machine']}" for r in records]]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--check", action="store_true", help="only compare; exit 1 when RESULTS.md is out of date")
+    args = parser.parse_args(argv)
+    text = render()
+    if args.check:
+        if not RESULTS_MD.is_file() or RESULTS_MD.read_text(encoding="utf-8") != text:
+            print("bench/RESULTS.md is not what bench/results/ gives: run `python bench/write_results.py`")
+            return 1
+        print("bench/RESULTS.md is up to date")
+        return 0
+    RESULTS_MD.write_text(text, encoding="utf-8")
+    print(f"wrote {RESULTS_MD.relative_to(REPO)} from {len(load_results(RESULTS_DIR))} result files")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
