@@ -234,7 +234,8 @@ def test_inputs_sharing_a_name_get_their_own_output(fmt, length_run, tmp_path, c
     run_transcribe(length_run, [inputs], tmp_path / "out", fmt)
 
     written = folder_contents(tmp_path / "out")
-    expected = {"a.wav": f"a.wav.{fmt}", "a.flac": f"a.flac.{fmt}", "b.wav": f"b.{fmt}", "buổi 2/a.wav": f"buổi 2/a.{fmt}"}
+    expected = {"a.wav": f"a.wav.{fmt}", "a.flac": f"a.flac.{fmt}", "b.wav": f"b.{fmt}",
+                "buổi 2/a.wav": f"buổi 2/a.{fmt}"}
     assert set(written) == set(expected.values()) | {transcribe.MANIFEST}
     for name, output in expected.items():
         assert f"đoạn {samples[name]}\n" in written[output].decode("utf-8")
