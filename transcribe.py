@@ -317,10 +317,10 @@ def refusal(in_the_way: list[Path], out_dir: Path) -> str:
     more = f" and {len(in_the_way) - 5} more" if len(in_the_way) > 5 else ""
     folders = (out_dir.parent / f"{out_dir.name or 'transcripts'}-{n}" for n in itertools.count(2))
     free = next(folder for folder in folders if not folder.exists())
-    return (f"{out_dir}: {shown}{more} would be overwritten, and transcribe.py did not write "
-            f"{'them' if len(in_the_way) > 1 else 'it'} (not listed in {MANIFEST}, or changed since); nothing was "
-            f"written. Pass a new folder, e.g. --output-dir {quoted(free)}, or add --overwrite to replace "
-            f"{'them' if len(in_the_way) > 1 else 'it'}.")
+    them = "them" if len(in_the_way) > 1 else "it"
+    return (f"refusing to overwrite {shown}{more} in {out_dir}: transcribe.py did not write {them} (not listed in "
+            f"{MANIFEST}, or changed since), so nothing was written. Pass a new folder, e.g. --output-dir "
+            f"{quoted(free)}, or add --overwrite to replace {them}.")
 
 
 # Copied from train_whisper.quoted

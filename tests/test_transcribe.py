@@ -266,7 +266,8 @@ def test_never_replaces_a_file_it_did_not_write(length_run, tmp_path, monkeypatc
         with pytest.raises(SystemExit) as refused:
             run_transcribe(length_run, [inputs], inputs, "txt")
     message = str(refused.value)
-    assert "lecture.txt would be overwritten" in message and "other.txt" not in message and "\n" not in message
+    assert message.startswith(f"refusing to overwrite lecture.txt in {inputs}: transcribe.py did not write it")
+    assert "other.txt" not in message and "\n" not in message
     assert f'--output-dir "{inputs.parent / "bài giảng-2"}"' in message and "--overwrite" in message
     assert folder_contents(inputs) == before
 
@@ -276,7 +277,7 @@ def test_never_replaces_a_file_it_did_not_write(length_run, tmp_path, monkeypatc
     assert (inputs / "other.txt").read_text(encoding="utf-8") == "đoạn 17000\n"
 
     (inputs / "other.txt").write_text("đoạn mười bảy nghìn\n", encoding="utf-8")  # corrected by hand
-    with pytest.raises(SystemExit, match="other.txt would be overwritten"):
+    with pytest.raises(SystemExit, match="refusing to overwrite other.txt in"):
         run_transcribe(length_run, [inputs], inputs, "txt")
     assert (inputs / "other.txt").read_text(encoding="utf-8") == "đoạn mười bảy nghìn\n"
 
@@ -290,7 +291,7 @@ def test_never_replaces_a_table_or_manifest_it_did_not_write(fmt, length_run, tm
     out.mkdir()
     (out / f"transcripts.{fmt}").write_text("my table", encoding="utf-8")
     (out / transcribe.MANIFEST).write_text("[]", encoding="utf-8")
-    with pytest.raises(SystemExit, match=f"{transcribe.MANIFEST}, transcripts.{fmt} would be overwritten"):
+    with pytest.raises(SystemExit, match=f"refusing to overwrite {transcribe.MANIFEST}, transcripts.{fmt} in"):
         run_transcribe(length_run, [clip], out, fmt)
     assert folder_contents(out) == {f"transcripts.{fmt}": b"my table", transcribe.MANIFEST: b"[]"}
 
