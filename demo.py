@@ -137,7 +137,7 @@ def loudest_dbfs(waveform: np.ndarray) -> float:
     microphones record a constant offset, which is not sound)."""
     frames = waveform[: max(len(waveform) // LOUDNESS_FRAME, 1) * LOUDNESS_FRAME]
     rms = frames.reshape(-1, min(len(frames), LOUDNESS_FRAME)).std(axis=1).max()
-    return 20 * float(np.log10(max(rms, 1e-10)))
+    return 20 * float(np.log10(max(rms, 1e-5)))  # -100 dB: 16-bit audio holds nothing quieter
 
 
 def compare_models(models: dict, audio_path: str | None, chosen: list[str],
