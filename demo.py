@@ -6,7 +6,9 @@ Shortest command (run folders or their best_model/ folders, from any of our thre
     python demo.py --models runs/whisper-small runs/wav2vec2-base runs/deepspeech2
 
 then open http://127.0.0.1:7860. --share prints a public https link too (Colab; the browser allows the
-microphone only on localhost or https). Writes nothing; Gradio keeps uploads in its temporary folder.
+microphone only on localhost or https). A clip longer than --max-seconds (default 30) is turned away, and
+a silent one answered "no speech found", instead of transcribed. Writes nothing; Gradio keeps uploads in its
+temporary folder.
 """
 from __future__ import annotations
 
@@ -33,6 +35,15 @@ FAMILIES = ("whisper", "wav2vec2", "deepspeech2")
 # Longest piece decoded at once: Whisper's encoder sees 30 s; the CTC models were trained on short
 # utterances and keep their accuracy on pieces of this length.
 CHUNK_SECONDS = {"whisper": 30.0, "wav2vec2": 20.0, "deepspeech2": 15.0}
+# The demo is for short utterances. Every visitor shares one queue, so a long clip holds up everyone behind it
+# (and takes memory in proportion to its length); one Whisper window is enough for a few sentences, and
+# transcribe.py is the tool for long recordings (chunks, timestamps, files).
+MAX_SECONDS = 30.0
+# A clip whose loudest 50 ms stretch stays below this level (RMS, dB below full scale) holds no speech: a muted
+# or unplugged microphone, digital silence, a quiet room. Speech, even quiet or far from the microphone, is
+# louder. The models would still write words for such a clip, words nobody said.
+SILENCE_DBFS = -50.0
+LOUDNESS_FRAME = SAMPLE_RATE // 20  # 50 ms: one syllable is longer, so speech always fills a frame
 
 
 class InputError(SystemExit):
@@ -121,18 +132,38 @@ def transcribe_clip(family: str, model, waveform: np.ndarray) -> str:
     return scored_text(family, model, output["text"])
 
 
-def compare_models(models: dict, audio_path: str | None, chosen: list[str]) -> list[str]:
-    """Transcript and decode time of each model (empty for the models not chosen), in the page's order."""
+def loudest_dbfs(waveform: np.ndarray) -> float:
+    """The level of the clip's loudest LOUDNESS_FRAME, in dB below full scale (its mean removed: some
+    microphones record a constant offset, which is not sound)."""
+    frames = waveform[: max(len(waveform) // LOUDNESS_FRAME, 1) * LOUDNESS_FRAME]
+    rms = frames.reshape(-1, min(len(frames), LOUDNESS_FRAME)).std(axis=1).max()
+    return 20 * float(np.log10(max(rms, 1e-5)))  # -100 dB: 16-bit audio holds nothing quieter
+
+
+def compare_models(models: dict, audio_path: str | None, chosen: list[str],
+                   max_seconds: float = MAX_SECONDS) -> list[str]:
+    """Transcript and decode time of each model (empty for the models not chosen), in the page's order. A
+    clip longer than max_seconds, or without sound loud enough to be speech, gets an answer instead."""
     if not audio_path:
         raise gr.Error("No audio yet: record a clip with the microphone or upload a file, then press Transcribe.")
     try:
-        waveform = load_audio(Path(audio_path))
+        duration = sf.info(audio_path).duration  # from the header: a long clip is turned away undecoded
+        waveform = None if duration > max_seconds else load_audio(Path(audio_path))
     except Exception as error:  # soundfile raises several types for unreadable or unsupported files
         raise gr.Error(f"Cannot read {Path(audio_path).name} as audio ({error}). Upload WAV, FLAC, OGG or MP3, "
                        "or record again.")
+    if waveform is None:
+        raise gr.Error(f"The clip is {duration:.1f} s long; this demo transcribes clips of up to {max_seconds:g} s. "
+                       "Record or upload a shorter one; for long recordings use transcribe.py, which cuts them "
+                       "into chunks with timestamps (or start the demo with a larger --max-seconds).")
     duration = len(waveform) / SAMPLE_RATE
     if duration == 0:
         raise gr.Error("The clip holds no audio samples: record again or upload another file.")
+    level = loudest_dbfs(waveform)
+    if level < SILENCE_DBFS:
+        raise gr.Error(f"No speech found: the clip is silent or nearly (its loudest moment is {-level:.0f} dB "
+                       "below full scale). Check that the right microphone is chosen and not muted, speak closer "
+                       "to it, and record again.")
     outputs = []
     for name, (family, model) in models.items():
         if name not in chosen:
@@ -145,12 +176,12 @@ def compare_models(models: dict, audio_path: str | None, chosen: list[str]) -> l
     return outputs
 
 
-def build_demo(models: dict):
+def build_demo(models: dict, max_seconds: float = MAX_SECONDS):
     """The page: audio input and model choice on top, one column per model (transcript, decode time)."""
     with gr.Blocks(title="Vietnamese speech recognition: compare models", analytics_enabled=False) as demo:
         gr.Markdown("## Vietnamese speech recognition: compare models\n"
-                    "Record or upload a clip, choose the models, press **Transcribe**. The text is normalised "
-                    "as the models were scored: lower case, no punctuation.")
+                    f"Record or upload a clip of up to {max_seconds:g} s, choose the models, press **Transcribe**. "
+                    "The text is normalised as the models were scored: lower case, no punctuation.")
         with gr.Row():
             audio = gr.Audio(sources=["microphone", "upload"], type="filepath", label="Audio")
             chosen = gr.CheckboxGroup(list(models), value=list(models), label="Models to compare")
@@ -161,7 +192,8 @@ def build_demo(models: dict):
                 with gr.Column(min_width=220):  # four models still fit side by side
                     outputs.append(gr.Textbox(label=name, lines=4, interactive=False))
                     outputs.append(gr.Textbox(label="decode time", interactive=False))
-        button.click(functools.partial(compare_models, models), [audio, chosen], outputs, api_name="transcribe")
+        button.click(functools.partial(compare_models, models, max_seconds=max_seconds), [audio, chosen], outputs,
+                     api_name="transcribe")
     return demo
 
 
@@ -185,6 +217,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     server.add_argument("--port", type=int, default=7860, help="port (default 7860)")
     server.add_argument("--share", action="store_true",
                         help="also print a public https link from Gradio (for Colab, or to show the demo to others)")
+    server.add_argument("--max-seconds", type=float, default=MAX_SECONDS,
+                        help=f"longest clip transcribed (default {MAX_SECONDS:g}: the demo is for short utterances "
+                             "and every visitor waits in one queue; transcribe.py is for long recordings)")
     return parser.parse_args(argv)
 
 
@@ -198,7 +233,7 @@ def main(argv: list[str] | None = None):
         started = time.perf_counter()
         models[name] = (family, load_model(folder, family, device))
         print(f"loaded {name} from {folder} on {device} in {time.perf_counter() - started:.1f} s")
-    demo = build_demo(models)
+    demo = build_demo(models, args.max_seconds)
     demo.launch(server_name=args.host, server_port=args.port, share=args.share)
     return demo
 

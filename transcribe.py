@@ -17,13 +17,20 @@ What it writes in --output-dir (default transcripts/):
   --format csv   transcripts.csv: path,start,end,text, one row per chunk or phrase
   --format json  transcripts.json: model, family, per file {path, duration, text, segments
                  [{start, end, text}]}, skipped files with the reason, audio and decode seconds, rtf
-NAME keeps the files' folders below the inputs' common folder, so two a.wav never overwrite each other.
+NAME keeps the files' folders below the inputs' common folder, so two a.wav never overwrite each other;
+a.wav and a.flac in one folder become a.wav.txt and a.flac.txt. written_by_transcribe.json lists the files
+this script wrote there: running the same command again replaces them, but any other file in the way (your
+own notes, a transcript you corrected) stops the run before the model loads, unless you add --overwrite.
 """
 from __future__ import annotations
 
 import argparse
+import collections
 import csv
+import hashlib
 import importlib.util
+import io
+import itertools
 import json
 import os
 import sys
@@ -46,6 +53,9 @@ PAUSE_SEARCH_SECONDS = 3.0  # a DeepSpeech2 window ends at the quietest 20 ms of
 PHRASE_SECONDS = 6.0  # Wav2Vec2 word timestamps are grouped into subtitle phrases of at most 6 s ...
 PHRASE_GAP_SECONDS = 0.5  # ... and a silence this long starts a new phrase
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".oga", ".mp3", ".opus", ".aif", ".aiff"}
+# In --output-dir: {"written_by": "transcribe.py", "files": {NAME: sha256}}. A file listed with the same content
+# is ours to replace; any other (not listed, or edited since) is the user's.
+MANIFEST = "written_by_transcribe.json"
 
 
 class InputError(SystemExit):
@@ -251,13 +261,72 @@ def read_audio_files(paths: list[Path], skipped: list[dict]) -> tuple[list[Path]
     return read, waveforms
 
 
-def output_names(files: list[Path]) -> dict[Path, Path]:
+def input_names(files: list[Path]) -> dict[Path, Path]:
     """Each file's path below the files' common folder, so outputs mirror the input folders."""
     try:
         base = Path(os.path.commonpath([str(p.parent) for p in files]))
-    except ValueError:  # Windows: files on different drives share no folder
-        return {p: Path(*p.parts[1:]) for p in files}
+    except ValueError:  # Windows: files on different drives share no folder; the drive letter keeps them apart
+        return {p: Path("".join(ch for ch in p.drive if ch.isalnum()), *p.parts[1:]) for p in files}
     return {p: p.relative_to(base) for p in files}
+
+
+def output_names(files: list[Path], fmt: str) -> dict[Path, Path]:
+    """Each file's NAME.txt or NAME.srt: its input name with the format's suffix instead of the audio's, or
+    after it (a.wav.txt, a.flac.txt) where two files would otherwise get one name. Names are compared
+    ignoring case, as Windows and macOS folders compare them."""
+    names = input_names(files)
+    replace = set(files)  # the files whose audio suffix is replaced; the others keep it
+    while True:
+        outputs = {p: name.with_suffix(f".{fmt}") if p in replace else name.with_name(f"{name.name}.{fmt}")
+                   for p, name in names.items()}
+        counts = collections.Counter(str(name).casefold() for name in outputs.values())
+        clashing = {p for p in replace if counts[str(outputs[p]).casefold()] > 1}
+        if not clashing:
+            return outputs
+        replace -= clashing
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def read_manifest(out_dir: Path) -> dict[str, str] | None:
+    """{NAME: sha256} of the files this script wrote in out_dir ({} when there are none yet); None when a
+    file of that name is there but is not ours."""
+    path = out_dir / MANIFEST
+    if not path.exists():
+        return {}
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+        return dict(manifest["files"]) if manifest["written_by"] == "transcribe.py" else None
+    except (OSError, ValueError, KeyError, TypeError):  # a folder, not JSON, or JSON of another shape
+        return None
+
+
+def files_in_the_way(targets: list[Path], out_dir: Path, manifest: dict[str, str] | None) -> list[Path]:
+    """The targets that exist but are not, byte for byte, a file this script wrote: the user's files."""
+    if manifest is None:
+        return [out_dir / MANIFEST] + files_in_the_way(targets, out_dir, {})
+    return [t for t in targets if t.exists() and not (
+        t.is_file() and manifest.get(t.relative_to(out_dir).as_posix()) == sha256(t.read_bytes()))]
+
+
+def refusal(in_the_way: list[Path], out_dir: Path) -> str:
+    """One line: which files are in the way, that nothing was written, and the two ways on."""
+    shown = ", ".join(str(p.relative_to(out_dir)) for p in in_the_way[:5])
+    more = f" and {len(in_the_way) - 5} more" if len(in_the_way) > 5 else ""
+    folders = (out_dir.parent / f"{out_dir.name or 'transcripts'}-{n}" for n in itertools.count(2))
+    free = next(folder for folder in folders if not folder.exists())
+    them = "them" if len(in_the_way) > 1 else "it"
+    return (f"refusing to overwrite {shown}{more} in {out_dir}: transcribe.py did not write {them} (not listed in "
+            f"{MANIFEST}, or changed since), so nothing was written. Pass a new folder, e.g. --output-dir "
+            f"{quoted(free)}, or add --overwrite to replace {them}.")
+
+
+# Copied from train_whisper.quoted
+def quoted(path) -> str:
+    """A path as it must be typed in a shell (Windows too: double quotes when it has spaces)."""
+    return f'"{path}"' if " " in str(path) else str(path)
 
 
 def srt_time(seconds: float) -> str:
@@ -270,28 +339,35 @@ def srt_text(segments: list[dict]) -> str:
                    for n, s in enumerate(segments, 1))
 
 
-def write_per_file(result: dict, fmt: str, target: Path) -> None:
+def per_file_bytes(result: dict, fmt: str) -> bytes:
     """NAME.txt (the transcript) or NAME.srt (subtitles) for one audio file."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    text = result["text"] + "\n" if fmt == "txt" else srt_text(result["segments"])
-    target.write_text(text, encoding="utf-8")
+    return (result["text"] + "\n" if fmt == "txt" else srt_text(result["segments"])).encode("utf-8")
 
 
-def write_table(results: list[dict], summary: dict, fmt: str, out_dir: Path) -> Path:
+def table_bytes(results: list[dict], summary: dict, fmt: str) -> bytes:
     """transcripts.csv (one row per segment) or transcripts.json (everything)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
     if fmt == "json":
-        path = out_dir / "transcripts.json"
-        path.write_text(json.dumps({**summary, "files": results}, ensure_ascii=False, indent=2), encoding="utf-8")
-        return path
-    path = out_dir / "transcripts.csv"
-    # utf-8-sig: Excel on Windows shows the Vietnamese letters only with the BOM
-    with path.open("w", encoding="utf-8-sig", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["path", "start", "end", "text"])
-        for result in results:
-            writer.writerows([result["path"], s["start"], s["end"], s["text"]] for s in result["segments"])
-    return path
+        return json.dumps({**summary, "files": results}, ensure_ascii=False, indent=2).encode("utf-8")
+    text = io.StringIO(newline="")
+    writer = csv.writer(text)
+    writer.writerow(["path", "start", "end", "text"])
+    for result in results:
+        writer.writerows([result["path"], s["start"], s["end"], s["text"]] for s in result["segments"])
+    return text.getvalue().encode("utf-8-sig")  # utf-8-sig: Excel on Windows shows Vietnamese only with the BOM
+
+
+def write_outputs(outputs: dict[Path, bytes], out_dir: Path, manifest: dict[str, str]) -> None:
+    """List the files in the manifest first, then write them: a run stopped in between leaves no file of ours
+    unlisted, so the next run never mistakes it for the user's."""
+    if not outputs:
+        return
+    manifest.update({target.relative_to(out_dir).as_posix(): sha256(data) for target, data in outputs.items()})
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / MANIFEST).write_text(json.dumps({"written_by": "transcribe.py", "files": manifest},
+                                               ensure_ascii=False, indent=1), encoding="utf-8")
+    for target, data in outputs.items():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
 
 
 # ----------------------------------------------------------------------------- main
@@ -308,6 +384,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="txt/srt: one file per audio file; csv/json: one table for all (default txt)")
     output.add_argument("--output-dir", type=Path, default=Path("transcripts"),
                         help="folder for the transcripts (created; default transcripts/)")
+    output.add_argument("--overwrite", action="store_true",
+                        help="replace files in --output-dir that this script did not write (by default it "
+                             f"replaces only the files listed in its {MANIFEST}, and stops before any other)")
     decoding = parser.add_argument_group("decoding")
     decoding.add_argument("--device", default="auto",
                           help="auto (CUDA GPU when there is one, else CPU), cpu, cuda, cuda:1, ...")
@@ -338,14 +417,22 @@ def main(argv: list[str] | None = None) -> dict:
         raise InputError(f"no audio found in {' '.join(str(p) for p in args.audio)}; expected audio files or "
                          f"folders holding {', '.join(sorted(AUDIO_SUFFIXES))} files")
 
+    out_dir = args.output_dir.expanduser()
+    names = input_names(files)
+    targets = output_names(files, args.format) if args.format in ("txt", "srt") else {}
+    planned = [out_dir / name for name in targets.values()] or [out_dir / f"transcripts.{args.format}"]
+    manifest = read_manifest(out_dir)
+    in_the_way = [] if args.overwrite else files_in_the_way(planned, out_dir, manifest)
+    if in_the_way:
+        raise InputError(refusal(in_the_way, out_dir))
+    manifest = manifest or {}
+
     device = args.device if args.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu"
     started = time.perf_counter()
     model = load_model(folder, family, device)
     print(f"{family} model from {folder} on {device} (loaded in {time.perf_counter() - started:.1f} s)")
 
-    names = output_names(files)
-    out_dir = args.output_dir.expanduser()
-    results, audio_seconds, decode_seconds = [], 0.0, 0.0
+    results, written, audio_seconds, decode_seconds = [], 0, 0.0, 0.0
     progress = tqdm(total=len(files), unit="file", desc="transcribing")
     for first in range(0, len(files), args.batch_size):
         batch, waveforms = read_audio_files(files[first: first + args.batch_size], skipped)
@@ -353,24 +440,28 @@ def main(argv: list[str] | None = None) -> dict:
         decoded = (transcribe_deepspeech(model, waveforms, chunk_s) if family == "deepspeech2"
                    else transcribe_hf(model, family, waveforms, chunk_s, args.batch_size))
         decode_seconds += time.perf_counter() - started
+        outputs = {}
         for path, waveform, result in zip(batch, waveforms, decoded):
             duration = len(waveform) / SAMPLE_RATE
             audio_seconds += duration
             result = {"path": str(path), "duration": round(duration, 3), **result}
             results.append(result)
             tqdm.write(f"{names[path]}: {result['text']}")
-            if args.format in ("txt", "srt"):
-                write_per_file(result, args.format, out_dir / names[path].with_suffix(f".{args.format}"))
+            if targets:
+                outputs[out_dir / targets[path]] = per_file_bytes(result, args.format)
+        write_outputs(outputs, out_dir, manifest)
+        written += len(outputs)
         progress.update(len(files[first: first + args.batch_size]))
     progress.close()
 
     rtf = round(decode_seconds / audio_seconds, 4) if audio_seconds else None
     summary = {"model": str(folder), "family": family, "device": device, "audio_seconds": round(audio_seconds, 3),
                "decode_seconds": round(decode_seconds, 3), "rtf": rtf, "skipped": skipped}
-    if args.format in ("csv", "json"):
-        print(f"wrote {write_table(results, summary, args.format, out_dir)}")
-    elif results:
-        print(f"wrote {len(results)} .{args.format} file{'s' * (len(results) != 1)} in {out_dir}")
+    if args.format in ("csv", "json") and results:
+        write_outputs({planned[0]: table_bytes(results, summary, args.format)}, out_dir, manifest)
+        print(f"wrote {planned[0]}")
+    elif written:
+        print(f"wrote {written} .{args.format} file{'s' * (written != 1)} in {out_dir} (listed in {MANIFEST})")
     if results:
         print(f"transcribed {len(results)} file{'s' * (len(results) != 1)}, {audio_seconds:.1f} s of audio in "
               f"{decode_seconds:.1f} s: real-time factor {rtf:.3f} (below 1 is faster than real time)")

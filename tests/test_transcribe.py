@@ -210,3 +210,93 @@ def test_clear_messages_for_wrong_model_or_no_audio(length_run, tmp_path):
     (tmp_path / "notes.wav").write_text("not audio")
     with pytest.raises(SystemExit, match="nothing was transcribed"):
         run_transcribe(length_run, [tmp_path / "notes.wav"], tmp_path / "out", "txt")
+
+
+def write_noise(path: Path, samples: int) -> Path:
+    """A clip the length model transcribes as `đoạn <samples>`: which output holds which input is unambiguous."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(path, 0.1 * np.random.default_rng(samples).standard_normal(samples).astype(np.float32), 16000)
+    return path
+
+
+def folder_contents(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("fmt", ["txt", "srt"])
+def test_inputs_sharing_a_name_get_their_own_output(fmt, length_run, tmp_path, capsys):
+    """a.wav and a.flac in one folder become a.wav.txt and a.flac.txt (not one a.txt written twice); a.wav in
+    another folder and b.wav keep the plain name; the summary counts the files that are really there."""
+    inputs = tmp_path / "ghi âm"
+    samples = {"a.wav": 16000, "a.flac": 17000, "b.wav": 18000, "buổi 2/a.wav": 19000}
+    for name, count in samples.items():
+        write_noise(inputs / name, count)
+    run_transcribe(length_run, [inputs], tmp_path / "out", fmt)
+
+    written = folder_contents(tmp_path / "out")
+    expected = {"a.wav": f"a.wav.{fmt}", "a.flac": f"a.flac.{fmt}", "b.wav": f"b.{fmt}",
+                "buổi 2/a.wav": f"buổi 2/a.{fmt}"}
+    assert set(written) == set(expected.values()) | {transcribe.MANIFEST}
+    for name, output in expected.items():
+        assert f"đoạn {samples[name]}\n" in written[output].decode("utf-8")
+    assert f"wrote 4 .{fmt} files in" in capsys.readouterr().out
+
+
+def test_output_names_unique_whatever_the_names():
+    """Names that only clash after the suffix is added, or only in case (one file on Windows and macOS), are
+    kept apart too; every other file keeps the plain name."""
+    folder = Path("/recordings")
+    files = [folder / name for name in ("a.wav", "a.flac", "a.wav.flac", "B.wav", "b.ogg", "c.mp3", "x/c.mp3")]
+    names = {str(p.relative_to(folder)): str(name) for p, name in transcribe.output_names(files, "txt").items()}
+    assert names == {"a.wav": "a.wav.txt", "a.flac": "a.flac.txt", "a.wav.flac": "a.wav.flac.txt",
+                     "B.wav": "B.wav.txt", "b.ogg": "b.ogg.txt", "c.mp3": "c.txt", "x/c.mp3": str(Path("x/c.txt"))}
+
+
+def test_never_replaces_a_file_it_did_not_write(length_run, tmp_path, monkeypatch, capsys):
+    """--output-dir set to the input folder, where the user keeps lecture.txt: one line naming the file and
+    what to type, before the model loads, and the folder left exactly as it was. --overwrite replaces it;
+    then the same command runs again (its own output), until the user edits that output by hand."""
+    inputs = tmp_path / "bài giảng"
+    write_noise(inputs / "lecture.wav", 16000)
+    write_noise(inputs / "other.wav", 17000)
+    (inputs / "lecture.txt").write_text("ghi chú của tôi\n", encoding="utf-8")
+    before = folder_contents(inputs)
+    with monkeypatch.context() as patch:
+        patch.setattr(transcribe, "load_model", lambda *args, **kwargs: pytest.fail("the model was loaded"))
+        with pytest.raises(SystemExit) as refused:
+            run_transcribe(length_run, [inputs], inputs, "txt")
+    message = str(refused.value)
+    assert message.startswith(f"refusing to overwrite lecture.txt in {inputs}: transcribe.py did not write it")
+    assert "other.txt" not in message and "\n" not in message
+    assert f'--output-dir "{inputs.parent / "bài giảng-2"}"' in message and "--overwrite" in message
+    assert folder_contents(inputs) == before
+
+    run_transcribe(length_run, [inputs], inputs, "txt", "--overwrite")
+    assert (inputs / "lecture.txt").read_text(encoding="utf-8") == "đoạn 16000\n"
+    run_transcribe(length_run, [inputs], inputs, "txt")  # the same command again: only its own files in the way
+    assert (inputs / "other.txt").read_text(encoding="utf-8") == "đoạn 17000\n"
+
+    (inputs / "other.txt").write_text("đoạn mười bảy nghìn\n", encoding="utf-8")  # corrected by hand
+    with pytest.raises(SystemExit, match="refusing to overwrite other.txt in"):
+        run_transcribe(length_run, [inputs], inputs, "txt")
+    assert (inputs / "other.txt").read_text(encoding="utf-8") == "đoạn mười bảy nghìn\n"
+
+
+@pytest.mark.parametrize("fmt", ["csv", "json"])
+def test_never_replaces_a_table_or_manifest_it_did_not_write(fmt, length_run, tmp_path):
+    """The user's own transcripts.csv / transcripts.json, or a file that happens to have the manifest's name,
+    stops the run with both named; a second run over its own table replaces it."""
+    clip = write_noise(tmp_path / "in" / "a.wav", 16000)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / f"transcripts.{fmt}").write_text("my table", encoding="utf-8")
+    (out / transcribe.MANIFEST).write_text("[]", encoding="utf-8")
+    with pytest.raises(SystemExit, match=f"refusing to overwrite {transcribe.MANIFEST}, transcripts.{fmt} in"):
+        run_transcribe(length_run, [clip], out, fmt)
+    assert folder_contents(out) == {f"transcripts.{fmt}": b"my table", transcribe.MANIFEST: b"[]"}
+
+    (out / f"transcripts.{fmt}").unlink()
+    (out / transcribe.MANIFEST).unlink()
+    for _ in range(2):
+        run_transcribe(length_run, [clip], out, fmt)
+    assert "đoạn 16000" in (out / f"transcripts.{fmt}").read_text(encoding="utf-8-sig")
