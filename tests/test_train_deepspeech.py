@@ -91,7 +91,8 @@ def test_lexicon_beam_search_prefers_train_words_but_lets_a_clear_new_word_throu
     heard = spelled(vocab, [{"c": 0.5, "t": 0.45}, {"h": 0.5, "r": 0.45}, {"ờ": 0.95}, {}, {"i": 0.95},
                             {"|": 0.95}, {"x": 0.999}, {}, {"e": 0.999}])
     assert modeling.ctc_greedy_text(heard.argmax(axis=1), tokens, vocab["[PAD]"]) == "chời xe"
-    assert modeling.ctc_lexicon_beam_search(heard, tokens, vocab["[PAD]"], lexicon, modeling.BEAM_DEFAULTS) == "trời xe"
+    assert modeling.ctc_lexicon_beam_search(heard, tokens, vocab["[PAD]"], lexicon,
+                                            modeling.BEAM_DEFAULTS) == "trời xe"
     # a word that stops inside a lexicon word ("xe" of "xem") is not a word: the faint "m" is taken
     faint_end = spelled(vocab, [{"x": 0.9}, {"e": 0.9}, {"m": 0.3}])
     assert modeling.ctc_greedy_text(faint_end.argmax(axis=1), tokens, vocab["[PAD]"]) == "xe"
@@ -530,7 +531,8 @@ def test_learns_to_transcribe_unseen_voices_and_sentences(learned_run):
 
 
 def test_best_model_transcribes_wav_files_in_a_fresh_process(learned_run, work_dir):
-    """What transcribe.py and demo.py do: import modeling_deepspeech2.py from the folder, nothing else."""
+    """What a user of a shared best_model/ does (and transcribe.py --trust-remote-code): import the folder's
+    modeling_deepspeech2.py, nothing else."""
     predictions = read_csv(learned_run / "test_predictions.csv")
     corpus = work_dir / "ds2 learning corpus" / "test" / "waves"
     wavs = [str(corpus / p["speaker"] / f"{p['id']}.wav") for p in predictions]
@@ -597,3 +599,109 @@ def test_decoder_greedy_writes_best_path_test_predictions(learned_run, work_dir)
     assert [r["raw_prediction"] for r in read_csv(out / "test_predictions.csv")] == greedy
     assert json.loads((out / "best_model" / "config.json").read_text(encoding="utf-8"))["decoder"] == "greedy"
 
+
+# ----------------------------------------------------------------------------- code in a model folder
+
+FOLDER_TEXT = "mã của thư mục"  # what the edited folder copy "transcribes"
+
+
+@pytest.fixture()
+def edited_folder(tmp_path) -> Path:
+    """A saved DeepSpeech2 whose modeling_deepspeech2.py was edited by whoever shared it: on import it writes
+    `ran.txt` next to itself, and its transcribe() returns FOLDER_TEXT."""
+    folder = tmp_path / "mô hình chia sẻ" / "best_model"
+    ds2.save_best_model(random_model(), folder)
+    code = folder / "modeling_deepspeech2.py"
+    code.write_text(code.read_text(encoding="utf-8") + textwrap.dedent(f"""
+        Path(__file__).with_name("ran.txt").write_text("folder code ran", encoding="utf-8")
+
+
+        def transcribe(model, waveforms, batch_size=16, decoder=None):
+            return [{FOLDER_TEXT!r}] * len(waveforms)
+        """), encoding="utf-8")
+    return folder
+
+
+@pytest.fixture()
+def clip_wav(tmp_path) -> tuple[Path, np.ndarray]:
+    """A 1.5 s noise clip as a WAV file, and its samples as the scripts read them."""
+    import soundfile as sf
+
+    wave = np.random.default_rng(0).normal(0, 0.1, 24000).astype(np.float32)
+    path = tmp_path / "đoạn.wav"
+    sf.write(path, wave, ds2.SAMPLING_RATE)
+    return path, sf.read(path, dtype="float32")[0]
+
+
+def repository_transcript(folder: Path, wave: np.ndarray) -> str:
+    """The folder's weights run by the repository's modeling_deepspeech2.py."""
+    return ds2.normalize_text(modeling.transcribe(modeling.load_model(folder), [wave])[0])
+
+
+def test_transcribe_runs_folder_code_only_with_trust_remote_code(edited_folder, clip_wav, tmp_path):
+    import transcribe
+
+    path, wave = clip_wav
+    expected = repository_transcript(edited_folder, wave)
+    base = ["--model", str(edited_folder), str(path), "--format", "json", "--device", "cpu"]
+    result = transcribe.main([*base, "--output-dir", str(tmp_path / "safe")])
+    assert not (edited_folder / "ran.txt").exists()
+    assert result["files"][0]["text"] == expected != FOLDER_TEXT
+    result = transcribe.main([*base, "--output-dir", str(tmp_path / "trusted"), "--trust-remote-code"])
+    assert (edited_folder / "ran.txt").is_file() and result["files"][0]["text"] == FOLDER_TEXT
+
+
+def test_transcribe_names_the_missing_files_of_an_incomplete_deepspeech2_folder(edited_folder, clip_wav, tmp_path):
+    import transcribe
+
+    (edited_folder / "model.safetensors").unlink()
+    with pytest.raises(SystemExit, match="missing: model.safetensors. Pass the --output-dir of a finished"):
+        transcribe.main(["--model", str(edited_folder), str(clip_wav[0]), "--output-dir", str(tmp_path / "out")])
+    assert not (edited_folder / "ran.txt").exists() and not (tmp_path / "out").exists()
+
+
+def test_demo_runs_folder_code_only_with_trust_remote_code(edited_folder, clip_wav, monkeypatch):
+    import demo
+
+    path, wave = clip_wav
+    expected = repository_transcript(edited_folder, wave)
+
+    class Page:  # the page is built, never served
+        def launch(self, **kwargs):
+            return None
+
+    for flags, marker, text in (([], False, expected), (["--trust-remote-code"], True, FOLDER_TEXT)):
+        loaded = {}
+        monkeypatch.setattr(demo, "build_demo", lambda models: loaded.update(models) or Page())
+        demo.main(["--models", str(edited_folder), "--device", "cpu", *flags])
+        assert (edited_folder / "ran.txt").exists() == marker
+        (name,) = loaded
+        assert demo.compare_models(loaded, str(path), [name])[0] == text
+
+
+def test_transcribe_without_the_repository_model_file_refuses_or_runs_the_folder_copy_on_request(
+        edited_folder, clip_wav, tmp_path, monkeypatch):
+    """transcribe.py copied alone, or a notebook working inside the model folder: the folder's file is the only
+    modeling_deepspeech2.py Python could import, and it still runs only with --trust-remote-code."""
+    path, _ = clip_wav
+    shutil.copy(REPO / "transcribe.py", tmp_path)
+    env = {key: value for key, value in OFFLINE_ENV.items() if key != "PYTHONPATH"}
+    command = [sys.executable, "transcribe.py", "--model", str(edited_folder), str(path), "--device", "cpu"]
+    refused = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, encoding="utf-8", env=env,
+                             timeout=300)
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    assert "modeling_deepspeech2.py not found next to this script" in refused.stderr
+    assert "--trust-remote-code" in refused.stderr and not (edited_folder / "ran.txt").exists()
+    trusted = subprocess.run([*command, "--trust-remote-code"], cwd=tmp_path, capture_output=True, text=True,
+                             encoding="utf-8", env=env, timeout=300)
+    assert trusted.returncode == 0, trusted.stderr[-2000:]
+    assert FOLDER_TEXT in trusted.stdout and (edited_folder / "ran.txt").is_file()
+    (edited_folder / "ran.txt").unlink()
+
+    import transcribe
+
+    monkeypatch.syspath_prepend(str(edited_folder))
+    monkeypatch.delitem(sys.modules, "modeling_deepspeech2")
+    with pytest.raises(SystemExit, match="--trust-remote-code"):
+        transcribe.main(["--model", str(edited_folder), str(path), "--output-dir", str(tmp_path / "out")])
+    assert not (edited_folder / "ran.txt").exists()
