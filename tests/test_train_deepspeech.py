@@ -1,6 +1,7 @@
-"""train_deepspeech.py: the model's pieces, the run folder contract, a saved model that loads and
-transcribes in a fresh process, exact resume, 2-process torchrun, --eval-only, the refusals, and a
-from-scratch model that learns to transcribe unseen voices. Offline, CPU."""
+"""train_deepspeech.py and modeling_deepspeech2.py: the model's pieces, the run folder contract, a saved model
+that loads and transcribes in a fresh process, a run from a notebook cell, exact resume, 2-process torchrun,
+--eval-only, the refusals, a from-scratch model that learns to transcribe unseen voices, and transcribe.py /
+demo.py running a model folder's own code only with --trust-remote-code. Offline, CPU."""
 from __future__ import annotations
 
 import ast
