@@ -92,7 +92,8 @@ def demo_server(whisper_run, wav2vec2_run, deepspeech_run, length_run, tmp_path_
     log = tmp_path_factory.mktemp("demo") / "demo.log"
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
     command = [sys.executable, str(REPO / "demo.py"), "--models", str(whisper_run), str(wav2vec2_run / "best_model"),
-               str(deepspeech_run), str(length_run), "--port", str(port), "--device", "cpu"]
+               str(deepspeech_run), str(length_run), "--port", str(port), "--device", "cpu",
+               "--trust-remote-code"]
     with log.open("w", encoding="utf-8") as output:
         process = subprocess.Popen(command, cwd=REPO, env=env, stdout=output, stderr=subprocess.STDOUT)
     try:

@@ -43,6 +43,12 @@ def run_transcribe(model: Path, inputs: list[Path], out: Path, fmt: str, *extra:
                             "--device", "cpu", *extra])
 
 
+def run_length_model(length_run: Path, inputs: list[Path], out: Path, fmt: str, *extra: str) -> dict:
+    """The length model is test code kept in its model folder: like any folder's code, it runs only when
+    the user trusts it."""
+    return run_transcribe(length_run, inputs, out, fmt, "--trust-remote-code", *extra)
+
+
 @pytest.fixture(scope="module")
 def length_run(tmp_path_factory) -> Path:
     return make_length_model(tmp_path_factory.mktemp("models") / "mô hình độ dài")
@@ -98,7 +104,7 @@ def test_every_output_format(length_run, clips, tmp_path):
     shutil.copy(clips[1], inputs / "buổi 2" / "a.wav")  # same name in another folder: not overwritten
     samples = {"a.wav": sf.info(clips[0]).frames, str(Path("buổi 2") / "a.wav"): sf.info(clips[1]).frames}
     for fmt in ("txt", "srt", "csv", "json"):
-        run_transcribe(length_run, [inputs], tmp_path / fmt, fmt)
+        run_length_model(length_run, [inputs], tmp_path / fmt, fmt)
 
     for name, count in samples.items():
         assert (tmp_path / "txt" / name).with_suffix(".txt").read_text(encoding="utf-8") == f"đoạn {count}\n"
@@ -123,7 +129,7 @@ def test_long_recording_deepspeech2_windows_cut_at_pauses(length_run, long_recor
     """DeepSpeech2 gets windows of at most 15 s that together are the whole recording, each ending inside a
     silence, and each window is one segment with its own timestamps (SRT)."""
     path, waveform = long_recording
-    result = run_transcribe(length_run, [path], tmp_path, "srt")
+    result = run_length_model(length_run, [path], tmp_path, "srt")
     segments = result["files"][0]["segments"]
 
     assert len(segments) >= 3  # 36-40 s in windows of 12-15 s
@@ -182,7 +188,7 @@ def test_any_rate_and_channels_and_unreadable_files(length_run, clips, tmp_path,
     sf.write(inputs / "8k.ogg", soxr.resample(audio, 16000, 8000), 8000)
     (inputs / "corrupt.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVE not audio")
     sf.write(inputs / "empty.wav", np.zeros(0, np.float32), 16000)
-    result = run_transcribe(length_run, [inputs, tmp_path / "missing.wav"], tmp_path / "out", "json")
+    result = run_length_model(length_run, [inputs, tmp_path / "missing.wav"], tmp_path / "out", "json")
 
     samples = {Path(f["path"]).name: samples_in(f["text"]) for f in result["files"]}
     assert set(samples) == {"stereo 44k.flac", "8k.ogg"}
@@ -209,7 +215,7 @@ def test_clear_messages_for_wrong_model_or_no_audio(length_run, tmp_path):
         run_transcribe(tmp_path / "bert", [tmp_path], tmp_path / "out", "txt")
     (tmp_path / "notes.wav").write_text("not audio")
     with pytest.raises(SystemExit, match="nothing was transcribed"):
-        run_transcribe(length_run, [tmp_path / "notes.wav"], tmp_path / "out", "txt")
+        run_length_model(length_run, [tmp_path / "notes.wav"], tmp_path / "out", "txt")
 
 
 def write_noise(path: Path, samples: int) -> Path:
@@ -231,7 +237,7 @@ def test_inputs_sharing_a_name_get_their_own_output(fmt, length_run, tmp_path, c
     samples = {"a.wav": 16000, "a.flac": 17000, "b.wav": 18000, "buổi 2/a.wav": 19000}
     for name, count in samples.items():
         write_noise(inputs / name, count)
-    run_transcribe(length_run, [inputs], tmp_path / "out", fmt)
+    run_length_model(length_run, [inputs], tmp_path / "out", fmt)
 
     written = folder_contents(tmp_path / "out")
     expected = {"a.wav": f"a.wav.{fmt}", "a.flac": f"a.flac.{fmt}", "b.wav": f"b.{fmt}",
@@ -264,21 +270,21 @@ def test_never_replaces_a_file_it_did_not_write(length_run, tmp_path, monkeypatc
     with monkeypatch.context() as patch:
         patch.setattr(transcribe, "load_model", lambda *args, **kwargs: pytest.fail("the model was loaded"))
         with pytest.raises(SystemExit) as refused:
-            run_transcribe(length_run, [inputs], inputs, "txt")
+            run_length_model(length_run, [inputs], inputs, "txt")
     message = str(refused.value)
     assert message.startswith(f"refusing to overwrite lecture.txt in {inputs}: transcribe.py did not write it")
     assert "other.txt" not in message and "\n" not in message
     assert f'--output-dir "{inputs.parent / "bài giảng-2"}"' in message and "--overwrite" in message
     assert folder_contents(inputs) == before
 
-    run_transcribe(length_run, [inputs], inputs, "txt", "--overwrite")
+    run_length_model(length_run, [inputs], inputs, "txt", "--overwrite")
     assert (inputs / "lecture.txt").read_text(encoding="utf-8") == "đoạn 16000\n"
-    run_transcribe(length_run, [inputs], inputs, "txt")  # the same command again: only its own files in the way
+    run_length_model(length_run, [inputs], inputs, "txt")  # the same command again: only its own files in the way
     assert (inputs / "other.txt").read_text(encoding="utf-8") == "đoạn 17000\n"
 
     (inputs / "other.txt").write_text("đoạn mười bảy nghìn\n", encoding="utf-8")  # corrected by hand
     with pytest.raises(SystemExit, match="refusing to overwrite other.txt in"):
-        run_transcribe(length_run, [inputs], inputs, "txt")
+        run_length_model(length_run, [inputs], inputs, "txt")
     assert (inputs / "other.txt").read_text(encoding="utf-8") == "đoạn mười bảy nghìn\n"
 
 
@@ -292,11 +298,11 @@ def test_never_replaces_a_table_or_manifest_it_did_not_write(fmt, length_run, tm
     (out / f"transcripts.{fmt}").write_text("my table", encoding="utf-8")
     (out / transcribe.MANIFEST).write_text("[]", encoding="utf-8")
     with pytest.raises(SystemExit, match=f"refusing to overwrite {transcribe.MANIFEST}, transcripts.{fmt} in"):
-        run_transcribe(length_run, [clip], out, fmt)
+        run_length_model(length_run, [clip], out, fmt)
     assert folder_contents(out) == {f"transcripts.{fmt}": b"my table", transcribe.MANIFEST: b"[]"}
 
     (out / f"transcripts.{fmt}").unlink()
     (out / transcribe.MANIFEST).unlink()
     for _ in range(2):
-        run_transcribe(length_run, [clip], out, fmt)
+        run_length_model(length_run, [clip], out, fmt)
     assert "đoạn 16000" in (out / f"transcripts.{fmt}").read_text(encoding="utf-8-sig")
