@@ -105,6 +105,7 @@ def demo_server(whisper_run, wav2vec2_run, deepspeech_run, length_run, tmp_path_
         process.wait(timeout=30)
 
 
+@pytest.mark.slow
 def test_demo_transcribes_with_the_chosen_models(demo_server, model_names, wav2vec2_run, deepspeech_run, vivos_dir):
     """Through the same API the page uses: each chosen model's transcript is the one its trainer scored (the
     length model's is the clip's sample count: the upload reached it whole, at 16 kHz), with its decode time;
@@ -128,6 +129,7 @@ def test_demo_transcribes_with_the_chosen_models(demo_server, model_names, wav2v
         assert re.fullmatch(r"\d+\.\d\d s for \d+\.\d s of audio \(real-time factor \d+\.\d\d\)", decode_time)
 
 
+@pytest.mark.slow
 def test_demo_page_renders_in_headless_chromium(demo_server, model_names, tmp_path):
     """The page as a browser shows it: a screenshot of the window's size, and the rendered page (scripts
     left out, so not just the config Gradio embeds) names every model and the Transcribe button."""

@@ -256,6 +256,7 @@ def test_existing_output_is_kept_unless_overwrite_and_survives_an_interrupted_ru
     assert summary_of(out)["seed"] == 3
 
 
+@pytest.mark.slow
 def test_num_proc_2_under_spawn_gives_the_same_dataset(vivos_dir, whisper_data, tmp_path):
     out = tmp_path / "spawned"
     code = ("import multiprocessing, sys; multiprocessing.set_start_method('spawn', force=True); "

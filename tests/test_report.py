@@ -410,6 +410,7 @@ def test_bad_out_and_data_arguments_explain_what_to_type(tmp_path, capsys):
 # trainers. Select with `-k real_runs`; it cannot pass before train_whisper.py, train_wav2vec2.py and
 # train_deepspeech2.py and their tests/tiny_*.py helpers exist.
 
+@pytest.mark.slow
 def test_real_runs_report_from_the_three_tiny_trainers(whisper_run, wav2vec2_run, deepspeech_run, whisper_data,
                                                       tmp_path):
     out = tmp_path / "báo cáo"

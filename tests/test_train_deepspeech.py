@@ -326,6 +326,7 @@ def test_refuses_missing_dataset_bad_model_and_non_empty_folder_for_no_resume(wa
 
 # ----------------------------------------------------------------------------- the run folder
 
+@pytest.mark.slow
 def test_run_folder_contract(deepspeech_run, waveform_data):
     run = deepspeech_run
     splits = datasets.load_from_disk(str(waveform_data))
@@ -432,6 +433,7 @@ def test_training_sees_clean_clips_until_the_warm_up_ends(waveform_data, tmp_pat
     assert seen == [False] * 2 + [True] * 6
 
 
+@pytest.mark.slow
 def test_resume_after_interruption_continues_exactly(deepspeech_run, waveform_data, work_dir, monkeypatch, capsys):
     """Ctrl-C right after epoch 1's checkpoint, a half-written newer checkpoint, then the same command:
     the run ends where an uninterrupted one does, with the same losses (optimizer, scheduler, RNG and
@@ -465,6 +467,7 @@ def test_resume_after_interruption_continues_exactly(deepspeech_run, waveform_da
     assert val_losses[0] == pytest.approx(val_losses[1], rel=1e-4)
 
 
+@pytest.mark.slow
 def test_torchrun_two_cpu_processes(waveform_data, work_dir):
     out = work_dir / "runs" / "deepspeech2 ddp"
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
@@ -519,6 +522,7 @@ def learned_run(work_dir) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_learns_to_transcribe_unseen_voices_and_sentences(learned_run):
     metrics = read_json(learned_run / "test_metrics.json")
     info = read_json(learned_run / "run_info.json")
@@ -531,6 +535,7 @@ def test_learns_to_transcribe_unseen_voices_and_sentences(learned_run):
     assert float(history[-1]["train_loss"]) < float(history[0]["train_loss"]) / 2
 
 
+@pytest.mark.slow
 def test_best_model_transcribes_wav_files_in_a_fresh_process(learned_run, work_dir):
     """What a user of a shared best_model/ does (and transcribe.py --trust-remote-code): import the folder's
     modeling_deepspeech2.py, nothing else."""
@@ -561,6 +566,7 @@ def test_best_model_transcribes_wav_files_in_a_fresh_process(learned_run, work_d
     assert sum(bool(text) for text in answer["batched"]) >= len(wavs) // 2
 
 
+@pytest.mark.slow
 def test_eval_only_reproduces_the_run_and_padded_decoding_is_exact(learned_run, work_dir):
     """--eval-only on best_model gives the run's test metrics; its validation CER (greedy decoding of
     the Trainer's padded, concatenated logits) equals the CER of transcribe() one clip at a time."""
@@ -586,6 +592,7 @@ def test_eval_only_reproduces_the_run_and_padded_decoding_is_exact(learned_run, 
     assert float(row["val_wer"]) == pytest.approx(scores["wer"])
 
 
+@pytest.mark.slow
 def test_decoder_greedy_writes_best_path_test_predictions(learned_run, work_dir):
     out = work_dir / "runs" / "deepspeech2 greedy"
     data = work_dir / "ds2 learning data"

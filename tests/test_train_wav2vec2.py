@@ -166,6 +166,7 @@ def overfit_run(waveform_data, work_dir, tiny_model) -> tuple[Path, Path]:
     return out, overfit
 
 
+@pytest.mark.slow
 def test_overfits_a_handful_of_utterances_to_exact_transcripts(overfit_run):
     """From random initialisation, 8 espeak utterances are learned well enough that best_model/ transcribes
     every one exactly through transformers.pipeline, as the run's own test predictions say."""
@@ -182,6 +183,7 @@ def test_overfits_a_handful_of_utterances_to_exact_transcripts(overfit_run):
     assert [r["prediction"] for r in read_csv(out / "test_predictions.csv")] == heard
 
 
+@pytest.mark.slow
 def test_run_folder_contract(wav2vec2_run, waveform_data):
     """Everything report.py, transcribe.py and demo.py read, as docs/FORMATS.md describes it."""
     from transformers import AutoConfig, AutoTokenizer, pipeline
@@ -240,6 +242,7 @@ def test_run_folder_contract(wav2vec2_run, waveform_data):
     assert heard == predictions[0]["prediction"]
 
 
+@pytest.mark.slow
 def test_resume_continues_from_the_last_complete_checkpoint(wav2vec2_run, waveform_data, tiny_model, work_dir,
                                                              capsys):
     """A run cut off after epoch 1 (and in the middle of writing a later checkpoint) continues from
@@ -283,6 +286,7 @@ def test_early_stopping_keeps_the_best_checkpoint(waveform_data, tiny_model, wor
     assert not all(np.array_equal(best[name], last[name]) for name in last)
 
 
+@pytest.mark.slow
 def test_eval_only_scores_the_model_as_it_is(overfit_run, work_dir, capsys):
     """--eval-only on a trained best_model reproduces its test transcripts, trains nothing, writes the same
     run folder, and counts validation/test characters its vocabulary lacks, scoring them as errors."""
@@ -314,6 +318,7 @@ def test_eval_only_scores_the_model_as_it_is(overfit_run, work_dir, capsys):
     assert (out / "best_model" / "README.md").is_file() and (out / "test_metrics.json").is_file()
 
 
+@pytest.mark.slow
 def test_torchrun_two_cpu_processes(waveform_data, tiny_model, work_dir):
     """The same script under torchrun trains with DDP on gloo: each step takes a batch per process, so an
     epoch of 72 clips at batch 8 is 5 steps instead of 9, and one process writes the run folder. It runs
@@ -361,6 +366,7 @@ def test_refuses_a_folder_that_is_not_a_prepared_dataset(tmp_path):
         train_wav2vec2.main(["--data", str(raw), "--output-dir", str(tmp_path / "run")])
 
 
+@pytest.mark.slow
 def test_refuses_to_start_over_into_a_used_folder(wav2vec2_run, waveform_data):
     with pytest.raises(SystemExit, match="--no-resume starts over only into an empty folder"):
         train_wav2vec2.main(["--data", str(waveform_data), "--output-dir", str(wav2vec2_run), "--no-resume"])

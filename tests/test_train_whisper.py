@@ -97,6 +97,7 @@ def test_collator_restores_the_30_s_input_and_never_targets_the_start_token(whis
     assert dropped == sum(n > sorted(lengths)[-3] for n in lengths) >= 1 and len(kept) == len(train) - dropped
 
 
+@pytest.mark.slow
 def test_run_folder_is_what_report_transcribe_and_demo_read(whisper_run, whisper_data, vivos_dir):
     """Every file of docs/FORMATS.md §4, with the columns and keys the other tools read."""
     test_ids = list(load_from_disk(str(whisper_data))["test"]["id"])
@@ -140,6 +141,7 @@ def test_run_folder_is_what_report_transcribe_and_demo_read(whisper_run, whisper
         assert list((whisper_run / "runs").rglob("events.out.tfevents.*"))
 
 
+@pytest.mark.slow
 def test_tiny_whisper_learns_eight_utterances_by_heart(eight_data, tiny_model, vivos_dir, tmp_path):
     """The measured overfit: d_model 128, 2+2 layers, 120 steps; best_model through pipeline gives exact text."""
     out = tmp_path / "thuộc lòng"
@@ -165,6 +167,7 @@ def test_early_stopping_ends_a_run_that_stops_improving(eight_data, tiny_model, 
     assert len(read_csv(out / "history.csv")) == 2
 
 
+@pytest.mark.slow
 def test_resume_after_a_crash_continues_exactly_where_it_stopped(eight_data, tiny_model, tmp_path, monkeypatch):
     """Killed in epoch 2 while checkpoint-4 was being written: the same command resumes from checkpoint-2
     (the half-written one is never chosen) and ends like an uninterrupted run, no step lost or repeated."""
@@ -212,6 +215,7 @@ def test_last_complete_checkpoint_skips_unfinished_ones(tmp_path):
     assert train_whisper.last_complete_checkpoint(tmp_path / "nothing here") is None
 
 
+@pytest.mark.slow
 def test_eval_only_scores_the_model_as_it_is(whisper_run, whisper_data, tmp_path):
     """--eval-only on the run's best checkpoint writes the same test artifacts with the same predictions:
     the best checkpoint (not the last) is what the run loaded at the end and saved as best_model."""
@@ -258,6 +262,7 @@ def test_lora_with_gradient_checkpointing_saves_merged_weights(eight_data, tiny_
     assert torch.equal(base[f"{layer}.k_proj.weight"], merged[f"{layer}.k_proj.weight"])
 
 
+@pytest.mark.slow
 def test_torchrun_two_cpu_processes_share_the_epoch(eight_data, tiny_model, tmp_path):
     """`torchrun --nproc_per_node 2` trains with DDP (gloo on CPU): each process takes half of every epoch,
     so 8 utterances at 2 per process and 2 accumulated are 1 step an epoch; one run folder, written once."""

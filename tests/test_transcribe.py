@@ -75,6 +75,7 @@ def long_recording(tmp_path_factory, vivos_dir) -> tuple[Path, np.ndarray]:
     return path, waveform
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", RUNS)
 def test_transcripts_are_what_the_trainer_scored(family, request, vivos_dir, tmp_path, capsys):
     """Same family detection, same decoding, same normalisation: the text equals test_predictions.csv.
@@ -147,6 +148,7 @@ def test_long_recording_deepspeech2_windows_cut_at_pauses(length_run, long_recor
                           for n, s in enumerate(segments, 1))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", ["whisper", "wav2vec2"])
 def test_long_recording_hugging_face_chunks_with_timestamps(family, request, long_recording, tmp_path):
     """The pipeline decodes a recording longer than a chunk in chunks (two per batch) with timestamps:
