@@ -203,6 +203,7 @@ def test_history_rebuilt_from_trainer_state_equals_the_trainers_history_csv(scri
     assert rebuilt["train_loss"][0] == pytest.approx((1.1 * 3 + 0.7 * 2) / 5)
 
 
+@pytest.mark.slow
 def test_real_runs_history_csv_equals_the_rebuild_from_their_trainer_state(whisper_run, wav2vec2_run, deepspeech_run):
     """The tiny trainers' own run folders (conftest; slow the first time): both ways to the curves agree."""
     for folder in (whisper_run, wav2vec2_run, deepspeech_run):

@@ -680,7 +680,7 @@ def test_demo_runs_folder_code_only_with_trust_remote_code(edited_folder, clip_w
 
     for flags, marker, text in (([], False, expected), (["--trust-remote-code"], True, FOLDER_TEXT)):
         loaded = {}
-        monkeypatch.setattr(demo, "build_demo", lambda models: loaded.update(models) or Page())
+        monkeypatch.setattr(demo, "build_demo", lambda models, max_seconds: loaded.update(models) or Page())
         demo.main(["--models", str(edited_folder), "--device", "cpu", *flags])
         assert (edited_folder / "ran.txt").exists() == marker
         (name,) = loaded
