@@ -105,18 +105,19 @@ def read_text(path: Path) -> str:
     data = path.read_bytes()
     fix = (f"open {path} in a text editor and save it as UTF-8 (Notepad: File > Save as, Encoding: UTF-8), "
            "then run the same command again")
-    try:
-        text = data.decode("utf-16" if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)) else "utf-8-sig")
-    except UnicodeDecodeError as error:
-        if error.encoding.startswith("utf-16"):
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        try:
+            return data.decode("utf-16")
+        except UnicodeDecodeError as error:
             raise InputError(f"{path} starts as UTF-16 but is damaged ({error.reason}); {fix}") from None
+    if b"\x00" in data:
+        raise InputError(f"{path} holds NUL bytes: UTF-16 without a byte-order mark, expected UTF-8; {fix}")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
         line = data[:error.start].count(b"\n") + 1
         raise InputError(f"{path} is not UTF-8 text: line {line} holds byte 0x{data[error.start]:02x}, which "
                          f"UTF-8 does not allow (probably saved as Windows-1258 / ANSI); {fix}") from None
-    if "\x00" in text:
-        raise InputError(f"{path} holds NUL characters: UTF-16 without a byte-order mark, or UTF-32, "
-                         f"expected UTF-8; {fix}")
-    return text
 
 
 def read_lines(path: Path) -> list[tuple[int, str, str]]:
