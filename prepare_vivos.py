@@ -9,9 +9,11 @@ What it writes in --out (first into a temporary folder, renamed only when comple
   train/, validation/, test/, dataset_dict.json   datasets.load_from_disk(OUT) gives the DatasetDict
   prepare_summary.json                            splits (utterances, hours, speakers, shares), settings
   skipped.csv                                     every input left out, with its reason
+--out must be a new or empty folder outside the corpus; --overwrite replaces only a dataset this script
+wrote, and only once the new one is complete.
 
-Validation is carved out of train by speaker (no speaker in two splits); the test split is never used
-for model selection. Audio is read with soundfile (no torchcodec, no FFmpeg), mixed to mono and
+Validation is carved out of train by speaker (no speaker in two splits); VIVOS's test/ is always the
+test split (a run fails rather than borrow train speakers), never used for model selection. Audio is read with soundfile (no torchcodec, no FFmpeg), mixed to mono and
 resampled to 16 kHz with soxr. Whisper features are stored trimmed to the speech and in float16
 (about 2-8 % of the naive 80 x 3000 float32 array); the trainer restores the 30 s input exactly
 (see README, "How the Whisper features are stored").
@@ -176,14 +178,18 @@ def unique_audio(waves: Path, split: str) -> tuple[dict[str, Path], list[dict]]:
             copies.setdefault(path.stem, []).append(path)
     audio, skipped = {}, []
     for utt_id, paths in copies.items():
+        if len(paths) == 1:
+            audio[utt_id] = paths[0]
+            continue
         own = [path for path in paths if utt_id.startswith(path.parent.name + "_")]
-        if len(paths) == 1 or len(own) == 1:
-            audio[utt_id] = paths[0] if len(paths) == 1 else own[0]
-        folders = ", ".join(f"{path.parent.name}/{path.name}" for path in paths)
-        detail = (f"also {folders}; the copy in {own[0].parent.name}/, named by the id, is used" if len(own) == 1
-                  else f"{folders}: the speaker is ambiguous, all copies left out; keep one")
+        copies_found = ", ".join(f"{path.parent.name}/{path.name}" for path in paths)
+        if len(own) == 1:
+            audio[utt_id] = own[0]
+            detail = f"found {copies_found}; the copy in {own[0].parent.name}/, named by the id, is used"
+        else:
+            detail = f"found {copies_found}: the speaker is ambiguous, all copies left out; keep one"
         skipped += [skip_row(path, split, utt_id, "repeated audio file name", detail)
-                    for path in paths if len(paths) > 1 and path != audio.get(utt_id)]
+                    for path in paths if path != audio.get(utt_id)]
     return audio, skipped
 
 
@@ -505,17 +511,20 @@ def temporary_folder(out: Path) -> Path:
     return out.parent / f".{out.name}.incomplete"
 
 
-def foreign_names(folder: Path) -> list[str]:
-    """What a folder holds that a dataset written by this script does not."""
-    return sorted(p.name for p in folder.iterdir() if p.name not in OUR_NAMES | FILE_BROWSER_NAMES)
+def folder_names(folder: Path) -> set[str]:
+    """What a folder holds, less what a file browser adds on its own."""
+    return {path.name for path in folder.iterdir()} - FILE_BROWSER_NAMES
+
+
+def foreign_names(folder: Path) -> str:
+    """The first few names in a folder that a dataset written by this script does not hold."""
+    return ", ".join(sorted(folder_names(folder) - OUR_NAMES)[:8])
 
 
 def is_replaceable(out: Path) -> bool:
     """An empty folder, or a dataset this script wrote with nothing added: the only folders ever replaced."""
-    if not any(out.iterdir()):
-        return True
-    return ((out / "prepare_summary.json").is_file() and (out / "dataset_dict.json").is_file()
-            and not foreign_names(out))
+    names = folder_names(out)
+    return not names or {"prepare_summary.json", "dataset_dict.json"} <= names <= OUR_NAMES
 
 
 def out_problem(out: Path, corpus_folders: set[Path], sealed: bool, overwrite: bool) -> str:
@@ -540,9 +549,10 @@ def out_problem(out: Path, corpus_folders: set[Path], sealed: bool, overwrite: b
     if not out.is_dir():
         return "is a file, not a folder"
     if not is_replaceable(out):
-        return (f"already holds files that this script did not write ({', '.join(foreign_names(out)[:8])}); "
-                "such a folder is never replaced, not even with --overwrite")
-    if any(out.iterdir()) and not overwrite:
+        found = foreign_names(out) or describe_folder(out)
+        return (f"already holds files that this script did not write ({found}); such a folder is never "
+                "replaced, not even with --overwrite")
+    if folder_names(out) and not overwrite:
         return ("already holds a dataset prepared by this script and was kept; pass --overwrite to replace it "
                 "(the new dataset replaces it only once complete)")
     return ""
@@ -592,7 +602,7 @@ def publish(dataset: Path, out: Path, tmp: Path) -> None:
         return
     if not is_replaceable(out):
         raise InputError(f"--out {out} received files that this script did not write while it ran "
-                         f"({', '.join(foreign_names(out)[:8])}); it was kept, and no dataset was written")
+                         f"({foreign_names(out)}); it was kept, and no dataset was written")
     previous = tmp / "previous"
     try:
         out.rename(previous)
@@ -621,7 +631,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="whisper: log-Mel for train_whisper.py; waveform: 16 kHz samples for "
                              "train_wav2vec2.py and train_deepspeech.py (default: whisper)")
     output.add_argument("--n-mels", type=int, default=80, help="Whisper mel bins: 80, or 128 for large-v3")
-    output.add_argument("--overwrite", action="store_true", help="replace an existing --out (only once complete)")
+    output.add_argument("--overwrite", action="store_true", help="replace an --out that this script wrote, once the new dataset is complete "
+                             "(any other folder is never replaced)")
     split = parser.add_argument_group("splits")
     split.add_argument("--val-ratio", type=float, default=0.1, help="share of train utterances held out for "
                        "validation (default 0.1)")
@@ -688,16 +699,16 @@ def prepare_dataset(args, out: Path) -> tuple[dict, list[dict]]:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = temporary_folder(out)
     shutil.rmtree(tmp, ignore_errors=True)  # check_out made sure it is a leftover of ours, if it exists
-    (tmp / "arrow").mkdir(parents=True)
-    (tmp / INCOMPLETE_MARK).touch()
-    stats = {}
-    # Pool from the platform's default start method: spawn on Windows/macOS (safe under the __main__
-    # guard), fork on Linux/Colab (works from a notebook cell too). Workers ignore Ctrl-C so that the
-    # main process alone reports it, in one line, and stops them.
-    pool = (multiprocessing.get_context().Pool(args.num_proc, initializer=signal.signal,
-                                               initargs=(signal.SIGINT, signal.SIG_IGN))
-            if args.num_proc > 1 else None)
+    stats, pool = {}, None
     try:
+        (tmp / "arrow").mkdir(parents=True)
+        (tmp / INCOMPLETE_MARK).touch()
+        # Pool from the platform's default start method: spawn on Windows/macOS (safe under the __main__
+        # guard), fork on Linux/Colab (works from a notebook cell too). Workers ignore Ctrl-C so that the
+        # main process alone reports it, in one line, and stops them.
+        if args.num_proc > 1:
+            pool = multiprocessing.get_context().Pool(args.num_proc, initializer=signal.signal,
+                                                      initargs=(signal.SIGINT, signal.SIG_IGN))
         for name in SPLITS:
             durations, split_skipped, speakers = write_split(splits[name], tmp / "arrow" / f"{name}.arrow",
                                                              name, args, pool)

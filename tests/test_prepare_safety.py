@@ -71,6 +71,7 @@ def test_out_that_is_or_holds_or_lies_in_the_corpus_is_refused_and_the_proposal_
     assert words[words.index("--out") + 1] == str(parent / "vivos_whisper"), "whisper features: <corpus>_whisper"
 
 
+@pytest.mark.skipif(os.name == "nt", reason="symbolic links need extra rights on Windows")
 def test_symlinks_dots_and_relative_paths_are_resolved_before_comparing(corpus, monkeypatch):
     before = snapshot(corpus.parent)
     link = corpus.parent.parent / "shortcut"
@@ -146,6 +147,7 @@ def test_a_failed_replacement_puts_the_old_dataset_back(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["dataset_dict.json", "prepare_summary.json"]
 
 
+@pytest.mark.skipif(os.name == "nt", reason="signals a POSIX process group")
 def test_ctrl_c_with_worker_processes_prints_one_line_and_leaves_nothing(corpus, tmp_path):
     out = tmp_path / "interrupted"
     code = ("import sys, time; sys.path.insert(0, sys.argv[1]); import prepare_vivos; "
