@@ -126,7 +126,7 @@ def read_lines(path: Path) -> list[tuple[int, str, str]]:
     """(line number, first word, rest) for each non-blank line of a text file."""
     lines = []
     for number, line in enumerate(read_text(path).split("\n"), start=1):  # line numbers as editors count
-        key, _, rest = line.strip().partition(" ")
+        key, _, rest = line.strip().lstrip("\ufeff").partition(" ")  # files joined with `cat` keep their BOMs
         if key:
             lines.append((number, key, rest.strip()))
     return lines

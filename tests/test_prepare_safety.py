@@ -135,6 +135,20 @@ def test_manifest_out_may_not_be_or_hold_the_manifest_or_audio_folder(corpus, tm
     assert snapshot(tmp_path) == before
 
 
+def test_only_a_leftover_temporary_folder_of_ours_is_cleared(corpus, tmp_path):
+    out = tmp_path / "data"
+    tmp = prepare_vivos.temporary_folder(out)
+    tmp.mkdir()
+    (tmp / "todo.txt").write_text("a user's file that happens to sit there", encoding="utf-8")
+    argv = ["--vivos-dir", str(corpus), "--out", str(out), "--features", "waveform"]
+    assert "not made by this script" in refusal(argv)
+    assert (tmp / "todo.txt").is_file() and not out.exists()
+    (tmp / "todo.txt").unlink()
+    (tmp / prepare_vivos.INCOMPLETE_MARK).touch()  # what a killed run leaves behind
+    prepare_vivos.main(argv)
+    assert datasets.load_from_disk(str(out))["test"].num_rows == 36 and not tmp.exists()
+
+
 def test_a_failed_replacement_puts_the_old_dataset_back(tmp_path):
     out = tmp_path / "data"
     out.mkdir()
@@ -185,6 +199,12 @@ def test_utf16_and_bom_files_read_like_utf8(corpus, encoding, bom):
         rewrite(corpus / "test" / name, encoding, bom)
     assert prepare_vivos.find_vivos_utterances(corpus / "test", "test") == expected
     assert set(prepare_vivos.read_genders(corpus / "test" / "genders.txt").values()) == {"m", "f"}
+
+
+def test_byte_order_marks_inside_a_joined_file_are_ignored(tmp_path):
+    joined = tmp_path / "prompts.txt"
+    joined.write_bytes("\ufeffSPK01_R001 XIN CHÀO\n\ufeffSPK02_R001 TẠM BIỆT\n".encode("utf-8"))
+    assert prepare_vivos.read_lines(joined) == [(1, "SPK01_R001", "XIN CHÀO"), (2, "SPK02_R001", "TẠM BIỆT")]
 
 
 def test_a_utf16_test_prompts_file_still_gives_the_test_speakers(corpus, tmp_path):
