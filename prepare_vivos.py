@@ -13,10 +13,11 @@ What it writes in --out (first into a temporary folder, renamed only when comple
 wrote, and only once the new one is complete.
 
 Validation is carved out of train by speaker (no speaker in two splits); VIVOS's test/ is always the
-test split (a run fails rather than borrow train speakers), never used for model selection. Audio is read with soundfile (no torchcodec, no FFmpeg), mixed to mono and
-resampled to 16 kHz with soxr. Whisper features are stored trimmed to the speech and in float16
-(about 2-8 % of the naive 80 x 3000 float32 array); the trainer restores the 30 s input exactly
-(see README, "How the Whisper features are stored").
+test split (a run fails rather than borrow train speakers), never used for model selection. Audio is
+read with soundfile (no torchcodec, no FFmpeg), mixed to mono and resampled to 16 kHz with soxr.
+Whisper features are stored trimmed to the speech and in float16 (about 2-8 % of the naive
+80 x 3000 float32 array); the trainer restores the 30 s input exactly (see README, "How the Whisper
+features are stored").
 """
 from __future__ import annotations
 
@@ -541,6 +542,9 @@ def out_problem(out: Path, corpus_folders: set[Path], sealed: bool, overwrite: b
                     else f"holds the corpus folder {folder}")
         if sealed and is_within(out, folder):
             return f"lies inside the corpus folder {folder}, where the dataset would mix with the corpus's files"
+    nearest = next(folder for folder in out.parents if folder.exists())
+    if not nearest.is_dir() or not os.access(nearest, os.W_OK):
+        return f"cannot be created: {nearest} is {'a file' if not nearest.is_dir() else 'not writable for you'}"
     tmp = temporary_folder(out)
     if tmp.exists() and not (tmp / INCOMPLETE_MARK).is_file():
         return f"needs the temporary folder {tmp}, which exists and was not made by this script"
@@ -558,13 +562,19 @@ def out_problem(out: Path, corpus_folders: set[Path], sealed: bool, overwrite: b
     return ""
 
 
-def proposed_out(input_folder: Path, corpus_folders: set[Path], sealed: bool, features: str) -> Path | None:
-    """A new folder next to the corpus, named after it (vivos -> vivos_whisper), that out_problem accepts."""
-    stem = f"{input_folder.name}_{'whisper' if features == 'whisper' else 'wave'}"
-    for number in range(1, 20):
-        candidate = input_folder.parent / (stem if number == 1 else f"{stem}{number}")
-        if not candidate.exists() and not out_problem(candidate, corpus_folders, sealed, False):
-            return candidate
+def dataset_name(name: str, features: str) -> str:
+    """The folder name we propose for a dataset made from `name`: vivos -> vivos_whisper or vivos_wave."""
+    return f"{name}_{'whisper' if features == 'whisper' else 'wave'}"
+
+
+def proposed_out(places: list[Path], corpus_folders: set[Path], sealed: bool) -> Path | None:
+    """The first of `places` (or of their numbered variants: vivos_whisper2, ...) that is new and that
+    out_problem accepts."""
+    for place in places:
+        for number in range(1, 10):
+            candidate = place.with_name(f"{place.name}{number}") if number > 1 else place
+            if not candidate.exists() and not out_problem(candidate, corpus_folders, sealed, False):
+                return candidate
     return None
 
 
@@ -583,14 +593,14 @@ def command_with_out(argv: list[str], out: Path) -> str:
     return " ".join(["python", "prepare_vivos.py", *map(shell_quoted, words)])
 
 
-def check_out(out: Path, input_folder: Path, corpus_folders: set[Path], sealed: bool, args) -> None:
-    """Refuse an --out that would lose or mix data, naming a safe folder and the command to use it."""
+def check_out(out: Path, corpus_folders: set[Path], sealed: bool, places: list[Path], args) -> None:
+    """Refuse an --out that would lose or mix data, with the command that writes to the first safe place."""
     problem = out_problem(out, corpus_folders, sealed, args.overwrite)
     if not problem:
         return
-    safe = proposed_out(input_folder, corpus_folders, sealed, args.features)
+    safe = proposed_out(places, corpus_folders, sealed)
     next_step = (f"to write the dataset to a new folder next to the corpus: {command_with_out(args.argv, safe)}"
-                 if safe else f"choose an empty folder outside {input_folder}")
+                 if safe else "choose a new folder outside the corpus, in a place you can write to")
     raise InputError(f"--out {out} {problem}. Nothing was changed; {next_step}")
 
 
@@ -631,7 +641,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="whisper: log-Mel for train_whisper.py; waveform: 16 kHz samples for "
                              "train_wav2vec2.py and train_deepspeech.py (default: whisper)")
     output.add_argument("--n-mels", type=int, default=80, help="Whisper mel bins: 80, or 128 for large-v3")
-    output.add_argument("--overwrite", action="store_true", help="replace an --out that this script wrote, once the new dataset is complete "
+    output.add_argument("--overwrite", action="store_true",
+                        help="replace an --out that this script wrote, once the new dataset is complete "
                              "(any other folder is never replaced)")
     split = parser.add_argument_group("splits")
     split.add_argument("--val-ratio", type=float, default=0.1, help="share of train utterances held out for "
@@ -662,7 +673,7 @@ def find_utterances(args, out: Path) -> tuple[list[dict], list[dict], str]:
     if args.vivos_dir:
         vivos_dir = args.vivos_dir.expanduser().resolve()
         check_vivos_layout(vivos_dir)
-        check_out(out, vivos_dir, {vivos_dir}, True, args)
+        check_out(out, {vivos_dir}, True, [vivos_dir.with_name(dataset_name(vivos_dir.name, args.features))], args)
         items, skipped = [], []
         for split in ("train", "test"):
             split_items, split_skipped = find_vivos_utterances(vivos_dir / split, split)
@@ -678,7 +689,10 @@ def find_utterances(args, out: Path) -> tuple[list[dict], list[dict], str]:
     manifest = args.manifest.expanduser().resolve()
     items, skipped = find_manifest_utterances(manifest)
     audio_folders = {folder.resolve() for folder in {Path(item["path"]).parent for item in items}}
-    check_out(out, manifest.parent, {manifest.parent, *audio_folders}, False, args)
+    # Next to the manifest's folder first; that folder may be a home folder whose parent is not writable.
+    places = [manifest.parent.with_name(dataset_name(manifest.parent.name, args.features)),
+              manifest.with_name(dataset_name(manifest.stem, args.features))]
+    check_out(out, {manifest.parent, *audio_folders}, False, places, args)
     return items, skipped, f"manifest {args.manifest}"
 
 

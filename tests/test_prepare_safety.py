@@ -149,6 +149,27 @@ def test_only_a_leftover_temporary_folder_of_ours_is_cleared(corpus, tmp_path):
     assert datasets.load_from_disk(str(out))["test"].num_rows == 36 and not tmp.exists()
 
 
+def test_a_manifest_in_a_home_folder_gets_a_proposal_it_can_write(corpus, tmp_path, monkeypatch):
+    home = tmp_path / "home"
+    home.mkdir()
+    rows = [[str(path), "xin chào", path.parent.name]
+            for speaker in sorted((corpus / "train" / "waves").iterdir())[:4]
+            for path in sorted(speaker.glob("*.flac"))[:2]]
+    manifest = home / "my list.csv"
+    with manifest.open("w", encoding="utf-8", newline="") as f:
+        csv.writer(f).writerows([["path", "text", "speaker"], *rows])
+    real_access = os.access
+    monkeypatch.setattr(prepare_vivos.os, "access", lambda path, mode: Path(path) != tmp_path
+                        and real_access(path, mode))  # like /home, which a student cannot write to
+    argv = ["--manifest", str(manifest), "--features", "waveform"]
+    message = refusal(argv + ["--out", str(tmp_path / "new" / "data")])
+    assert f"cannot be created: {tmp_path} is not writable" in message
+    words = shlex.split(refusal(argv + ["--out", str(home)]).split("next to the corpus: ")[1])
+    assert words[words.index("--out") + 1] == str(home / "my list_wave")
+    prepare_vivos.main(words[2:])
+    assert datasets.load_from_disk(str(home / "my list_wave"))["train"].num_rows > 0
+
+
 def test_a_failed_replacement_puts_the_old_dataset_back(tmp_path):
     out = tmp_path / "data"
     out.mkdir()
