@@ -542,7 +542,7 @@ def out_problem(out: Path, corpus_folders: set[Path], sealed: bool, overwrite: b
                     else f"holds the corpus folder {folder}")
         if sealed and is_within(out, folder):
             return f"lies inside the corpus folder {folder}, where the dataset would mix with the corpus's files"
-    nearest = next(folder for folder in out.parents if folder.exists())
+    nearest = next((folder for folder in out.parents if folder.exists()), out)  # out itself: a drive root
     if not nearest.is_dir() or not os.access(nearest, os.W_OK):
         return f"cannot be created: {nearest} is {'a file' if not nearest.is_dir() else 'not writable for you'}"
     tmp = temporary_folder(out)
