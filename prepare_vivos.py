@@ -226,7 +226,7 @@ def find_manifest_utterances(manifest: Path) -> tuple[list[dict], list[dict]]:
                          f"found: {', '.join(sorted(columns)) or '(no rows)'}")
     split_names = {"train": "train", "validation": "validation", "dev": "validation", "valid": "validation",
                    "test": "test"}
-    items, skipped = [], []
+    numbered, skipped = [], []
     for number, row in enumerate(rows, start=2):
         path = Path(row["path"])
         path = path if path.is_absolute() else manifest.parent / path
@@ -235,8 +235,32 @@ def find_manifest_utterances(manifest: Path) -> tuple[list[dict], list[dict]]:
             skipped.append(skip_row(path, row.get("split", ""), f"row {number}", "unknown split",
                                     "use train, validation or test"))
             continue
-        items.append({"id": path.stem, "speaker": (row.get("speaker") or "").strip() or "unknown", "gender": "",
-                      "raw_sentence": (row.get("text") or "").strip(), "path": str(path), "split": split})
+        numbered.append((number, {"id": path.stem, "speaker": (row.get("speaker") or "").strip() or "unknown",
+                                  "gender": "", "raw_sentence": (row.get("text") or "").strip(), "path": str(path),
+                                  "split": split}))
+    items, repeats = unique_files(numbered)
+    return items, skipped + repeats
+
+
+def unique_files(numbered: list[tuple[int, dict]]) -> tuple[list[dict], list[dict]]:
+    """Manifest items (with their row numbers) once per audio file, and the rows left out as repeats.
+
+    As in prompts.txt: a repeated row is used once; rows that give one file different text, speaker or
+    split leave the file out, since nothing says which one is right.
+    """
+    by_file: dict[str, list[tuple[int, dict]]] = {}
+    for number, item in numbered:
+        by_file.setdefault(os.path.normcase(os.path.abspath(item["path"])), []).append((number, item))
+    items, skipped = [], []
+    for found in by_file.values():
+        (first_number, first), numbers = found[0], ", ".join(str(number) for number, _ in found)
+        if len({(item["raw_sentence"], item["speaker"], item["split"]) for _, item in found}) > 1:
+            skipped.append(skip_row(first["path"], first["split"], first["id"], "conflicting transcripts",
+                                    f"rows {numbers} give this file different text, speaker or split"))
+            continue
+        items.append(first)
+        skipped += [skip_row(first["path"], first["split"], first["id"], "repeated manifest row",
+                             f"row {number} repeats row {first_number}; used once") for number, _ in found[1:]]
     return items, skipped
 
 
@@ -701,8 +725,8 @@ def prepare_dataset(args, out: Path) -> tuple[dict, list[dict]]:
     # 1. find the utterances (and refuse an unsafe --out before any audio is read)
     items, skipped, source = find_utterances(args, out)
     if not items:
-        raise InputError(f"no utterance with both audio and transcript found in {source}; "
-                         f"{len(skipped)} inputs could not be paired")
+        raise InputError(f"no utterance with both audio and transcript found in {source}; inputs left out by "
+                         f"reason: {dict(Counter(row['reason'] for row in skipped))}")
 
     # 2. split: validation (and test when a manifest has none) carved out by speaker, seeded
     splits = assign_splits(items, args.val_ratio, args.test_ratio, args.val_split, args.seed)

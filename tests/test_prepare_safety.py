@@ -267,6 +267,22 @@ def test_manifest_encodings(corpus, tmp_path):
     assert str(manifest) in message and "line 2" in message and "columns" not in message
 
 
+def test_a_file_listed_twice_in_a_manifest_is_used_once_or_left_out_when_the_rows_disagree(corpus, tmp_path):
+    audio = sorted((corpus / "train" / "waves" / "VIVOSSPK01").glob("*.flac"))[:3]
+    text = ("path,text,split\n"
+            f"{audio[0]},một,train\n{audio[0]},một,train\n"  # the same row twice
+            f"{audio[1]},hai,train\n{audio[1]},ba,test\n"  # one recording, two transcripts and splits
+            f"{audio[2]},bốn,train\n")
+    manifest = tmp_path / "list.csv"
+    manifest.write_text(text, encoding="utf-8")
+    items, skipped = prepare_vivos.find_manifest_utterances(manifest)
+    assert [(item["path"], item["raw_sentence"]) for item in items] == [(str(audio[0]), "một"),
+                                                                        (str(audio[2]), "bốn")]
+    assert sorted((row["id"], row["reason"], row["detail"]) for row in skipped) == [
+        (audio[0].stem, "repeated manifest row", "row 3 repeats row 2; used once"),
+        (audio[1].stem, "conflicting transcripts", "rows 4, 5 give this file different text, speaker or split")]
+
+
 def test_a_test_folder_without_usable_utterances_fails_instead_of_borrowing_train_speakers(corpus, tmp_path):
     for path in (corpus / "test" / "waves").glob("*/*.flac"):
         path.rename(path.with_suffix(".mp3"))  # a format this script does not read: no test utterance pairs

@@ -129,14 +129,14 @@ def write_manifest(path: Path, rows: list[dict]) -> Path:
 
 
 def test_22khz_stereo_input_is_resampled_to_16k_mono(vivos_dir, tmp_path):
-    source = sorted((vivos_dir / "train" / "waves" / "VIVOSSPK01").glob("*.wav"))[:4]
+    source = sorted((vivos_dir / "train" / "waves" / "VIVOSSPK01").glob("*.wav"))[:5]
     rows = []
     for k, wav in enumerate(source):
         audio, _ = sf.read(wav, dtype="float32")
         converted = tmp_path / f"stereo_{k}.wav"
         subprocess.run(["sox", str(wav), "-r", "22050", "-c", "2", str(converted)], check=True)
-        rows.append({"path": converted.name, "text": f"câu số {k}", "split": "train" if k < 2 else "test"})
-    rows.append({"path": "stereo_1.wav", "text": "một lần nữa", "split": "validation"})
+        rows.append({"path": converted.name, "text": f"câu số {k}", "split": ["train", "train", "test", "test",
+                                                                              "validation"][k]})
     out = tmp_path / "out"
     prepare_vivos.main(["--manifest", str(write_manifest(tmp_path / "list.csv", rows)), "--out", str(out),
                         "--features", "waveform"])
@@ -206,10 +206,10 @@ def test_every_bad_input_is_skipped_and_listed_with_its_reason(broken_corpus, tm
 
 
 def test_nothing_usable_fails_with_a_clear_message(tmp_path):
-    bad = tmp_path / "bad.wav"
-    bad.write_bytes(b"not audio")
+    for name in ("bad.wav", "bad too.wav"):
+        (tmp_path / name).write_bytes(b"not audio")
     manifest = write_manifest(tmp_path / "m.csv", [{"path": "bad.wav", "text": "xin chào", "speaker": "a"},
-                                                   {"path": "bad.wav", "text": "tạm biệt", "speaker": "b"}])
+                                                   {"path": "bad too.wav", "text": "tạm biệt", "speaker": "b"}])
     with pytest.raises(SystemExit, match="nothing usable left"):
         prepare_vivos.main(["--manifest", str(manifest), "--out", str(tmp_path / "out"), "--val-split",
                             "utterance"])
