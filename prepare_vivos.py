@@ -434,9 +434,11 @@ def write_split(items: list[dict], arrow_path: Path, split: str, args, pool) -> 
     jobs = [(item, args.features, args.n_mels, args.min_seconds, args.max_seconds) for item in items]
     results = pool.imap(process_star, jobs, chunksize=4) if pool else map(process_star, jobs)
     durations, skipped, speakers = [], [], set()
+    # The bar as a context: on Ctrl-C it ends its line before the one-line message.
     with ArrowWriter(features=dataset_features(args.features, args.n_mels), path=str(arrow_path),
-                     writer_batch_size=64) as writer:
-        for row, skip in tqdm(results, total=len(jobs), desc=f"{split:<10}", unit="utt"):
+                     writer_batch_size=64) as writer, \
+            tqdm(results, total=len(jobs), desc=f"{split:<10}", unit="utt") as progress:
+        for row, skip in progress:
             if skip:
                 skipped.append(skip)
                 continue
