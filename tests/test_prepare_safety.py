@@ -32,7 +32,7 @@ def corpus(tmp_path) -> Path:
 
 
 def snapshot(folder: Path) -> dict[str, int]:
-    return {str(p.relative_to(folder)): p.stat().st_size for p in folder.rglob("*") if p.is_file()}
+    return {p.relative_to(folder).as_posix(): p.stat().st_size for p in folder.rglob("*") if p.is_file()}
 
 
 def no_audio_read(*args):

@@ -175,7 +175,7 @@ def broken_corpus(vivos_dir, tmp_path_factory) -> Path:
     return root
 
 
-def test_every_bad_input_is_skipped_and_listed_with_its_reason(broken_corpus, tmp_path):
+def test_every_bad_input_is_skipped_and_listed_with_its_reason(broken_corpus, vivos_dir, tmp_path):
     out = tmp_path / "out"
     summary = prepare_vivos.main(["--vivos-dir", str(broken_corpus), "--out", str(out), "--features", "waveform"])
     reasons = sorted((row["id"], row["reason"], Path(row["path"]).parent.name) for row in skipped_of(out))
@@ -202,7 +202,9 @@ def test_every_bad_input_is_skipped_and_listed_with_its_reason(broken_corpus, tm
     assert "VIVOSSPK01_R008" not in rows, "a cut-off clip never keeps the full transcript"
     assert "VIVOSSPK01_R010" not in rows, "an id with two different transcripts is left out, not guessed"
     assert rows["VIVOSSPK01_R011"]["speaker"] == "VIVOSSPK01", "the copy in the id's own speaker folder is used"
-    assert rows["VIVOSSPK01_R009"]["raw_sentence"] != ""
+    prompts = dict(line.split(" ", 1) for line in
+                   (vivos_dir / "train" / "prompts.txt").read_text(encoding="utf-8").splitlines())
+    assert rows["VIVOSSPK01_R009"]["raw_sentence"] == prompts["VIVOSSPK01_R009"], "a repeated line is used once"
 
 
 def test_nothing_usable_fails_with_a_clear_message(tmp_path):
