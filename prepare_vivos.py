@@ -704,7 +704,8 @@ def find_utterances(args, out: Path) -> tuple[list[dict], list[dict], str]:
         for split in ("train", "test"):
             split_items, split_skipped = find_vivos_utterances(vivos_dir / split, split)
             if not split_items:
-                # test/ is the test split: carving one out of train would report scores on other voices
+                # VIVOS's test/ is the test split: one carved out of train would give scores that no
+                # published VIVOS result can be compared with
                 reasons = dict(Counter(row["reason"] for row in split_skipped)) or "none found"
                 raise InputError(f"{vivos_dir / split}: expected utterances with both audio in waves/SPEAKER/ "
                                  f"and a transcript in prompts.txt, found none (inputs left out: {reasons}); "
