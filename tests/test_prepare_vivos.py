@@ -129,14 +129,14 @@ def write_manifest(path: Path, rows: list[dict]) -> Path:
 
 
 def test_22khz_stereo_input_is_resampled_to_16k_mono(vivos_dir, tmp_path):
-    source = sorted((vivos_dir / "train" / "waves" / "VIVOSSPK01").glob("*.wav"))[:4]
+    source = sorted((vivos_dir / "train" / "waves" / "VIVOSSPK01").glob("*.wav"))[:5]
     rows = []
     for k, wav in enumerate(source):
         audio, _ = sf.read(wav, dtype="float32")
         converted = tmp_path / f"stereo_{k}.wav"
         subprocess.run(["sox", str(wav), "-r", "22050", "-c", "2", str(converted)], check=True)
-        rows.append({"path": converted.name, "text": f"câu số {k}", "split": "train" if k < 2 else "test"})
-    rows.append({"path": "stereo_1.wav", "text": "một lần nữa", "split": "validation"})
+        rows.append({"path": converted.name, "text": f"câu số {k}", "split": ["train", "train", "test", "test",
+                                                                              "validation"][k]})
     out = tmp_path / "out"
     prepare_vivos.main(["--manifest", str(write_manifest(tmp_path / "list.csv", rows)), "--out", str(out),
                         "--features", "waveform"])
@@ -161,39 +161,57 @@ def broken_corpus(vivos_dir, tmp_path_factory) -> Path:
     sf.write(waves / "VIVOSSPK01_R004.wav", 0.3 * np.ones(400, dtype=np.float32), 16000)  # 25 ms: too short
     (waves / "VIVOSSPK01_R005.wav").unlink()  # prompt without audio
     shutil.copy(waves / "VIVOSSPK01_R006.wav", waves / "VIVOSSPK01_R099.wav")  # audio without prompt
+    whole = (waves / "VIVOSSPK01_R008.wav").read_bytes()
+    (waves / "VIVOSSPK01_R008.wav").write_bytes(whole[: len(whole) // 2])  # cut off: a half-copied download
+    other = root / "train" / "waves" / "VIVOSSPK02"
+    shutil.copy(waves / "VIVOSSPK01_R011.wav", other)  # misplaced copy: the id names its speaker
+    for folder in (waves, other):  # one name in two speakers' folders, neither named by the id
+        shutil.copy(waves / "VIVOSSPK01_R012.wav", folder / "EXTRA_R001.wav")
     prompts = (root / "train" / "prompts.txt").read_bytes().splitlines()
     prompts = [b"VIVOSSPK01_R007 ?!..." if p.startswith(b"VIVOSSPK01_R007") else p for p in prompts]
-    prompts = [("VIVOSSPK01_R008 KH\xc1CH S\xe1N".encode("latin-1") if p.startswith(b"VIVOSSPK01_R008") else p)
-               for p in prompts]
+    repeated = next(p for p in prompts if p.startswith(b"VIVOSSPK01_R009"))
+    prompts += [repeated, "VIVOSSPK01_R010 CÂU KHÁC HẲN".encode(), "EXTRA_R001 XIN CHÀO".encode()]
     (root / "train" / "prompts.txt").write_bytes(b"\r\n".join(prompts) + b"\r\n")  # Windows line ends too
     return root
 
 
-def test_every_bad_input_is_skipped_and_listed_with_its_reason(broken_corpus, tmp_path):
+def test_every_bad_input_is_skipped_and_listed_with_its_reason(broken_corpus, vivos_dir, tmp_path):
     out = tmp_path / "out"
     summary = prepare_vivos.main(["--vivos-dir", str(broken_corpus), "--out", str(out), "--features", "waveform"])
-    reasons = {(row["id"], row["reason"]) for row in skipped_of(out)}
-    assert reasons == {
-        ("VIVOSSPK01_R001", "unreadable audio"),
-        ("VIVOSSPK01_R002", "empty audio"),
-        ("VIVOSSPK01_R003", "silent audio"),
-        ("VIVOSSPK01_R004", "too short"),
-        ("VIVOSSPK01_R005", "transcript without audio"),
-        ("VIVOSSPK01_R099", "audio without transcript"),
-        ("VIVOSSPK01_R007", "empty transcript"),
-        ("VIVOSSPK01_R008", "transcript not UTF-8"),
-    }
-    assert summary["skipped_total"] == 8 and summary["skipped"]["unreadable audio"] == 1
+    reasons = sorted((row["id"], row["reason"], Path(row["path"]).parent.name) for row in skipped_of(out))
+    assert reasons == sorted([
+        ("VIVOSSPK01_R001", "unreadable audio", "VIVOSSPK01"),
+        ("VIVOSSPK01_R002", "empty audio", "VIVOSSPK01"),
+        ("VIVOSSPK01_R003", "silent audio", "VIVOSSPK01"),
+        ("VIVOSSPK01_R004", "too short", "VIVOSSPK01"),
+        ("VIVOSSPK01_R005", "transcript without audio", "train"),
+        ("VIVOSSPK01_R099", "audio without transcript", "VIVOSSPK01"),
+        ("VIVOSSPK01_R007", "empty transcript", "VIVOSSPK01"),
+        ("VIVOSSPK01_R008", "truncated audio", "VIVOSSPK01"),
+        ("VIVOSSPK01_R009", "repeated prompt line", "train"),
+        ("VIVOSSPK01_R010", "conflicting transcripts", "train"),
+        ("VIVOSSPK01_R011", "repeated audio file name", "VIVOSSPK02"),
+        ("EXTRA_R001", "repeated audio file name", "VIVOSSPK01"),
+        ("EXTRA_R001", "repeated audio file name", "VIVOSSPK02"),
+    ])
+    assert summary["skipped_total"] == 13 and summary["skipped"]["unreadable audio"] == 1
     data = load(out)
     kept = sum(data[name].num_rows for name in data)
-    assert kept == 120 - 7, "7 of the 120 prompts are bad (R099 is an extra file); the other 113 are all there"
+    assert kept == 120 - 8, "8 of the 120 prompts are bad (R099, EXTRA are extra); the other 112 are all there"
+    rows = {row["id"]: row for name in data for row in data[name].remove_columns("input_values")}
+    assert "VIVOSSPK01_R008" not in rows, "a cut-off clip never keeps the full transcript"
+    assert "VIVOSSPK01_R010" not in rows, "an id with two different transcripts is left out, not guessed"
+    assert rows["VIVOSSPK01_R011"]["speaker"] == "VIVOSSPK01", "the copy in the id's own speaker folder is used"
+    prompts = dict(line.split(" ", 1) for line in
+                   (vivos_dir / "train" / "prompts.txt").read_text(encoding="utf-8").splitlines())
+    assert rows["VIVOSSPK01_R009"]["raw_sentence"] == prompts["VIVOSSPK01_R009"], "a repeated line is used once"
 
 
 def test_nothing_usable_fails_with_a_clear_message(tmp_path):
-    bad = tmp_path / "bad.wav"
-    bad.write_bytes(b"not audio")
+    for name in ("bad.wav", "bad too.wav"):
+        (tmp_path / name).write_bytes(b"not audio")
     manifest = write_manifest(tmp_path / "m.csv", [{"path": "bad.wav", "text": "xin chào", "speaker": "a"},
-                                                   {"path": "bad.wav", "text": "tạm biệt", "speaker": "b"}])
+                                                   {"path": "bad too.wav", "text": "tạm biệt", "speaker": "b"}])
     with pytest.raises(SystemExit, match="nothing usable left"):
         prepare_vivos.main(["--manifest", str(manifest), "--out", str(tmp_path / "out"), "--val-split",
                             "utterance"])
@@ -223,7 +241,7 @@ def test_manifest_without_speakers_needs_utterance_split(tmp_path, vivos_dir):
 
 
 def test_existing_output_is_kept_unless_overwrite_and_survives_an_interrupted_run(vivos_dir, tmp_path,
-                                                                                   monkeypatch):
+                                                                                   monkeypatch, capsys):
     out = tmp_path / "kept"
     wavs = sorted((vivos_dir / "train" / "waves").glob("*/*.wav"))
     rows = [{"path": str(w), "text": f"câu {k}", "speaker": w.parent.name} for k, w in enumerate(wavs[:30])]
@@ -246,8 +264,12 @@ def test_existing_output_is_kept_unless_overwrite_and_survives_an_interrupted_ru
         return real(*args)
 
     monkeypatch.setattr(prepare_vivos, "process_utterance", dies_midway)
-    with pytest.raises(KeyboardInterrupt):
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stopped:
         prepare_vivos.main(argv + ["--overwrite", "--seed", "3"])
+    assert stopped.value.code == 130
+    message = [line for line in capsys.readouterr().err.splitlines() if "Interrupted" in line]
+    assert len(message) == 1 and str(out) in message[0] and "same command" in message[0]
     assert load(out)["train"]["id"] == before, "an interrupted run never replaces a good dataset"
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == [], "no half-written leftovers"
 
