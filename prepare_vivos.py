@@ -482,7 +482,7 @@ def build_summary(stats: dict, skipped: list[dict], items: dict, args, source: s
         "val_split": args.val_split, "val_ratio": args.val_ratio, "seed": args.seed, "source": source,
         "splits": splits, "skipped": dict(Counter(s["reason"] for s in skipped)),
         "skipped_total": len(skipped), "min_seconds": args.min_seconds, "max_seconds": args.max_seconds,
-        "command": " ".join([Path(sys.argv[0]).name, *map(str, args.argv)]),
+        "command": " ".join(["python", "prepare_vivos.py", *map(shell_quoted, args.argv)]),  # pasteable, also from a notebook
         "created": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
     if args.features == "whisper":

@@ -3,6 +3,7 @@ the test split, cut-off WAVs. Each test works on a temporary copy of the bundled
 from __future__ import annotations
 
 import csv
+import json
 import os
 import shlex
 import shutil
@@ -320,3 +321,13 @@ def test_cut_off_wav_is_skipped_but_a_streamed_header_is_not(tmp_path):
     for path in (whole, streamed):
         row, skip = outcome(path)
         assert skip is None and len(row["input_values"]) == 16000
+
+
+def test_the_recorded_command_can_be_pasted_back(waveform_data, vivos_dir):
+    """prepare_summary.json's command (report.py prints it) is the call itself, paths with spaces quoted,
+    whether the script ran from a shell, a test or a notebook cell."""
+    command = json.loads((waveform_data / "prepare_summary.json").read_text(encoding="utf-8"))["command"]
+    words = shlex.split(command)
+    assert words[:2] == ["python", "prepare_vivos.py"]
+    assert words[words.index("--vivos-dir") + 1] == str(vivos_dir)
+    assert words[words.index("--out") + 1] == str(waveform_data)
