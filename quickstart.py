@@ -89,10 +89,8 @@ def main(argv: list[str] | None = None) -> None:
             times[f"prepare ({features})"] = run_step(
                 f"Prepare the sample ({features} features)", "prepare_vivos.py", "--vivos-dir", SAMPLE,
                 "--out", data / f"sample_{features}", "--features", features, "--val-ratio", "0.1")
-    # A small GRU without pitch features: on the sample's 160 train utterances it leaves CTC's blank-only start
-    # within these 12 epochs (test CER 0.60), the small default LSTM with pitch did not (0.86). No speed
-    # perturbation: on so little data it slowed learning (the CI learning test, with the earlier warm-up 0.05 and
-    # perturbation from the first step: test CER 0.25 without, 0.29 with).
+    # A small GRU without pitch features or speed perturbation: on the sample's 160 train utterances it leaves
+    # CTC's blank-only start within these 12 epochs, where the default LSTM with pitch does not (bench/RESULTS.md).
     times["train DeepSpeech2"] = run_step(
         "Train DeepSpeech2 from scratch", "train_deepspeech.py", "--data", data / "sample_waveform",
         "--output-dir", runs / "deepspeech2", "--rnn-type", "gru", "--no-pitch", "--rnn-layers", "2",

@@ -2,7 +2,8 @@
 
 The tests and `quickstart.py --offline` train these when the Hugging Face Hub cannot be reached: they
 run every code path of the trainers, `transformers.pipeline` and `generate(language="vi",
-task="transcribe")` like a Hub checkpoint (PITFALLS #21), but learn little. The Whisper context is 4 s
+task="transcribe")` like a Hub checkpoint (the tokenizer carries every language token in Whisper's order,
+and the generation config the fields `generate` reads), but learn little. The Whisper context is 4 s
 instead of 30 s (sample clips are under 3.5 s): the same code paths at a tenth of the encoder's cost.
 """
 from __future__ import annotations

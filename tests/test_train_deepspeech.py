@@ -491,19 +491,13 @@ LEARNING_CORPUS = {"train_speakers": 10, "train_per_speaker": 30, "test_speakers
 LEARNING_ARGS = ["--n-mels", "40", "--conv-channels", "16", "--rnn-type", "gru", "--no-pitch", "--rnn-layers", "2",
                  "--rnn-hidden", "128", "--batch-size", "4", "--epochs", "6", "--lr", "2e-3", "--no-spec-augment",
                  "--train-eval-size", "0", "--patience", "0", "--speed-perturb", "0", "--seed", "0"]
-# An untrained model outputs blanks (CER 1.0); one stuck in CTC's blank plateau or emitting a few frequent
-# letters scores 0.7-1.0 (measured here: 0.99 after one epoch, 0.69 on the way out of the plateau). Below
-# 0.5, one character in two of sentences never heard, spoken by voices never heard, comes out right:
-# that takes a learnt sound-to-letter mapping. After these 6 epochs: validation CER 0.20 (greedy), test CER
-# 0.30 greedy and 0.22 with the lexicon beam search that test_metrics.json uses (the beam alone cannot
-# pass an untrained model: it only picks among what the acoustic model hears). A small GRU without pitch,
-# not the defaults: PyTorch's GRU on a CPU gives the same numbers every run, while its LSTM goes through
-# oneDNN, whose results differ in the last bits from run to run, and how soon a small model leaves CTC's
-# blank-only start amplifies that (this test with the default LSTM and pitch, lr 4e-3: 0.37, 0.26 and once
-# above 0.5). Without speed perturbation for the same reason: with the default 0.1 this test scored test CER
-# 0.286 and 0.285 in two runs (beam; validation 0.26; both with the warm-up 0.05 of then, which gave 0.25
-# without). The full-size benchmark
-# (bench/bench_deepspeech_learning.py) holds the defaults to issue 5's CER 0.05.
+# An untrained model outputs blanks (CER 1.0), and one stuck in CTC's blank plateau or emitting a few
+# frequent letters scores 0.7-1.0. Below 0.5, one character in two of sentences never heard, spoken by voices
+# never heard, comes out right: that takes a learnt sound-to-letter mapping. A small GRU without pitch or
+# speed perturbation rather than the defaults: PyTorch's GRU gives the same numbers every run on a CPU,
+# while its LSTM goes through oneDNN, whose last bits differ from run to run, and how soon a small model
+# leaves the blank plateau amplifies that. The full-size defaults are measured by
+# bench/bench_deepspeech_learning.py (bench/RESULTS.md).
 LEARNING_MAX_CER = 0.5
 
 
