@@ -46,10 +46,12 @@ SILENCE_DBFS = -50.0
 LOUDNESS_FRAME = SAMPLE_RATE // 20  # 50 ms: one syllable is longer, so speech always fills a frame
 
 
+# Copied from train_whisper.InputError
 class InputError(SystemExit):
-    """Wrong model folder or nothing to transcribe: the message says what was expected, found, and to do."""
+    """Bad input: the message says what was expected, what was found and what to type next."""
 
 
+# Copied from train_whisper.normalize_text
 def normalize_text(text: str) -> str:
     """NFC, lower case, punctuation and symbols to spaces, whitespace collapsed; tone marks kept."""
     text = unicodedata.normalize("NFC", text).lower()
@@ -59,6 +61,7 @@ def normalize_text(text: str) -> str:
 
 # ----------------------------------------------------------------------------- model (same code in transcribe.py)
 
+# Copied from transcribe.find_model_dir
 def find_model_dir(path: Path) -> tuple[Path, str]:
     """The model folder (a run folder's best_model/, or the folder itself) and its family from config.json."""
     path = Path(path).expanduser()
@@ -76,6 +79,7 @@ def find_model_dir(path: Path) -> tuple[Path, str]:
     return folder, family
 
 
+# Copied from transcribe.deepspeech2_code
 def deepspeech2_code(folder: Path, trust_remote_code: bool):
     """The module that builds a DeepSpeech2: the repository's modeling_deepspeech2.py (next to this script), or,
     with --trust-remote-code, the copy saved in the model folder. Imported only here, so this script copied
@@ -101,6 +105,7 @@ def deepspeech2_code(folder: Path, trust_remote_code: bool):
     return importlib.import_module("modeling_deepspeech2")
 
 
+# Copied from transcribe.load_model
 def load_model(folder: Path, family: str, device: str, trust_remote_code: bool = False):
     """A transformers ASR pipeline for Whisper and Wav2Vec2; for DeepSpeech2 (its code module, model)."""
     if family == "deepspeech2":
@@ -111,6 +116,7 @@ def load_model(folder: Path, family: str, device: str, trust_remote_code: bool =
     return pipeline("automatic-speech-recognition", model=str(folder), device=device)
 
 
+# Copied from transcribe.decode_kwargs
 def decode_kwargs(family: str, asr) -> dict:
     """Pipeline call arguments: Whisper transcribes Vietnamese with the beams its trainer scored with."""
     if family != "whisper":
@@ -122,6 +128,7 @@ def decode_kwargs(family: str, asr) -> dict:
                                 "num_beams": config.num_beams}}
 
 
+# Copied from transcribe.scored_text
 def scored_text(family: str, asr, text: str) -> str:
     """A pipeline transcript as the trainers score it: normalised, and for Wav2Vec2 without the tokenizer's
     unknown token (train_wav2vec2.py drops it before scoring)."""
@@ -130,6 +137,7 @@ def scored_text(family: str, asr, text: str) -> str:
     return normalize_text(text)
 
 
+# Copied from prepare_vivos.load_audio
 def load_audio(path: Path) -> np.ndarray:
     """16 kHz mono float32, whatever the file's rate and channels (soundfile + soxr, no FFmpeg)."""
     audio, rate = sf.read(str(path), dtype="float32", always_2d=True)

@@ -55,6 +55,7 @@ NORMALIZATION = ("Unicode NFC, lower case, punctuation and symbols replaced by s
                  "Vietnamese letters and tone marks kept")
 
 
+# Copied from train_whisper.normalize_text
 def normalize_text(text: str) -> str:
     """NFC, lower case, punctuation and symbols to spaces, whitespace collapsed; tone marks kept."""
     text = unicodedata.normalize("NFC", text).lower()
@@ -62,8 +63,9 @@ def normalize_text(text: str) -> str:
     return " ".join(text.split())
 
 
+# Copied from train_whisper.InputError
 class InputError(SystemExit):
-    """Wrong layout or nothing usable: the message says what was expected, what was found, what to do."""
+    """Bad input: the message says what was expected, what was found and what to type next."""
 
 
 # ----------------------------------------------------------------------------- 1. find the utterances
@@ -331,9 +333,9 @@ def whisper_feature_extractor(n_mels: int):
     return WhisperFeatureExtractor(feature_size=n_mels)
 
 
-def load_audio(path: str) -> np.ndarray:
+def load_audio(path: Path) -> np.ndarray:
     """16 kHz mono float32, whatever the file's rate and channels (soundfile + soxr, no FFmpeg)."""
-    audio, rate = sf.read(path, dtype="float32", always_2d=True)
+    audio, rate = sf.read(str(path), dtype="float32", always_2d=True)
     audio = audio.mean(axis=1)
     if rate != SAMPLE_RATE:
         audio = soxr.resample(audio, rate, SAMPLE_RATE).astype(np.float32)

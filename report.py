@@ -406,6 +406,7 @@ TEXT = {
 }
 
 
+# Copied from train_whisper.InputError
 class InputError(SystemExit):
     """Bad input: the message says what was expected, what was found and what to type next."""
 
@@ -418,6 +419,7 @@ def tr(lang: str, key: str, **values) -> str:
 
 # ----------------------------------------------------------------------------- shared helpers (FORMATS.md §2)
 
+# Copied from train_whisper.normalize_text
 def normalize_text(text: str) -> str:
     """NFC, lower case, punctuation and symbols to spaces, whitespace collapsed; tone marks kept."""
     text = unicodedata.normalize("NFC", text).lower()
@@ -425,6 +427,7 @@ def normalize_text(text: str) -> str:
     return " ".join(text.split())
 
 
+# Copied from train_whisper.compute_wer_cer
 def compute_wer_cer(references: list[str], predictions: list[str]) -> dict:
     """Corpus WER, CER, sentence error rate and word error counts (jiwer), on normalised text."""
     words = jiwer.process_words(references, predictions)

@@ -58,10 +58,12 @@ AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".oga", ".mp3", ".opus", ".aif", ".ai
 MANIFEST = "written_by_transcribe.json"
 
 
+# Copied from train_whisper.InputError
 class InputError(SystemExit):
-    """Wrong model folder or nothing to transcribe: the message says what was expected, found, and to do."""
+    """Bad input: the message says what was expected, what was found and what to type next."""
 
 
+# Copied from train_whisper.normalize_text
 def normalize_text(text: str) -> str:
     """NFC, lower case, punctuation and symbols to spaces, whitespace collapsed; tone marks kept."""
     text = unicodedata.normalize("NFC", text).lower()
@@ -142,6 +144,7 @@ def scored_text(family: str, asr, text: str) -> str:
     return normalize_text(text)
 
 
+# Copied from prepare_vivos.load_audio
 def load_audio(path: Path) -> np.ndarray:
     """16 kHz mono float32, whatever the file's rate and channels (soundfile + soxr, no FFmpeg)."""
     audio, rate = sf.read(str(path), dtype="float32", always_2d=True)
