@@ -27,6 +27,7 @@ import shlex
 import sys
 import time
 import unicodedata
+import zipfile
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -55,6 +56,7 @@ PRESETS = {
     "a100": {"batch_size": 32, "grad_accum": 1, "eval_batch_size": 32, "gradient_checkpointing": False,
              "optim": "adamw_torch_fused", "num_workers": 4},
 }
+BEST_METRIC = "eval_validation_wer"  # the best checkpoint and early stopping follow it
 HISTORY_COLUMNS = ["epoch", "step", "train_loss", "val_loss", "val_wer", "val_cer", "train_wer", "train_cer",
                    "learning_rate"]
 PREDICTION_COLUMNS = ["id", "speaker", "duration", "reference", "prediction", "raw_prediction", "wer", "cer"]
@@ -82,15 +84,14 @@ def compute_wer_cer(references: list[str], predictions: list[str]) -> dict:
     }
 
 
+class InputError(SystemExit):
+    """Bad input: the message says what was expected, what was found and what to type next."""
+
+
 def say(message: str) -> None:
     """Print once, not once per process, under torchrun."""
     if IS_MAIN_PROCESS:
         print(message, flush=True)
-
-
-def quoted(path) -> str:
-    """A path as it must be typed in a shell (Windows too: double quotes when it has spaces)."""
-    return f'"{path}"' if " " in str(path) else str(path)
 
 
 # ----------------------------------------------------------------------------- 1. settings
@@ -180,22 +181,43 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if preset:
         parser.set_defaults(**PRESETS[preset])
     args = parser.parse_args(argv)
-    if not 0 <= args.warmup_ratio < 1:
-        parser.error(f"--warmup-ratio must be in [0, 1), got {args.warmup_ratio}")
-    if args.lr is None:
-        args.lr = 1e-3 if args.lora else 1e-5
-    args.argv = sys.argv[1:] if argv is None else list(argv)
+    args.argv = sys.argv[1:] if argv is None else [str(arg) for arg in argv]
     return args
 
 
+def learning_rate(args: argparse.Namespace) -> float:
+    """--lr, or the default for what is trained: adapters take a far larger step than full weights."""
+    if args.lr is not None:
+        return args.lr
+    return 1e-3 if args.lora else 1e-5
+
+
+def check_settings(args: argparse.Namespace) -> None:
+    """Refuse numbers no run can use, before anything is loaded or written."""
+    problems = []
+    if not args.eval_only and args.max_steps <= 0 and not args.epochs > 0:
+        problems.append(f"--epochs must be above 0 (got {args.epochs:g}), or give --max-steps")
+    for flag in ("batch_size", "eval_batch_size", "grad_accum"):
+        if getattr(args, flag) < 1:
+            problems.append(f"--{flag.replace('_', '-')} must be 1 or more (got {getattr(args, flag)})")
+    if not args.lr > 0:
+        problems.append(f"--lr must be above 0 (got {args.lr:g})")
+    if not 0 <= args.warmup_ratio < 1:
+        problems.append(f"--warmup-ratio must be in [0, 1) (got {args.warmup_ratio:g})")
+    if problems:
+        raise InputError("; ".join(problems) + ". Run it again with those corrected.")
+
+
 def resolve_precision(choice: str) -> str:
-    """fp32 on CPU; on a GPU bf16 when it has it (no loss scaling needed), else fp16."""
-    if choice != "auto":
-        return choice
-    if not torch.cuda.is_available():
-        return "fp32"
-    # Compute capability >= 8 (A100, RTX 30xx) has bf16; is_bf16_supported() also says yes on a T4 (emulated).
-    return "bf16" if torch.cuda.get_device_capability()[0] >= 8 else "fp16"
+    """fp32 on CPU; on a GPU `auto` means bf16 where it has it (no loss scaling needed), else fp16."""
+    cuda = torch.cuda.is_available()
+    if choice == "auto":
+        # Compute capability >= 8 (A100, RTX 30xx) has bf16; is_bf16_supported() also says yes on a T4 (emulated).
+        return ("bf16" if torch.cuda.get_device_capability()[0] >= 8 else "fp16") if cuda else "fp32"
+    if choice in ("fp16", "bf16") and not cuda:
+        raise InputError(f"--precision {choice} needs a CUDA GPU and none is visible; use --precision auto "
+                         "(fp32 on CPU) or run on a GPU machine")
+    return choice
 
 
 def resolve_optimizer(name: str) -> str:
@@ -217,79 +239,162 @@ def resolve_optimizer(name: str) -> str:
 
 # ----------------------------------------------------------------------------- 2. checkpoint to resume
 
+def checkpoint_folders(output_dir: Path) -> list[Path]:
+    """The checkpoint-N folders of a run folder, newest first."""
+    numbered = [p for p in output_dir.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()]
+    return sorted(numbered, key=lambda folder: int(folder.name.split("-")[-1]), reverse=True)
+
+
+def checkpoint_problem(folder: Path) -> str | None:
+    """Why training cannot continue from this checkpoint (None: it can). Trainer writes trainer_state.json
+    last; a file cut off by a full disk or a power cut fails its format's own cheap check (a torch file is a
+    zip archive whose directory sits at its end; a safetensors header gives the file's length)."""
+    try:
+        json.loads((folder / "trainer_state.json").read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return "no trainer_state.json"
+    except ValueError:
+        return "trainer_state.json is cut off"
+    for path in sorted(folder.iterdir()):
+        if path.suffix in (".pt", ".pth", ".bin") and not zipfile.is_zipfile(path):
+            return f"{path.name} is cut off"
+        if path.suffix == ".safetensors":
+            with path.open("rb") as handle:
+                header_size = int.from_bytes(handle.read(8), "little")
+                try:
+                    header = json.loads(handle.read(header_size))
+                    end = max((entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"),
+                              default=0)
+                except (ValueError, KeyError, TypeError, AttributeError, IndexError):
+                    return f"{path.name} is cut off"
+            if path.stat().st_size < 8 + header_size + end:
+                return f"{path.name} is cut off"
+    return None
+
+
 def last_complete_checkpoint(output_dir: Path) -> Path | None:
-    """The newest checkpoint-N whose trainer_state.json (written last by Trainer) is there and readable."""
-    complete = []
-    for folder in output_dir.glob("checkpoint-*"):
-        state = folder / "trainer_state.json"
-        if not (folder.name.split("-")[-1].isdigit() and state.is_file()):
-            continue
-        with contextlib.suppress(ValueError):
-            json.loads(state.read_text(encoding="utf-8"))
-            complete.append(folder)
-    return max(complete, key=lambda folder: int(folder.name.split("-")[-1]), default=None)
+    """The newest checkpoint-N that training can continue from."""
+    return next((folder for folder in checkpoint_folders(output_dir) if checkpoint_problem(folder) is None), None)
+
+
+def training_run_evidence(folder: Path) -> str | None:
+    """What shows that `folder` holds a training run (None: nothing does): a checkpoint, a history.csv
+    with training rows, or a run_info.json of a run that trained."""
+    checkpoints = checkpoint_folders(folder) if folder.is_dir() else []
+    if checkpoints:
+        return f"{checkpoints[0].name}/"
+    run_info = folder / "run_info.json"
+    if run_info.is_file():
+        try:
+            trained = json.loads(run_info.read_text(encoding="utf-8")).get("eval_only") is not True
+        except (ValueError, AttributeError):
+            trained = True  # unreadable: it may be a training run's
+        if trained:
+            return "run_info.json of a training run"
+    history = folder / "history.csv"
+    if history.is_file():
+        with history.open(encoding="utf-8", newline="") as handle:
+            if any(row.get("step") not in (None, "", "0") for row in csv.DictReader(handle)):
+                return "history.csv with training rows"
+    return None
 
 
 def checkpoint_to_resume(args: argparse.Namespace) -> Path | None:
-    """The checkpoint training continues from, or None for a fresh start (refused into a used folder)."""
-    used = args.output_dir.is_dir() and any(args.output_dir.iterdir())
+    """The checkpoint training continues from, or None for a fresh start; refuses --eval-only into the
+    folder of a training run and --no-resume into a used folder."""
+    folder = args.output_dir
     if args.eval_only:
-        if used and last_complete_checkpoint(args.output_dir):
-            raise SystemExit(f"--eval-only would overwrite the results of the training run in {args.output_dir}: "
-                             "give it its own --output-dir (for example runs/whisper-small-zero-shot).")
+        evidence = training_run_evidence(folder)
+        if evidence:
+            instead = folder.parent / f"{folder.name}-eval"
+            raise InputError(f"--eval-only would overwrite the training run in {folder} (it holds {evidence}); "
+                             f"nothing was changed. Score the model into a folder of its own: "
+                             f"--output-dir {shlex.quote(str(instead))}")
         return None
+    used = folder.is_dir() and any(folder.iterdir())
     if not args.resume:
         if used:
-            raise SystemExit(f"--no-resume starts over only into an empty folder, and {args.output_dir} is not "
-                             f"empty. Choose a new --output-dir, or delete that folder, or drop --no-resume to "
-                             f"continue from its last checkpoint.")
+            raise InputError(f"--no-resume starts over only into an empty folder, and {folder} is not empty. "
+                             "Choose a new --output-dir, or delete that folder, or drop --no-resume to continue "
+                             "from its last checkpoint.")
         return None
-    checkpoint = last_complete_checkpoint(args.output_dir) if used else None
+    checkpoint = last_complete_checkpoint(folder) if used else None
+    newest = checkpoint_folders(folder)[0] if used and checkpoint_folders(folder) else None
+    if newest and newest != checkpoint:
+        say(f"{newest.name} is incomplete ({checkpoint_problem(newest)}), cut off while it was written: "
+            f"{'continuing from ' + checkpoint.name if checkpoint else 'no complete checkpoint is left'}.")
     if checkpoint:
-        say(f"Resuming from {checkpoint} (same optimizer, scheduler, random state and epoch counter).")
+        say(f"resuming from {checkpoint} (same optimizer, scheduler, random state and epoch counter)")
     elif used:
-        say(f"No complete checkpoint in {args.output_dir}: training starts from the beginning.")
+        say(f"No complete checkpoint in {folder}: training starts from the beginning.")
     return checkpoint
 
 
 # ----------------------------------------------------------------------------- 3. prepared dataset
 
-def prepare_command(summary: dict, data: Path, n_mels: int) -> str:
-    """The prepare_vivos.py call that makes a Whisper dataset with `n_mels` mel bins from the same source."""
-    kind, _, source = summary.get("source", "VIVOS vivos").partition(" ")
-    source_flag = "--manifest" if kind == "manifest" else "--vivos-dir"
-    out = data.parent / f"{data.name}_whisper{'' if n_mels == 80 else f'_{n_mels}mels'}"
-    return (f"python prepare_vivos.py {source_flag} {quoted(source)} --out {quoted(out)} --features whisper"
-            f" --n-mels {n_mels}")
+def prepare_command(data: Path, summary: dict, features: str, n_mels: int = 80) -> str:
+    """A prepare_vivos.py call, safe to paste, that makes a `features` dataset from the corpus behind --data:
+    the raw VIVOS folder it is, or the source its prepare_summary.json names. The output is a new folder
+    beside that corpus (prepare_vivos.py refuses the corpus itself, a folder inside it or above it)."""
+    suffix = "wave" if features == "waveform" else "whisper" if n_mels == 80 else f"whisper_{n_mels}mels"
+    kind, _, where = str(summary.get("source", "")).partition(" ")
+    if (data / "train" / "prompts.txt").is_file():
+        kind, source = "VIVOS", data
+    else:
+        source = Path(where or "PATH/TO/vivos")
+    out = source.parent / f"{source.stem if kind == 'manifest' else source.name}_{suffix}"
+    if not where and not data.exists():
+        out = data  # a folder still to be made is where the user wants the dataset
+    flag = "--manifest" if kind == "manifest" else "--vivos-dir"
+    mels = f" --n-mels {n_mels}" if features == "whisper" else ""
+    return (f"python prepare_vivos.py {flag} {shlex.quote(str(source))} --out {shlex.quote(str(out))} "
+            f"--features {features}{mels}")
 
 
-def read_prepare_summary(data: Path) -> dict:
-    """prepare_summary.json of a prepared Whisper dataset; refuses anything else with the command to run."""
+def read_prepare_summary(data: Path, features: str) -> dict:
+    """prepare_summary.json of the prepared dataset in --data; a raw corpus, any other folder, the other
+    kind of features or another sampling rate are refused with the prepare_vivos.py call that makes the
+    right dataset."""
+    if (data / "train" / "prompts.txt").is_file():
+        raise InputError(f"--data {data} is the raw VIVOS corpus; prepare it first: "
+                         f"{prepare_command(data, {}, features)}")
     summary_path = data / "prepare_summary.json"
     if not summary_path.is_file() or not (data / "dataset_dict.json").is_file():
-        raise SystemExit(f"--data {data}: expected a folder made by prepare_vivos.py (dataset_dict.json and "
-                         f"prepare_summary.json inside); found {'no such folder' if not data.is_dir() else 'neither'}. "
-                         f"Make one with: python prepare_vivos.py --vivos-dir vivos --out {quoted(data)}")
+        found = ("no such folder" if not data.exists() else
+                 ", ".join(sorted(p.name for p in data.iterdir())[:8]) or "an empty folder")
+        raise InputError(f"--data {data}: expected a dataset made by prepare_vivos.py (dataset_dict.json and "
+                         f"prepare_summary.json inside), found: {found}. Make one with: "
+                         f"{prepare_command(data, {}, features)}")
     summary = json.loads(summary_path.read_text(encoding="utf-8"))
-    if summary.get("features") != "whisper":
-        raise SystemExit(f"--data {data} holds {summary.get('features')!r} features (for Wav2Vec2 / DeepSpeech2); "
-                         f"Whisper needs log-Mel features. Make them with: "
-                         f"{prepare_command(summary, data, 80)}")
+    if summary.get("features") != features:
+        raise InputError(f"--data {data} holds {summary.get('features')!r} features and this trainer reads "
+                         f"{features!r} ones. Make them with: {prepare_command(data, summary, features)}")
+    if summary.get("sampling_rate", 16000) != 16000:
+        raise InputError(f"--data {data} is sampled at {summary['sampling_rate']} Hz, expected 16000; make it "
+                         f"again with: {prepare_command(data, summary, features)}")
     return summary
 
 
-def load_prepared_dataset(data: Path, need: tuple[str, ...]):
-    """The DatasetDict, checked to have the splits this run needs and Whisper input features."""
+def load_prepared_dataset(data: Path, summary: dict, features: str, columns: set[str], eval_only: bool):
+    """The prepared DatasetDict, refused before any training when a split is missing, lacks a column the
+    trainer reads, or is empty where the run needs it (validation picks the best model)."""
     from datasets import load_from_disk
 
     dataset = load_from_disk(str(data))
-    missing = [split for split in need if split not in dataset]
+    again = prepare_command(data, summary, features)
+    missing = [split for split in ("train", "validation", "test") if split not in dataset]
     if missing:
-        raise SystemExit(f"--data {data} has splits {sorted(dataset)}, this run needs {list(need)}: "
-                         "re-make it with prepare_vivos.py")
-    if "input_features" not in dataset[need[0]].column_names:
-        raise SystemExit(f"--data {data} has no input_features column: re-make it with prepare_vivos.py "
-                         "--features whisper")
+        raise InputError(f"--data {data} lacks the split(s) {', '.join(missing)} (found {', '.join(dataset)}); "
+                         f"make it again with: {again}")
+    for name, split in dataset.items():
+        absent = sorted(columns - set(split.column_names))
+        if absent:
+            raise InputError(f"--data {data}: split {name} lacks the column(s) {', '.join(absent)}; make it "
+                             f"again with: {again}")
+    empty = [name for name in ("validation", "test") + (() if eval_only else ("train",)) if not len(dataset[name])]
+    if empty:
+        raise InputError(f"--data {data}: the {' and '.join(empty)} split(s) are empty, and a run needs "
+                         f"utterances in each; make it again (with a --val-ratio above 0): {again}")
     return dataset
 
 
@@ -298,27 +403,49 @@ def dataset_mel_count(dataset, summary: dict) -> int:
     split = next(iter(dataset.values()))
     n_mels = split.features["input_features"].shape[1]
     if summary.get("n_mels", n_mels) != n_mels:
-        raise SystemExit(f"prepare_summary.json says {summary['n_mels']} mels but the features have {n_mels}: "
+        raise InputError(f"prepare_summary.json says {summary['n_mels']} mels but the features have {n_mels}: "
                          "the dataset folder is inconsistent, re-make it with prepare_vivos.py")
     return n_mels
 
 
 # ----------------------------------------------------------------------------- 4. model and processor
 
+def check_model_folder(model: str) -> None:
+    """Refuse a local --model folder whose config.json does not parse or that holds no weights, in one line
+    instead of a library traceback (a Hub id is checked as it loads)."""
+    folder = Path(model)
+    if not folder.exists():
+        return
+    problem = None
+    try:
+        json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        problem = "no config.json"
+    except (ValueError, OSError) as error:
+        problem = f"a config.json that does not parse ({error})"
+    weights = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+    if problem is None and not any((folder / name).is_file() for name in weights):
+        problem = "no weights (model.safetensors)"
+    if problem:
+        raise InputError(f"--model {model}: expected a model folder (config.json and model.safetensors, such as a "
+                         f"run's best_model/), found {problem}. Point --model at a complete folder or copy it again.")
+
+
 def whisper_config(args: argparse.Namespace, summary: dict, data_mels: int):
     """The model's config with our training changes, after refusing a non-Whisper or mel-mismatched model."""
+    check_model_folder(args.model)
     try:
         config = AutoConfig.from_pretrained(args.model)
-    except OSError as error:
-        raise SystemExit(f"--model {args.model}: could not load it ({error}). Expected a Hub id such as "
+    except (OSError, ValueError) as error:
+        raise InputError(f"--model {args.model}: could not load it ({error}). Expected a Hub id such as "
                          "openai/whisper-small (downloaded once, needs the network) or a folder with config.json.")
     if config.model_type != "whisper":
-        raise SystemExit(f"--model {args.model} is a {config.model_type!r} model; train_whisper.py needs a Whisper "
+        raise InputError(f"--model {args.model} is a {config.model_type!r} model; train_whisper.py needs a Whisper "
                          "checkpoint (openai/whisper-small, ...). Use train_wav2vec2.py for Wav2Vec2.")
     if config.num_mel_bins != data_mels:
-        raise SystemExit(f"--model {args.model} expects {config.num_mel_bins} mel bins but --data {args.data} has "
+        raise InputError(f"--model {args.model} expects {config.num_mel_bins} mel bins but --data {args.data} has "
                          f"{data_mels}. Make matching features with: "
-                         f"{prepare_command(summary, args.data, config.num_mel_bins)}")
+                         f"{prepare_command(args.data, summary, 'whisper', config.num_mel_bins)}")
     if args.dropout is not None:
         config.dropout = args.dropout
     config.apply_spec_augment = args.spec_augment
@@ -341,16 +468,16 @@ def load_whisper(args: argparse.Namespace, config) -> tuple[WhisperProcessor, Wh
     generation = model.generation_config
     code = language_code(args.language)
     if not getattr(generation, "is_multilingual", False) or f"<|{code}|>" not in getattr(generation, "lang_to_id", {}):
-        raise SystemExit(f"--model {args.model} cannot transcribe --language {args.language}: it is English-only "
+        raise InputError(f"--model {args.model} cannot transcribe --language {args.language}: it is English-only "
                          "or its generation_config has no language tokens. Use a multilingual checkpoint such as "
                          "openai/whisper-small (not *.en).")
     processor.tokenizer.set_prefix_tokens(language=code, task=args.task)
-    # generate() reads language/task here; forced_decoder_ids is deprecated (PITFALLS 13).
+    # generate() reads language/task here; forced_decoder_ids is deprecated and would override them.
     generation.language, generation.task, generation.forced_decoder_ids = code, args.task, None
     generation.max_length = min(args.generation_max_length, config.max_target_positions)
     generation.num_beams = args.num_beams
     # Whisper's forward takes **kwargs but averages its loss itself: without this, Trainer skips the division
-    # by --grad-accum (and multiplies by the process count), inflating loss and gradients (transformers #47688).
+    # by --grad-accum (and multiplies by the process count), inflating loss and gradients.
     model.accepts_loss_kwargs = False
     return processor, model
 
@@ -362,12 +489,12 @@ def prepare_for_training(model, args: argparse.Namespace):
     if not args.lora:
         return model
     if importlib.util.find_spec("peft") is None:
-        raise SystemExit("--lora needs peft: pip install peft")
+        raise InputError("--lora needs peft: pip install peft")
     from peft import LoraConfig, get_peft_model
 
-    # Checkpointed blocks need an input that requires grad when every base weight is frozen (PITFALLS 2).
+    # Checkpointed blocks need an input that requires grad when every base weight is frozen.
     model.enable_input_require_grads()
-    # No task_type: the seq2seq wrapper would pass input_ids, which Whisper does not take (PITFALLS 20).
+    # No task_type: the seq2seq wrapper would pass input_ids, which Whisper does not take.
     lora = LoraConfig(r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
                       target_modules=[name.strip() for name in args.lora_targets.split(",")])
     return get_peft_model(model, lora)
@@ -426,41 +553,39 @@ def wer_cer_metrics(tokenizer):
 # ----------------------------------------------------------------------------- 7. training
 
 def history_rows(log_history: list[dict]) -> list[dict]:
-    """One row per evaluation step: validation and train-subset scores, mean train loss since the last one."""
-    rows: dict[int, dict] = {}
+    """One row per evaluation step: validation and train-subset scores, and the step-weighted mean of the
+    training losses logged since the previous evaluation ("" where a value does not exist)."""
+    evaluations: dict[int, dict] = {}
     for entry in log_history:
         if any(key.startswith("eval_") for key in entry):
-            row = rows.setdefault(entry["step"], {"epoch": round(entry.get("epoch", 0.0), 4), "step": entry["step"]})
-            for ours, theirs in (("val_loss", "eval_validation_loss"), ("val_wer", "eval_validation_wer"),
-                                 ("val_cer", "eval_validation_cer"), ("train_wer", "eval_train_subset_wer"),
-                                 ("train_cer", "eval_train_subset_cer")):
-                if theirs in entry:
-                    row[ours] = entry[theirs]
-    # HistoryCsvCallback forces a training-loss log at every evaluation step, so the logs split exactly.
-    losses = [(e["step"], e["loss"], e.get("learning_rate")) for e in log_history if "loss" in e]
-    previous_log, previous_eval = 0, 0
-    for step in sorted(rows):
-        total = 0.0
-        for logged_at, loss, learning_rate in losses:
-            if previous_eval < logged_at <= step:
-                total += loss * (logged_at - previous_log)  # a logged loss is the mean since the previous log
-                previous_log = logged_at
-                rows[step]["learning_rate"] = learning_rate
-        if previous_log > previous_eval:
-            rows[step]["train_loss"] = total / (previous_log - previous_eval)
-        previous_eval = step
-    return [rows[step] for step in sorted(rows)]
+            evaluations.setdefault(entry["step"], {}).update(entry)
+    losses = [entry for entry in log_history if "loss" in entry]
+    rows, previous = [], 0
+    for step in sorted(evaluations):
+        entry = evaluations[step]
+        window = [e for e in losses if previous < e["step"] <= step]
+        spans = np.diff([previous] + [e["step"] for e in window])
+        rows.append({"epoch": round(entry.get("epoch", 0.0), 4), "step": step,
+                     "train_loss": float(np.average([e["loss"] for e in window], weights=spans)) if window else "",
+                     "val_loss": entry.get("eval_validation_loss", ""), "val_wer": entry.get("eval_validation_wer", ""),
+                     "val_cer": entry.get("eval_validation_cer", ""),
+                     "train_wer": entry.get("eval_train_subset_wer", ""),
+                     "train_cer": entry.get("eval_train_subset_cer", ""),
+                     "learning_rate": window[-1].get("learning_rate", "") if window else ""})
+        previous = step
+    return rows
 
 
-def write_history_csv(path: Path, log_history: list[dict]) -> None:
+def write_csv(path: Path, rows: list[dict], columns: list[str]) -> None:
     with path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=HISTORY_COLUMNS, restval="")
+        writer = csv.DictWriter(handle, fieldnames=columns, restval="")
         writer.writeheader()
-        writer.writerows(history_rows(log_history))
+        writer.writerows({key: "" if value is None else value for key, value in row.items()} for row in rows)
 
 
 class HistoryCsvCallback(TrainerCallback):
-    """Rewrites history.csv after every evaluation, so the curves exist even if the run is cut off."""
+    """Rewrites history.csv after every evaluation from the Trainer's log history (which a resume restores),
+    so the curves exist even if the run is cut off."""
 
     def __init__(self, path: Path):
         self.path = path
@@ -474,14 +599,14 @@ class HistoryCsvCallback(TrainerCallback):
 
     def on_evaluate(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
-            write_history_csv(self.path, state.log_history)
+            write_csv(self.path, history_rows(state.log_history), HISTORY_COLUMNS)
 
 
 class TrainClockCallback(TrainerCallback, ExportableState):
     """Training seconds summed over every session of a resumed run (stored in each checkpoint)."""
 
-    def __init__(self):
-        self.seconds_before = 0.0
+    def __init__(self, seconds_before: float = 0.0):
+        self.seconds_before = seconds_before
         self.started = None
 
     def on_train_begin(self, args, state, control, **kwargs):
@@ -494,31 +619,78 @@ class TrainClockCallback(TrainerCallback, ExportableState):
         return {"args": {}, "attributes": {"seconds_before": self.seconds()}}
 
 
-def training_arguments(args: argparse.Namespace, precision: str, optim: str) -> Seq2SeqTrainingArguments:
-    """Trainer settings: evaluation and checkpoint together (epoch or --eval-every steps), best by WER."""
+class ValidationEarlyStopping(EarlyStoppingCallback):
+    """Early stopping that reads only the validation evaluation: the train-subset evaluation that follows
+    it carries no validation score and is no reason to warn or to count."""
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        if metrics and args.metric_for_best_model in metrics:
+            super().on_evaluate(args, state, control, metrics=metrics, **kwargs)
+
+
+def run_callbacks(args: argparse.Namespace) -> list:
+    """history.csv, the training clock, early stopping, and TensorBoard logs in the run folder's runs/ in
+    every mode (by itself an evaluation without training writes them into ./runs of the current folder)."""
+    callbacks = [HistoryCsvCallback(args.output_dir / "history.csv"), TrainClockCallback()]
+    if importlib.util.find_spec("tensorboard"):
+        from transformers.integrations import TensorBoardCallback
+
+        tensorboard = TensorBoardCallback()
+        tensorboard.logging_dir = str(args.output_dir / "runs")
+        callbacks.append(tensorboard)
+    if args.patience > 0 and not args.eval_only:
+        callbacks.append(ValidationEarlyStopping(early_stopping_patience=args.patience))
+    return callbacks
+
+
+def train_clock(trainer) -> TrainClockCallback:
+    """The clock the Trainer holds: a resume replaces it with the one restored from the checkpoint."""
+    return next(callback for callback in trainer.callback_handler.callbacks
+                if isinstance(callback, TrainClockCallback))
+
+
+def trainer_settings(args: argparse.Namespace, precision: str, optim: str) -> dict:
+    """The TrainingArguments every trainer shares: evaluation and checkpoint together (each epoch or every
+    --eval-every steps), the best model by BEST_METRIC loaded at the end, resumable callback states."""
     every = {"eval_strategy": "steps", "eval_steps": args.eval_every, "save_strategy": "steps",
              "save_steps": args.eval_every} if args.eval_every else {"eval_strategy": "epoch", "save_strategy": "epoch"}
-    return Seq2SeqTrainingArguments(
+    return dict(
         output_dir=str(args.output_dir), num_train_epochs=args.epochs, max_steps=args.max_steps,
         per_device_train_batch_size=args.batch_size, per_device_eval_batch_size=args.eval_batch_size,
-        gradient_accumulation_steps=args.grad_accum, learning_rate=args.lr, warmup_steps=args.warmup_ratio,
+        gradient_accumulation_steps=args.grad_accum, learning_rate=args.lr,
+        warmup_steps=args.warmup_ratio,  # a float below 1 is a share of the steps in transformers 5
         lr_scheduler_type=args.scheduler, weight_decay=args.weight_decay, optim=optim,
         fp16=precision == "fp16", bf16=precision == "bf16",
-        # Non-reentrant checkpointing: no "backward through the graph a second time" (PITFALLS 1).
-        activation_checkpointing=args.gradient_checkpointing,
-        activation_checkpointing_kwargs={"use_reentrant": False} if args.gradient_checkpointing else None,
-        **every, load_best_model_at_end=True, metric_for_best_model="validation_wer", greater_is_better=False,
+        **every, load_best_model_at_end=True, metric_for_best_model=BEST_METRIC, greater_is_better=False,
         save_total_limit=args.save_total_limit, logging_steps=args.logging_steps,
-        predict_with_generate=True, seed=args.seed, dataloader_num_workers=args.num_workers,
-        # The collator reads `sentence`; peft wrappers hide the label name (PITFALLS 14).
+        seed=args.seed, dataloader_num_workers=args.num_workers, dataloader_pin_memory=torch.cuda.is_available(),
+        # The collator reads `sentence`; peft wrappers hide the label name.
         remove_unused_columns=False, label_names=["labels"],
         # Early-stopping patience and the training clock continue across a resume.
         restore_callback_states_from_checkpoint=True,
-        ddp_find_unused_parameters=False,
-        # Several processes without a GPU (torchrun on CPU): accelerate sets up gloo DDP only when told "cpu".
+        # Without CUDA, torchrun's processes only form a DDP group (gloo) when told they run on the CPU.
         use_cpu=not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1,
-        report_to=["tensorboard"] if importlib.util.find_spec("tensorboard") else "none",
+        report_to="none",  # TensorBoard comes from run_callbacks, with its logs in the run folder
+        disable_tqdm=not IS_MAIN_PROCESS,
     )
+
+
+def training_arguments(args: argparse.Namespace, precision: str, optim: str) -> Seq2SeqTrainingArguments:
+    """The shared settings, with generate() for the validation WER and non-reentrant activation
+    checkpointing (the reentrant kind fails with "backward through the graph a second time")."""
+    return Seq2SeqTrainingArguments(
+        **trainer_settings(args, precision, optim), predict_with_generate=True, ddp_find_unused_parameters=False,
+        activation_checkpointing=args.gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False} if args.gradient_checkpointing else None)
+
+
+def memory_setting(args: argparse.Namespace) -> str:
+    """Whisper's next memory saving once the batch is 1 and activations are recomputed."""
+    if args.optim not in ("adamw_bnb_8bit", "adafactor") and not args.lora:
+        return "--optim adamw_bnb_8bit (pip install bitsandbytes) or --optim adafactor"
+    if not args.lora:
+        return "--lora (or --freeze-encoder)"
+    return "a smaller --model (openai/whisper-base) or a GPU with more memory"
 
 
 def next_setting_after_oom(args: argparse.Namespace) -> str:
@@ -528,11 +700,7 @@ def next_setting_after_oom(args: argparse.Namespace) -> str:
                 f"if it ran out while evaluating: --eval-batch-size {max(args.eval_batch_size // 2, 1)})")
     if not args.gradient_checkpointing:
         return "--gradient-checkpointing"
-    if args.optim not in ("adamw_bnb_8bit", "adafactor") and not args.lora:
-        return "--optim adamw_bnb_8bit (pip install bitsandbytes) or --optim adafactor"
-    if not args.lora:
-        return "--lora (or --freeze-encoder)"
-    return "a smaller --model (openai/whisper-base) or a GPU with more memory"
+    return memory_setting(args)
 
 
 def run_training(trainer, args: argparse.Namespace, checkpoint: Path | None) -> None:
@@ -541,12 +709,12 @@ def run_training(trainer, args: argparse.Namespace, checkpoint: Path | None) -> 
         trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     except torch.cuda.OutOfMemoryError:
         kept = last_complete_checkpoint(args.output_dir)
-        raise SystemExit(f"CUDA out of memory. {'Kept ' + str(kept) if kept else 'No checkpoint was complete yet'}; "
-                         f"re-run the same command with {next_setting_after_oom(args)}"
-                         f"{'' if args.preset == 'low-vram' else ', or with --preset low-vram'}.")
+        low_vram = "" if "low-vram" not in PRESETS or args.preset == "low-vram" else ", or with --preset low-vram"
+        raise InputError(f"CUDA out of memory. {'Kept ' + str(kept) if kept else 'No checkpoint was complete yet'}; "
+                         f"re-run the same command with {next_setting_after_oom(args)}{low_vram}.")
     except KeyboardInterrupt:
         kept = last_complete_checkpoint(args.output_dir)
-        raise SystemExit(f"Stopped. Re-run the same command to continue from "
+        raise InputError(f"Stopped. Re-run the same command to continue from "
                          f"{kept if kept else 'the start (no checkpoint was complete yet)'}.")
 
 
@@ -613,16 +781,16 @@ def stop_reason(args: argparse.Namespace, state) -> str:
     return "early_stopping" if state.global_step < state.max_steps else "completed"
 
 
-def best_epoch(state) -> float | None:
-    """The epoch of the evaluation that scored the best validation WER."""
-    return next((e["epoch"] for e in state.log_history
-                 if e.get("step") == state.best_global_step and "eval_validation_wer" in e), None)
+def best_evaluation(state) -> dict | None:
+    """The validation log entry of the best checkpoint (the one the Trainer loaded at the end)."""
+    return next((entry for entry in state.log_history
+                 if entry.get("step") == state.best_global_step and BEST_METRIC in entry), None)
 
 
 def versions() -> dict:
     """Versions of what produced the run (for the report's reproducibility table)."""
     found = {"python": platform.python_version()}
-    for package in ("torch", "transformers", "datasets", "accelerate", "peft", "jiwer", "bitsandbytes"):
+    for package in ("torch", "transformers", "datasets", "accelerate", "peft", "jiwer", "numpy", "bitsandbytes"):
         with contextlib.suppress(metadata.PackageNotFoundError):
             found[package] = metadata.version(package)
     return found
@@ -633,6 +801,33 @@ def device_description(trainer) -> str:
     if torch.cuda.is_available():
         return f"cuda ({torch.cuda.get_device_name(0)}) x{world}"
     return f"cpu x{world} process{'es' if world > 1 else ''}"
+
+
+def run_facts(args: argparse.Namespace, trainer, checkpoint: Path | None, precision: str, optim: str) -> dict:
+    """The run_info.json entries every trainer writes (docs/FORMATS.md): the settings, how the run ended and
+    what it ran on; each trainer adds its model's and data's own."""
+    state = trainer.state
+    best = best_evaluation(state) or {}
+    return {
+        "base_model": args.model, "run_name": args.output_dir.name,
+        "params_total": sum(p.numel() for p in trainer.model.parameters()),
+        "params_trainable": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
+        "optimizer": optim, "learning_rate": args.lr, "scheduler": args.scheduler,
+        "warmup_steps": 0 if args.eval_only else trainer.args.get_warmup_steps(state.max_steps),
+        "weight_decay": args.weight_decay, "batch_size": args.batch_size, "grad_accum": args.grad_accum,
+        "effective_batch_size": args.batch_size * args.grad_accum * trainer.args.world_size,
+        "precision": precision, "gradient_checkpointing": args.gradient_checkpointing, "preset": args.preset,
+        "epochs_planned": args.epochs, "epochs_run": round(state.epoch or 0.0, 4),
+        "best_epoch": round(best["epoch"], 4) if best else None, "best_step": best.get("step"),
+        "best_val_wer": best.get("eval_validation_wer"), "best_val_cer": best.get("eval_validation_cer"),
+        "stop_reason": stop_reason(args, state),
+        "train_seconds": 0.0 if args.eval_only else round(train_clock(trainer).seconds(), 1),
+        "peak_gpu_memory_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1)
+        if torch.cuda.is_available() else None,
+        "device": device_description(trainer),
+        "resumed_from": str(checkpoint) if checkpoint else None, "eval_only": args.eval_only,
+        "command": shlex.join(["python", Path(__file__).name, *args.argv]), "versions": versions(),
+    }
 
 
 def model_card(args: argparse.Namespace, run_info: dict, metrics: dict) -> str:
@@ -672,12 +867,13 @@ def model_card(args: argparse.Namespace, run_info: dict, metrics: dict) -> str:
 
 
 def push_best_model(args: argparse.Namespace, best_dir: Path) -> None:
-    """Upload best_model/ (weights, processor, card) to the Hub, as one commit."""
+    """Upload best_model/ (weights, processor or vocabulary, card) to the Hub, as one commit."""
     from huggingface_hub import HfApi
 
     api = HfApi()
     repo_id = api.create_repo(args.hub_model_id or args.output_dir.name, exist_ok=True).repo_id
-    api.upload_folder(folder_path=str(best_dir), repo_id=repo_id, commit_message="Whisper fine-tuned on VIVOS")
+    api.upload_folder(folder_path=str(best_dir), repo_id=repo_id,
+                      commit_message=f"best_model/ of {args.output_dir.name} ({Path(__file__).name})")
     say(f"Pushed {best_dir} to https://huggingface.co/{repo_id}")
 
 
@@ -685,11 +881,27 @@ def write_json(path: Path, value: dict) -> None:
     path.write_text(json.dumps(value, indent=2, ensure_ascii=False), encoding="utf-8")
 
 
-def write_predictions_csv(path: Path, rows: list[dict]) -> None:
-    with path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=PREDICTION_COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
+def write_run_files(trainer, rows: list[dict], metrics: dict, run_info: dict) -> Path:
+    """The run folder's files besides best_model/: trainer_state.json, history.csv, test_predictions.csv,
+    test_metrics.json and run_info.json (docs/FORMATS.md)."""
+    out = Path(trainer.args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    trainer.save_state()
+    write_csv(out / "history.csv", history_rows(trainer.state.log_history), HISTORY_COLUMNS)
+    write_csv(out / "test_predictions.csv", rows, PREDICTION_COLUMNS)
+    write_json(out / "test_metrics.json", metrics)
+    write_json(out / "run_info.json", run_info)
+    return out
+
+
+def final_line(run_info: dict, metrics: dict, out: Path) -> str:
+    """The run in one line: how training ended, the test scores and where the run folder is."""
+    trained = ("evaluated as it is" if run_info["eval_only"] else
+               f"best epoch {run_info['best_epoch']} (step {run_info['best_step']}), validation WER "
+               f"{100 * (run_info['best_val_wer'] or 0):.2f} %, {run_info['stop_reason']}, "
+               f"{run_info['train_seconds'] / 60:.1f} min of training")
+    return (f"{out.name}: {trained}; test WER {100 * metrics['wer']:.2f} %, CER {100 * metrics['cer']:.2f} % "
+            f"on {metrics['num_utterances']} utterances (RTF {metrics['rtf']}). Run folder: {out}")
 
 
 # ----------------------------------------------------------------------------- main
@@ -697,17 +909,18 @@ def write_predictions_csv(path: Path, rows: list[dict]) -> None:
 def main(argv: list[str] | None = None) -> dict:
     # 1. Settings.
     args = parse_args(argv)
+    args.lr = learning_rate(args)
+    check_settings(args)
     set_seed(args.seed)
     precision = resolve_precision(args.precision)
     optim = resolve_optimizer(args.optim)
 
-    # 2. Checkpoint to resume from.
+    # 2. Checkpoint to resume.
     checkpoint = checkpoint_to_resume(args)
 
     # 3. Prepared dataset, checked.
-    summary = read_prepare_summary(args.data)
-    dataset = load_prepared_dataset(args.data, ("validation", "test") if args.eval_only else
-                                    ("train", "validation", "test"))
+    summary = read_prepare_summary(args.data, "whisper")
+    dataset = load_prepared_dataset(args.data, summary, "whisper", {"input_features", "sentence"}, args.eval_only)
     data_mels = dataset_mel_count(dataset, summary)
 
     # 4. Model and processor.
@@ -725,10 +938,9 @@ def main(argv: list[str] | None = None) -> dict:
         if dropped[name]:
             say(f"{name}: dropped {dropped[name]} utterances whose transcript is longer than "
                 f"{config.max_target_positions} tokens")
-    train_pool = splits.get("train", splits["validation"])
-    subset_size = min(args.train_eval_size, len(train_pool))
-    train_subset = train_pool.select(np.sort(np.random.default_rng(args.seed).choice(
-        len(train_pool), subset_size, replace=False)))
+    subset_size = min(args.train_eval_size, len(splits["train"]))
+    train_subset = splits["train"].select(np.sort(np.random.default_rng(args.seed).choice(
+        len(splits["train"]), subset_size, replace=False)))
     columns = ["input_features", "sentence"]
     eval_sets = {"validation": splits["validation"].with_format("numpy", columns=columns)}
     if subset_size:
@@ -739,67 +951,38 @@ def main(argv: list[str] | None = None) -> dict:
     compute_metrics = wer_cer_metrics(processor.tokenizer)
 
     # 7. Training.
-    clock = TrainClockCallback()
-    callbacks = [HistoryCsvCallback(args.output_dir / "history.csv"), clock]
-    if args.patience > 0 and not args.eval_only:
-        callbacks.append(EarlyStoppingCallback(early_stopping_patience=args.patience))
     trainer = Seq2SeqTrainer(
         model=model, args=training_arguments(args, precision, optim), data_collator=collator,
         train_dataset=None if args.eval_only else splits["train"].with_format("numpy", columns=columns),
-        eval_dataset=eval_sets, processing_class=processor, compute_metrics=compute_metrics, callbacks=callbacks)
+        eval_dataset=eval_sets, processing_class=processor, compute_metrics=compute_metrics,
+        callbacks=run_callbacks(args))
     if args.eval_only:
         trainer.evaluate()
     else:
         run_training(trainer, args, checkpoint)
-    clock = next(cb for cb in trainer.callback_handler.callbacks if isinstance(cb, TrainClockCallback))
     if not trainer.is_world_process_zero():
         return {}
-    params_total = sum(p.numel() for p in trainer.model.parameters())
-    params_trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+    facts = run_facts(args, trainer, checkpoint, precision, optim)
 
-    # 8. The best model (loaded by Trainer; LoRA merged in) transcribes the test split.
+    # 8. Test: the best model (loaded by Trainer; LoRA merged in) transcribes the test split.
     best = trainer.model.merge_and_unload() if args.lora and not args.eval_only else trainer.model
     raw, decode_seconds = transcribe_split(best, processor, splits["test"], args.eval_batch_size, n_frames, precision)
     rows = test_predictions(splits["test"], raw)
     metrics = test_metrics(rows, decode_seconds)
 
     # 9. Run folder.
-    out = args.output_dir
-    out.mkdir(parents=True, exist_ok=True)
-    trainer.save_state()
-    write_history_csv(out / "history.csv", trainer.state.log_history)
-    write_predictions_csv(out / "test_predictions.csv", rows)
-    write_json(out / "test_metrics.json", metrics)
-    state = trainer.state
     run_info = {
-        "family": "whisper", "base_model": args.model, "run_name": out.name,
-        "params_total": params_total, "params_trainable": params_trainable,
-        "architecture": architecture_facts(config),
+        "family": "whisper", **facts, "architecture": architecture_facts(config),
         "loss": "cross-entropy over transcript tokens (teacher forcing, padding ignored)",
-        "optimizer": optim, "learning_rate": args.lr, "scheduler": args.scheduler,
-        "warmup_steps": trainer.args.get_warmup_steps(state.max_steps) if not args.eval_only else 0,
-        "weight_decay": args.weight_decay, "batch_size": args.batch_size, "grad_accum": args.grad_accum,
-        "effective_batch_size": args.batch_size * args.grad_accum * trainer.args.world_size,
-        "precision": precision,
-        "gradient_checkpointing": args.gradient_checkpointing, "freeze_encoder": args.freeze_encoder,
+        "freeze_encoder": args.freeze_encoder,
         "lora": {"r": args.lora_r, "alpha": args.lora_alpha, "dropout": args.lora_dropout,
                  "targets": args.lora_targets.split(",")} if args.lora else None,
-        "preset": args.preset, "language": language_code(args.language), "task": args.task,
-        "epochs_planned": args.epochs, "epochs_run": round(state.epoch or 0.0, 4),
-        "best_epoch": best_epoch(state), "best_step": state.best_global_step,
-        "best_val_wer": state.best_metric, "stop_reason": stop_reason(args, state),
-        "train_seconds": 0.0 if args.eval_only else round(clock.seconds(), 1),
-        "peak_gpu_memory_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1)
-        if torch.cuda.is_available() else None,
-        "device": device_description(trainer),
+        "language": language_code(args.language), "task": args.task,
         "dataset": {"path": str(args.data), "features": "whisper", "n_mels": data_mels,
                     "splits": {name: len(split) for name, split in splits.items()},
                     "dropped_long_transcripts": dropped},
-        "eval_only": args.eval_only,
-        "command": shlex.join(["python", "train_whisper.py", *args.argv]),
-        "versions": versions(),
     }
-    write_json(out / "run_info.json", run_info)
+    out = write_run_files(trainer, rows, metrics, run_info)
     best_dir = out / "best_model"
     best.config.use_cache = True  # generation wants the KV cache back
     best.save_pretrained(best_dir)
@@ -807,13 +990,7 @@ def main(argv: list[str] | None = None) -> dict:
     (best_dir / "README.md").write_text(model_card(args, run_info, metrics), encoding="utf-8")
     if args.push_to_hub:
         push_best_model(args, best_dir)
-
-    best_text = ("evaluated as it is" if args.eval_only else
-                 f"best epoch {run_info['best_epoch']} (step {run_info['best_step']}), validation WER "
-                 f"{100 * (state.best_metric or 0):.2f} %, {run_info['stop_reason']}, "
-                 f"{run_info['train_seconds'] / 60:.1f} min of training")
-    say(f"{out.name}: {best_text}; test WER {100 * metrics['wer']:.2f} %, CER {100 * metrics['cer']:.2f} % "
-        f"on {metrics['num_utterances']} utterances (RTF {metrics['rtf']}). Run folder: {out}")
+    say(final_line(run_info, metrics, out))
     return run_info
 
 
