@@ -68,6 +68,7 @@ HISTORY_COLUMNS = ["epoch", "step", "train_loss", "val_loss", "val_wer", "val_ce
 PREDICTION_COLUMNS = ["id", "speaker", "duration", "reference", "prediction", "raw_prediction", "wer", "cer"]
 
 
+# Copied from train_whisper.normalize_text
 def normalize_text(text: str) -> str:
     """NFC, lower case, punctuation and symbols to spaces, whitespace collapsed; tone marks kept."""
     text = unicodedata.normalize("NFC", text).lower()
@@ -75,6 +76,7 @@ def normalize_text(text: str) -> str:
     return " ".join(text.split())
 
 
+# Copied from train_whisper.compute_wer_cer
 def compute_wer_cer(references: list[str], predictions: list[str]) -> dict:
     """Corpus WER, CER, sentence error rate and word error counts (jiwer), on normalised text."""
     words = jiwer.process_words(references, predictions)
@@ -422,8 +424,12 @@ def load_prepared_dataset(data: Path, summary: dict, features: str, columns: set
     trainer reads, or is empty where the run needs it (validation picks the best model)."""
     from datasets import load_from_disk
 
-    dataset = load_from_disk(str(data))
     again = prepare_command(data, summary, features)
+    try:
+        dataset = load_from_disk(str(data))
+    except (IndexError, ValueError, OSError) as error:  # IndexError: a split saved empty, without a shard
+        raise InputError(f"--data {data}: the datasets library cannot read it ({type(error).__name__}: {error}); "
+                         f"a split may be empty or a file missing. Make it again with: {again}")
     missing = [split for split in ("train", "validation", "test") if split not in dataset]
     if missing:
         raise InputError(f"--data {data} lacks the split(s) {', '.join(missing)} (found {', '.join(dataset)}); "

@@ -380,8 +380,12 @@ def load_prepared_dataset(data: Path, summary: dict, features: str, columns: set
     trainer reads, or is empty where the run needs it (validation picks the best model)."""
     from datasets import load_from_disk
 
-    dataset = load_from_disk(str(data))
     again = prepare_command(data, summary, features)
+    try:
+        dataset = load_from_disk(str(data))
+    except (IndexError, ValueError, OSError) as error:  # IndexError: a split saved empty, without a shard
+        raise InputError(f"--data {data}: the datasets library cannot read it ({type(error).__name__}: {error}); "
+                         f"a split may be empty or a file missing. Make it again with: {again}")
     missing = [split for split in ("train", "validation", "test") if split not in dataset]
     if missing:
         raise InputError(f"--data {data} lacks the split(s) {', '.join(missing)} (found {', '.join(dataset)}); "
