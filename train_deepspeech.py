@@ -59,6 +59,12 @@ TEST_CHUNK = 256  # test utterances read from disk at a time, so memory stays fl
 # Best model and early stopping follow validation CER: a character model trained from scratch keeps its
 # validation WER at 1.0 for its first epochs while CER already falls, and patience on WER would stop it there.
 BEST_METRIC = "eval_validation_cer"
+FEATURES = "waveform"  # the prepared dataset this trainer reads (prepare_vivos.py --features)
+# The shared flags' defaults for DeepSpeech2 from scratch. Small batches leave CTC's blank-only plateau sooner
+# on a few hours of speech, and a long warm-up helps slow-starting seeds out of it (bench/RESULTS.md); the
+# augmentation waits for the warm-up's end (AugmentAfterWarmup). Small models train fastest in the main process.
+DEFAULTS = {"model": "scratch", "epochs": 10, "batch_size": 4, "eval_batch_size": 32, "grad_accum": 1, "lr": 1.5e-3,
+            "warmup_ratio": 0.15, "weight_decay": 1e-2, "logging_steps": 10, "num_workers": 0}
 # torchrun / accelerate launch set RANK: only the first process prints and writes the run folder.
 IS_MAIN_PROCESS = int(os.environ.get("RANK", "0")) == 0
 # A reference character the vocabulary lacks is scored as this letter, which no model can write: one error.
@@ -117,23 +123,74 @@ PRESETS = {
 }
 
 
+# Copied from train_whisper.add_shared_arguments
+def add_shared_arguments(parser: argparse.ArgumentParser, model_help: str, lr_help: str) -> dict:
+    """The flags every trainer takes, in the same words; their defaults are the trainer's DEFAULTS. Returns
+    the argument groups, for the trainer's own flags."""
+    groups = {name: parser.add_argument_group(name) for name in
+              ("data, model, output", "training", "regularisation", "memory", "evaluation and checkpoints", "sharing")}
+    io, train, memory, evaluation, hub = (groups[name] for name in ("data, model, output", "training", "memory",
+                                                                     "evaluation and checkpoints", "sharing"))
+    io.add_argument("--data", type=Path, required=True,
+                    help=f"prepared dataset folder (prepare_vivos.py --features {FEATURES})")
+    io.add_argument("--model", help=f"{model_help} (default %(default)s)")
+    io.add_argument("--output-dir", type=Path, required=True,
+                    help="run folder: checkpoints, best_model/, history.csv, test predictions (resumed if it exists)")
+    io.add_argument("--preset", choices=sorted(PRESETS),
+                    help=f"a tested bundle of settings ({', '.join(PRESETS)}); flags given explicitly win over it")
+    train.add_argument("--epochs", type=float, help="training epochs (default %(default)s; early stopping may end "
+                                                    "sooner)")
+    train.add_argument("--max-steps", type=int, default=-1, help="stop after this many optimizer steps instead")
+    train.add_argument("--batch-size", type=int, help="utterances per step and device (default %(default)s)")
+    train.add_argument("--eval-batch-size", type=int, help="utterances per device when evaluating (default %(default)s)")
+    train.add_argument("--grad-accum", type=int,
+                       help="steps whose gradients are summed before an update (default %(default)s)")
+    train.add_argument("--lr", type=float, help=f"peak learning rate ({lr_help})")
+    train.add_argument("--warmup-ratio", type=float, help="share of steps for linear warm-up (default %(default)s)")
+    train.add_argument("--scheduler", default="linear",
+                       choices=["linear", "cosine", "constant_with_warmup", "inverse_sqrt", "polynomial"],
+                       help="learning-rate schedule after the warm-up (default %(default)s)")
+    train.add_argument("--optim", default="adamw_torch",
+                       choices=["adamw_torch", "adamw_torch_fused", "adamw_bnb_8bit", "adafactor"],
+                       help="optimizer; adamw_bnb_8bit needs bitsandbytes and a CUDA GPU (default %(default)s)")
+    train.add_argument("--weight-decay", type=float, help="AdamW weight decay (default %(default)s)")
+    train.add_argument("--seed", type=int, default=42)
+    train.add_argument("--num-workers", type=int, default=0 if os.name == "nt" else 2,
+                       help="data loading processes (default %(default)s; 0 on Windows, where each worker re-imports)")
+    memory.add_argument("--precision", choices=["auto", "fp32", "fp16", "bf16"], default="auto",
+                        help="auto: bf16 on GPUs that have it, else fp16; fp32 on CPU")
+    memory.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=False,
+                        help="recompute activations in backward: much less memory, slower steps")
+    evaluation.add_argument("--eval-every", type=int, default=0,
+                            help="evaluate and save every N steps (default 0: every epoch)")
+    evaluation.add_argument("--patience", type=int, default=3,
+                            help="stop after N evaluations without a better validation score (0: never)")
+    evaluation.add_argument("--train-eval-size", type=int, default=200,
+                            help="fixed train utterances scored at each evaluation, to show the overfitting gap")
+    evaluation.add_argument("--logging-steps", type=int, help="log the training loss every N steps (default %(default)s)")
+    evaluation.add_argument("--save-total-limit", type=int, default=2,
+                            help="checkpoints kept (the best one is always kept)")
+    evaluation.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
+                            help="continue from the last complete checkpoint (default); --no-resume needs an "
+                                 "empty --output-dir")
+    evaluation.add_argument("--eval-only", action="store_true",
+                            help="no training: score --model as it is, into a run folder of its own")
+    hub.add_argument("--push-to-hub", action="store_true", help="upload best_model/ and its card to the Hub")
+    hub.add_argument("--hub-model-id", help="Hub repository (default: the --output-dir name)")
+    parser.set_defaults(**DEFAULTS)
+    return groups
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    io = parser.add_argument_group("data and run folder")
-    io.add_argument("--data", type=Path, required=True, help="prepared dataset (prepare_vivos.py --features waveform)")
-    io.add_argument("--model", default="scratch",
-                    help="'scratch' (default: a new model sized by the flags below) or a best_model/ folder "
-                         "written by this script, to train further or evaluate (--eval-only)")
-    io.add_argument("--output-dir", type=Path, required=True, help="run folder (created; resumed when it exists)")
-    io.add_argument("--preset", choices=sorted(PRESETS),
-                    help="settings bundle: tiny (CPU smoke test, seconds), gpu (CUDA GPU, full VIVOS); "
-                         "flags given explicitly override it")
-
+    groups = add_shared_arguments(parser, "'scratch' (a new model sized by the model flags) or a best_model/ folder "
+                                  "written by this script, to train further or to score (--eval-only)",
+                                  "default 1.5e-3, AdamW")
     arch = parser.add_argument_group("model (ignored when --model is a saved model)")
     arch.add_argument("--n-mels", type=int, default=80, help="log-Mel bins (default 80)")
     arch.add_argument("--pitch", action=argparse.BooleanOptionalAction, default=True,
                       help="pitch features for the tones: F0 relative to the utterance, slope, voicing (default on)")
-    # Off: on the bench it cut tone-only errors a little but not the totals (test CER 0.050/0.051 vs 0.046/0.052).
+    # Off: it cut tone-only errors a little but not the totals (bench/RESULTS.md).
     arch.add_argument("--tone-tokens", action=argparse.BooleanOptionalAction, default=False,
                       help="spell each tone mark as its own CTC token after its vowel (default off)")
     arch.add_argument("--conv-layers", type=int, default=2, choices=[1, 2, 3], help="2-D convolutions (default 2)")
@@ -144,72 +201,25 @@ def build_parser() -> argparse.ArgumentParser:
     arch.add_argument("--rnn-layers", type=int, default=3, help="bidirectional recurrent layers (default 3)")
     arch.add_argument("--rnn-hidden", type=int, default=256, help="units per direction (default 256)")
 
-    train = parser.add_argument_group("training")
-    train.add_argument("--epochs", type=float, default=10, help="training epochs (default 10; early stopping "
-                       "may end sooner)")
-    train.add_argument("--max-steps", type=int, default=-1, help="stop after this many optimizer steps "
-                       "(overrides --epochs)")
-    # Small batches leave CTC's blank-only plateau sooner on a few hours of speech (bench/RESULTS.md); presets
-    # and GPUs use larger ones.
-    train.add_argument("--batch-size", type=int, default=4, help="utterances per device per step (default 4)")
-    train.add_argument("--eval-batch-size", type=int, default=32, help="utterances per device when evaluating")
-    train.add_argument("--grad-accum", type=int, default=1, help="gradient accumulation steps (default 1)")
-    train.add_argument("--lr", type=float, default=1.5e-3, help="peak learning rate (default 1.5e-3, AdamW)")
-    # A long warm-up helps slow-starting seeds leave CTC's blank plateau (bench/RESULTS.md); augmentation waits
-    # for its end (AugmentAfterWarmup).
-    train.add_argument("--warmup-ratio", type=float, default=0.15, help="share of steps for warm-up (default 0.15)")
-    train.add_argument("--weight-decay", type=float, default=1e-2)
-    train.add_argument("--scheduler", default="linear",
-                       help="learning-rate schedule after warm-up: linear, cosine, constant_with_warmup, ...")
-    train.add_argument("--max-grad-norm", type=float, default=5.0, help="gradient clipping (default 5)")
-    train.add_argument("--optim", default="adamw_torch", choices=["adamw_torch", "adamw_bnb_8bit", "adafactor"],
-                       help="optimizer; adamw_bnb_8bit needs bitsandbytes and a CUDA GPU")
-    train.add_argument("--seed", type=int, default=42)
-
-    reg = parser.add_argument_group("regularisation")
-    reg.add_argument("--dropout", type=float, default=0.1, help="dropout after each recurrent layer")
+    groups["training"].add_argument("--max-grad-norm", type=float, default=5.0, help="gradient clipping (default 5)")
+    regular = groups["regularisation"]
+    regular.add_argument("--dropout", type=float, default=0.1, help="dropout after each recurrent layer")
     # On: VIVOS has few train voices, and a clip played a little faster or slower sounds like another voice
     # (pitch, formants and tempo move together); measured in bench/RESULTS.md.
-    reg.add_argument("--speed-perturb", type=float, default=0.1,
-                     help="train on each clip played at a random speed within 1 +- this (default 0.1; 0: off), "
-                     "from the end of the warm-up")
-    reg.add_argument("--spec-augment", action=argparse.BooleanOptionalAction, default=True,
-                     help="SpecAugment time and Mel masks while training, from the end of the warm-up (default on)")
-    reg.add_argument("--mask-time-prob", type=float, default=0.05, help="share of frames masked (default 0.05)")
-    reg.add_argument("--mask-time-length", type=int, default=10, help="frames per time mask (10 ms each)")
-    reg.add_argument("--mask-feature-prob", type=float, default=0.15, help="share of Mel bins masked")
-    reg.add_argument("--mask-feature-length", type=int, default=10, help="Mel bins per mask")
+    regular.add_argument("--speed-perturb", type=float, default=0.1,
+                         help="train on each clip played at a random speed within 1 +- this (default 0.1; 0: off), "
+                         "from the end of the warm-up")
+    regular.add_argument("--spec-augment", action=argparse.BooleanOptionalAction, default=True,
+                         help="SpecAugment time and Mel masks while training, from the end of the warm-up (default on)")
+    regular.add_argument("--mask-time-prob", type=float, default=0.05, help="share of frames masked (default 0.05)")
+    regular.add_argument("--mask-time-length", type=int, default=10, help="frames per time mask (10 ms each)")
+    regular.add_argument("--mask-feature-prob", type=float, default=0.15, help="share of Mel bins masked")
+    regular.add_argument("--mask-feature-length", type=int, default=10, help="Mel bins per mask")
 
-    ev = parser.add_argument_group("evaluation, early stopping, checkpoints")
-    ev.add_argument("--eval-every", type=int, default=0,
-                    help="evaluate and checkpoint every N steps (default 0: every epoch)")
-    ev.add_argument("--patience", type=int, default=3,
-                    help="stop after this many evaluations without a better validation CER (0: never)")
-    ev.add_argument("--train-eval-size", type=int, default=200,
-                    help="fixed train utterances also scored each evaluation, to show the gap (0: none)")
-    ev.add_argument("--logging-steps", type=int, default=10)
-    ev.add_argument("--save-total-limit", type=int, default=2, help="checkpoints kept besides the best one")
-    ev.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
-                    help="continue from the last complete checkpoint in --output-dir (default); --no-resume "
-                         "starts over, only into an empty folder")
-    ev.add_argument("--decoder", choices=["beam", "greedy"], default="beam",
-                    help="how the test split (and later transcribe.py / demo.py) decode: beam = CTC beam search "
-                         "favouring words of the train transcripts (default), greedy = best path; validation "
-                         "during training is always greedy")
-    ev.add_argument("--eval-only", action="store_true",
-                    help="no training: evaluate --model as it is and write the test artifacts")
-
-    hw = parser.add_argument_group("hardware")
-    hw.add_argument("--precision", choices=["auto", "fp32", "fp16", "bf16"], default="auto",
-                    help="auto: bf16 on GPUs that support it, else fp16 on CUDA, fp32 on CPU")
-    hw.add_argument("--gradient-checkpointing", action="store_true",
-                    help="recompute the recurrent layers in backward: less memory for long clips")
-    hw.add_argument("--num-workers", type=int, default=0, help="data loader processes (default 0)")
-
-    hub = parser.add_argument_group("Hugging Face Hub")
-    hub.add_argument("--push-to-hub", action="store_true", help="upload best_model/ and its card at the end")
-    hub.add_argument("--hub-model-id", help="repository id (default: the --output-dir name)")
-
+    groups["evaluation and checkpoints"].add_argument(
+        "--decoder", choices=["beam", "greedy"], default="beam",
+        help="how the test split (and later transcribe.py / demo.py) decode: beam = CTC beam search favouring words "
+             "of the train transcripts (default), greedy = best path; validation during training is always greedy")
     return parser
 
 
@@ -225,6 +235,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+# Copied from train_whisper.settings
+def settings(argv: list[str] | None) -> tuple[argparse.Namespace, str, str]:
+    """Step 1: the flags (over the preset, over DEFAULTS) checked, the seed set, and the precision and
+    optimizer this machine can run."""
+    args = parse_args(argv)
+    check_settings(args)
+    set_seed(args.seed)
+    return args, resolve_precision(args.precision), resolve_optimizer(args.optim)
+
+
 # Copied from train_whisper.check_settings
 def check_settings(args: argparse.Namespace) -> None:
     """Refuse numbers no run can use, before anything is loaded or written."""
@@ -234,7 +254,7 @@ def check_settings(args: argparse.Namespace) -> None:
     for flag in ("batch_size", "eval_batch_size", "grad_accum"):
         if getattr(args, flag) < 1:
             problems.append(f"--{flag.replace('_', '-')} must be 1 or more (got {getattr(args, flag)})")
-    if not args.lr > 0:
+    if args.lr is not None and not args.lr > 0:
         problems.append(f"--lr must be above 0 (got {args.lr:g})")
     if not 0 <= args.warmup_ratio < 1:
         problems.append(f"--warmup-ratio must be in [0, 1) (got {args.warmup_ratio:g})")
@@ -374,11 +394,11 @@ def checkpoint_to_resume(args: argparse.Namespace) -> Path | None:
 # ----------------------------------------------------------------------------- 3. prepared dataset
 
 # Copied from train_whisper.prepare_command
-def prepare_command(data: Path, summary: dict, features: str, n_mels: int = 80) -> str:
-    """A prepare_vivos.py call, safe to paste, that makes a `features` dataset from the corpus behind --data:
+def prepare_command(data: Path, summary: dict, n_mels: int = 80) -> str:
+    """A prepare_vivos.py call, safe to paste, that makes this trainer's dataset from the corpus behind --data:
     the raw VIVOS folder it is, or the source its prepare_summary.json names. The output is a new folder
     beside that corpus (prepare_vivos.py refuses the corpus itself, a folder inside it or above it)."""
-    suffix = "wave" if features == "waveform" else "whisper" if n_mels == 80 else f"whisper_{n_mels}mels"
+    suffix = "wave" if FEATURES == "waveform" else "whisper" if n_mels == 80 else f"whisper_{n_mels}mels"
     kind, _, where = str(summary.get("source", "")).partition(" ")
     if (data / "train" / "prompts.txt").is_file():
         kind, source = "VIVOS", data
@@ -388,43 +408,45 @@ def prepare_command(data: Path, summary: dict, features: str, n_mels: int = 80) 
     if not where and not data.exists():
         out = data  # a folder still to be made is where the user wants the dataset
     flag = "--manifest" if kind == "manifest" else "--vivos-dir"
-    mels = f" --n-mels {n_mels}" if features == "whisper" else ""
+    mels = f" --n-mels {n_mels}" if FEATURES == "whisper" else ""
     return (f"python prepare_vivos.py {flag} {shlex.quote(str(source))} --out {shlex.quote(str(out))} "
-            f"--features {features}{mels}")
+            f"--features {FEATURES}{mels}")
 
 
 # Copied from train_whisper.read_prepare_summary
-def read_prepare_summary(data: Path, features: str) -> dict:
+def read_prepare_summary(data: Path) -> dict:
     """prepare_summary.json of the prepared dataset in --data; a raw corpus, any other folder, the other
     kind of features or another sampling rate are refused with the prepare_vivos.py call that makes the
     right dataset."""
     if (data / "train" / "prompts.txt").is_file():
         raise InputError(f"--data {data} is the raw VIVOS corpus; prepare it first: "
-                         f"{prepare_command(data, {}, features)}")
+                         f"{prepare_command(data, {})}")
     summary_path = data / "prepare_summary.json"
     if not summary_path.is_file() or not (data / "dataset_dict.json").is_file():
         found = ("no such folder" if not data.exists() else
                  ", ".join(sorted(p.name for p in data.iterdir())[:8]) or "an empty folder")
         raise InputError(f"--data {data}: expected a dataset made by prepare_vivos.py (dataset_dict.json and "
                          f"prepare_summary.json inside), found: {found}. Make one with: "
-                         f"{prepare_command(data, {}, features)}")
+                         f"{prepare_command(data, {})}")
     summary = json.loads(summary_path.read_text(encoding="utf-8"))
-    if summary.get("features") != features:
+    if summary.get("features") != FEATURES:
         raise InputError(f"--data {data} holds {summary.get('features')!r} features and this trainer reads "
-                         f"{features!r} ones. Make them with: {prepare_command(data, summary, features)}")
+                         f"{FEATURES!r} ones. Make them with: {prepare_command(data, summary)}")
     if summary.get("sampling_rate", 16000) != 16000:
         raise InputError(f"--data {data} is sampled at {summary['sampling_rate']} Hz, expected 16000; make it "
-                         f"again with: {prepare_command(data, summary, features)}")
+                         f"again with: {prepare_command(data, summary)}")
     return summary
 
 
 # Copied from train_whisper.load_prepared_dataset
-def load_prepared_dataset(data: Path, summary: dict, features: str, columns: set[str], eval_only: bool):
-    """The prepared DatasetDict, refused before any training when a split is missing, lacks a column the
-    trainer reads, or is empty where the run needs it (validation picks the best model)."""
+def load_prepared_dataset(data: Path, columns: set[str], eval_only: bool) -> tuple:
+    """Step 3: the prepared DatasetDict and its prepare_summary.json, refused before any training when a
+    split is missing, lacks a column the trainer reads, or is empty where the run needs it (validation
+    picks the best model)."""
     from datasets import load_from_disk
 
-    again = prepare_command(data, summary, features)
+    summary = read_prepare_summary(data)
+    again = prepare_command(data, summary)
     try:
         dataset = load_from_disk(str(data))
     except (IndexError, ValueError, OSError) as error:  # IndexError: a split saved empty, without a shard
@@ -443,7 +465,7 @@ def load_prepared_dataset(data: Path, summary: dict, features: str, columns: set
     if empty:
         raise InputError(f"--data {data}: the {' and '.join(empty)} split(s) are empty, and a run needs "
                          f"utterances in each; make it again (with a --val-ratio above 0): {again}")
-    return dataset
+    return dataset, summary
 
 
 # ----------------------------------------------------------------------------- 4. model and vocabulary
@@ -1304,7 +1326,14 @@ def next_setting_after_oom(args: argparse.Namespace) -> str:
 
 # Copied from train_whisper.run_training
 def run_training(trainer, args: argparse.Namespace, checkpoint: Path | None) -> None:
-    """trainer.train(), turning an out-of-memory error or Ctrl-C into what to type next."""
+    """Step 7: trainer.train() (trainer.evaluate() with --eval-only), turning an out-of-memory error or Ctrl-C
+    into what to type next."""
+    if args.eval_only:
+        trainer.evaluate()
+        return
+    trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+    say(f"Training {trainable:,} parameters on {device_description(trainer)}, {trainer.args.num_train_epochs:g} "
+        f"epochs{f' or {args.max_steps} steps' if args.max_steps > 0 else ''}.")
     try:
         trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     except torch.cuda.OutOfMemoryError:
@@ -1568,6 +1597,15 @@ def write_run_files(trainer, rows: list[dict], metrics: dict, run_info: dict) ->
     return out
 
 
+# Copied from train_whisper.finish_run_folder
+def finish_run_folder(args: argparse.Namespace, best_dir: Path, card: str, run_info: dict, metrics: dict) -> None:
+    """best_model/README.md, the upload when --push-to-hub asks for it, and the run in one line."""
+    (best_dir / "README.md").write_text(card, encoding="utf-8")
+    if args.push_to_hub:
+        push_best_model(args, best_dir)
+    say(final_line(run_info, metrics, best_dir.parent))
+
+
 # Copied from train_whisper.final_line
 def final_line(run_info: dict, metrics: dict, out: Path) -> str:
     """The run in one line: how training ended, the test scores and where the run folder is."""
@@ -1583,23 +1621,17 @@ def final_line(run_info: dict, metrics: dict, out: Path) -> str:
 
 def main(argv: list[str] | None = None) -> dict:
     # 1. Settings.
-    args = parse_args(argv)
-    check_settings(args)
+    args, precision, optim = settings(argv)
     if args.eval_only and args.model == "scratch":
         raise InputError("--eval-only scores a trained model, and --model is 'scratch' (an untrained one, whose "
                          "scores mean nothing). Give --model a best_model/ folder written by train_deepspeech.py, "
                          "or drop --eval-only to train.")
-    set_seed(args.seed)
-    precision = resolve_precision(args.precision)
-    optim = resolve_optimizer(args.optim)
 
     # 2. Checkpoint to resume.
     checkpoint = checkpoint_to_resume(args)
 
     # 3. Prepared dataset, checked.
-    summary = read_prepare_summary(args.data, "waveform")
-    dataset = load_prepared_dataset(args.data, summary, "waveform", {"input_values", "sentence", "duration"},
-                                    args.eval_only)
+    dataset, summary = load_prepared_dataset(args.data, {"input_values", "sentence", "duration"}, args.eval_only)
     train_split, val_split, test_split = dataset["train"], dataset["validation"], dataset["test"]
     say(f"dataset {args.data}: train {len(train_split)}, validation {len(val_split)}, test {len(test_split)}")
 
@@ -1652,10 +1684,7 @@ def main(argv: list[str] | None = None) -> dict:
         train_dataset=train_set, eval_dataset=eval_sets, compute_metrics=compute_metrics,
         preprocess_logits_for_metrics=argmax_ids, callbacks=[*run_callbacks(args), AugmentAfterWarmup()],
         lengths=lengths)
-    if args.eval_only:
-        trainer.evaluate()
-    else:
-        run_training(trainer, args, checkpoint)
+    run_training(trainer, args, checkpoint)
     if not trainer.is_world_process_zero():
         return {}
 
@@ -1677,10 +1706,7 @@ def main(argv: list[str] | None = None) -> dict:
     out = write_run_files(trainer, rows, metrics, run_info)
     best_dir = out / "best_model"
     save_best_model(model, best_dir)
-    (best_dir / "README.md").write_text(model_card(run_info, metrics, model.settings), encoding="utf-8")
-    if args.push_to_hub:
-        push_best_model(args, best_dir)
-    say(final_line(run_info, metrics, out))
+    finish_run_folder(args, best_dir, model_card(run_info, metrics, model.settings), run_info, metrics)
     return run_info
 
 

@@ -58,6 +58,10 @@ PAD, UNK, WORD_DELIMITER = "[PAD]", "[UNK]", "|"
 # A reference character the vocabulary lacks is scored as this letter, which no model can write: one error.
 UNKNOWN_LETTER = "\u0294"
 BEST_METRIC = "eval_validation_wer"  # the best checkpoint and early stopping follow it
+FEATURES = "waveform"  # the prepared dataset this trainer reads (prepare_vivos.py --features)
+# The shared flags' defaults for Wav2Vec2: an effective batch of 16 and the usual CTC fine-tuning settings.
+DEFAULTS = {"model": "facebook/wav2vec2-xls-r-300m", "epochs": 20, "batch_size": 8, "eval_batch_size": 8,
+            "grad_accum": 2, "lr": 1e-4, "warmup_ratio": 0.1, "weight_decay": 0.005, "logging_steps": 25}
 HISTORY_COLUMNS = ["epoch", "step", "train_loss", "val_loss", "val_wer", "val_cer", "train_wer", "train_cer",
                    "learning_rate"]
 PREDICTION_COLUMNS = ["id", "speaker", "duration", "reference", "prediction", "raw_prediction", "wer", "cer"]
@@ -117,82 +121,87 @@ def say(message: str) -> None:
 
 # ----------------------------------------------------------------------------- 1. settings
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    io = parser.add_argument_group("data, model, output")
+# Copied from train_whisper.add_shared_arguments
+def add_shared_arguments(parser: argparse.ArgumentParser, model_help: str, lr_help: str) -> dict:
+    """The flags every trainer takes, in the same words; their defaults are the trainer's DEFAULTS. Returns
+    the argument groups, for the trainer's own flags."""
+    groups = {name: parser.add_argument_group(name) for name in
+              ("data, model, output", "training", "regularisation", "memory", "evaluation and checkpoints", "sharing")}
+    io, train, memory, evaluation, hub = (groups[name] for name in ("data, model, output", "training", "memory",
+                                                                     "evaluation and checkpoints", "sharing"))
     io.add_argument("--data", type=Path, required=True,
-                    help="prepared dataset folder (prepare_vivos.py --features waveform)")
-    io.add_argument("--model", default="facebook/wav2vec2-xls-r-300m",
-                    help="any Wav2Vec2-family checkpoint: Hub id or local folder (default facebook/wav2vec2-xls-r-300m;"
-                         " on 4 GB a base-sized one such as nguyenvulebinh/wav2vec2-base-vi)")
+                    help=f"prepared dataset folder (prepare_vivos.py --features {FEATURES})")
+    io.add_argument("--model", help=f"{model_help} (default %(default)s)")
     io.add_argument("--output-dir", type=Path, required=True,
-                    help="run folder: checkpoints, best_model/, history.csv, test predictions")
-    io.add_argument("--reuse-vocab", choices=["auto", "never"], default="auto",
-                    help="auto: keep the checkpoint's CTC head when its vocabulary covers the train text; "
-                         "never: always a new character vocabulary and head")
-    io.add_argument("--max-duration", type=float, default=20.0,
-                    help="train clips longer than this many seconds are left out (memory; default 20)")
+                    help="run folder: checkpoints, best_model/, history.csv, test predictions (resumed if it exists)")
     io.add_argument("--preset", choices=sorted(PRESETS),
-                    help="settings for a card: low-vram (base-sized models on 4 GB), t4 (Colab), a100; flags win")
-
-    train = parser.add_argument_group("training")
-    train.add_argument("--epochs", type=float, default=20, help="training epochs (default 20)")
+                    help=f"a tested bundle of settings ({', '.join(PRESETS)}); flags given explicitly win over it")
+    train.add_argument("--epochs", type=float, help="training epochs (default %(default)s; early stopping may end "
+                                                    "sooner)")
     train.add_argument("--max-steps", type=int, default=-1, help="stop after this many optimizer steps instead")
-    train.add_argument("--batch-size", type=int, default=8, help="clips per step and device (default 8)")
-    train.add_argument("--eval-batch-size", type=int, default=8, help="clips per evaluation batch")
-    train.add_argument("--grad-accum", type=int, default=2,
-                       help="steps whose gradients are summed before an update (default 2: effective batch 16)")
-    train.add_argument("--lr", type=float, default=1e-4,
-                       help="peak learning rate (default 1e-4, the usual CTC fine-tuning rate; 3e-4 for XLS-R "
-                            "on tens of hours)")
-    train.add_argument("--warmup-ratio", type=float, default=0.1, help="share of steps for linear warm-up")
+    train.add_argument("--batch-size", type=int, help="utterances per step and device (default %(default)s)")
+    train.add_argument("--eval-batch-size", type=int, help="utterances per device when evaluating (default %(default)s)")
+    train.add_argument("--grad-accum", type=int,
+                       help="steps whose gradients are summed before an update (default %(default)s)")
+    train.add_argument("--lr", type=float, help=f"peak learning rate ({lr_help})")
+    train.add_argument("--warmup-ratio", type=float, help="share of steps for linear warm-up (default %(default)s)")
     train.add_argument("--scheduler", default="linear",
-                       choices=["linear", "cosine", "constant_with_warmup", "inverse_sqrt", "polynomial"])
+                       choices=["linear", "cosine", "constant_with_warmup", "inverse_sqrt", "polynomial"],
+                       help="learning-rate schedule after the warm-up (default %(default)s)")
     train.add_argument("--optim", default="adamw_torch",
                        choices=["adamw_torch", "adamw_torch_fused", "adamw_bnb_8bit", "adafactor"],
-                       help="optimizer; adamw_bnb_8bit needs bitsandbytes and a CUDA GPU")
+                       help="optimizer; adamw_bnb_8bit needs bitsandbytes and a CUDA GPU (default %(default)s)")
+    train.add_argument("--weight-decay", type=float, help="AdamW weight decay (default %(default)s)")
     train.add_argument("--seed", type=int, default=42)
     train.add_argument("--num-workers", type=int, default=0 if os.name == "nt" else 2,
-                       help="data loading processes (default 2; 0 on Windows, where each worker re-imports)")
-
-    regular = parser.add_argument_group("regularisation")
-    regular.add_argument("--dropout", type=float, default=0.1,
-                         help="transformer dropout: hidden, attention, activation, projection, CTC head (default 0.1)")
-    regular.add_argument("--layerdrop", type=float, default=0.05,
-                         help="probability of skipping a whole transformer layer in a step (default 0.05)")
-    regular.add_argument("--weight-decay", type=float, default=0.005)
-    regular.add_argument("--spec-augment", action=argparse.BooleanOptionalAction, default=True,
-                         help="SpecAugment: mask random time steps / feature channels while training (default on)")
-    regular.add_argument("--mask-time-prob", type=float, default=0.05, help="SpecAugment time masking")
-    regular.add_argument("--mask-feature-prob", type=float, default=0.0, help="SpecAugment feature-channel masking")
-    regular.add_argument("--freeze-feature-encoder", action=argparse.BooleanOptionalAction, default=True,
-                         help="keep the convolutional feature encoder fixed (default on, as in the wav2vec 2.0 paper)")
-
-    memory = parser.add_argument_group("memory")
+                       help="data loading processes (default %(default)s; 0 on Windows, where each worker re-imports)")
     memory.add_argument("--precision", choices=["auto", "fp32", "fp16", "bf16"], default="auto",
-                        help="auto: bf16 on GPUs from Ampere on, fp16 on older ones (T4), fp32 on CPU")
+                        help="auto: bf16 on GPUs that have it, else fp16; fp32 on CPU")
     memory.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=False,
-                        help="recompute activations in backward: much less memory, about 30%% slower")
-
-    evaluation = parser.add_argument_group("evaluation and checkpoints")
+                        help="recompute activations in backward: much less memory, slower steps")
     evaluation.add_argument("--eval-every", type=int, default=0,
                             help="evaluate and save every N steps (default 0: every epoch)")
     evaluation.add_argument("--patience", type=int, default=3,
-                            help="stop after N evaluations without a better validation WER (0: never)")
+                            help="stop after N evaluations without a better validation score (0: never)")
     evaluation.add_argument("--train-eval-size", type=int, default=200,
-                            help="fixed train clips scored at each evaluation, to show the overfitting gap")
-    evaluation.add_argument("--logging-steps", type=int, default=25)
+                            help="fixed train utterances scored at each evaluation, to show the overfitting gap")
+    evaluation.add_argument("--logging-steps", type=int, help="log the training loss every N steps (default %(default)s)")
     evaluation.add_argument("--save-total-limit", type=int, default=2,
                             help="checkpoints kept (the best one is always kept)")
     evaluation.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                             help="continue from the last complete checkpoint (default); --no-resume needs an "
                                  "empty --output-dir")
     evaluation.add_argument("--eval-only", action="store_true",
-                            help="no training: score --model as it is (baseline) and write the run folder")
-
-    hub = parser.add_argument_group("sharing")
+                            help="no training: score --model as it is, into a run folder of its own")
     hub.add_argument("--push-to-hub", action="store_true", help="upload best_model/ and its card to the Hub")
     hub.add_argument("--hub-model-id", help="Hub repository (default: the --output-dir name)")
+    parser.set_defaults(**DEFAULTS)
+    return groups
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    groups = add_shared_arguments(parser, "any Wav2Vec2-family checkpoint: Hub id or local folder (on 4 GB a "
+                                  "base-sized one such as nguyenvulebinh/wav2vec2-base-vi)",
+                                  "default 1e-4, the usual CTC fine-tuning rate; 3e-4 for XLS-R on tens of hours")
+    io = groups["data, model, output"]
+    io.add_argument("--reuse-vocab", choices=["auto", "never"], default="auto",
+                    help="auto: keep the checkpoint's CTC head when its vocabulary covers the train text; "
+                         "never: always a new character vocabulary and head")
+    io.add_argument("--max-duration", type=float, default=20.0,
+                    help="train clips longer than this many seconds are left out (memory; default 20)")
+
+    regular = groups["regularisation"]
+    regular.add_argument("--dropout", type=float, default=0.1,
+                         help="transformer dropout: hidden, attention, activation, projection, CTC head (default 0.1)")
+    regular.add_argument("--layerdrop", type=float, default=0.05,
+                         help="probability of skipping a whole transformer layer in a step (default 0.05)")
+    regular.add_argument("--spec-augment", action=argparse.BooleanOptionalAction, default=True,
+                         help="SpecAugment: mask random time steps / feature channels while training (default on)")
+    regular.add_argument("--mask-time-prob", type=float, default=0.05, help="SpecAugment time masking")
+    regular.add_argument("--mask-feature-prob", type=float, default=0.0, help="SpecAugment feature-channel masking")
+    regular.add_argument("--freeze-feature-encoder", action=argparse.BooleanOptionalAction, default=True,
+                         help="keep the convolutional feature encoder fixed (default on, as in the wav2vec 2.0 paper)")
     return parser
 
 
@@ -208,6 +217,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+# Copied from train_whisper.settings
+def settings(argv: list[str] | None) -> tuple[argparse.Namespace, str, str]:
+    """Step 1: the flags (over the preset, over DEFAULTS) checked, the seed set, and the precision and
+    optimizer this machine can run."""
+    args = parse_args(argv)
+    check_settings(args)
+    set_seed(args.seed)
+    return args, resolve_precision(args.precision), resolve_optimizer(args.optim)
+
+
 # Copied from train_whisper.check_settings
 def check_settings(args: argparse.Namespace) -> None:
     """Refuse numbers no run can use, before anything is loaded or written."""
@@ -217,7 +236,7 @@ def check_settings(args: argparse.Namespace) -> None:
     for flag in ("batch_size", "eval_batch_size", "grad_accum"):
         if getattr(args, flag) < 1:
             problems.append(f"--{flag.replace('_', '-')} must be 1 or more (got {getattr(args, flag)})")
-    if not args.lr > 0:
+    if args.lr is not None and not args.lr > 0:
         problems.append(f"--lr must be above 0 (got {args.lr:g})")
     if not 0 <= args.warmup_ratio < 1:
         problems.append(f"--warmup-ratio must be in [0, 1) (got {args.warmup_ratio:g})")
@@ -357,11 +376,11 @@ def checkpoint_to_resume(args: argparse.Namespace) -> Path | None:
 # ----------------------------------------------------------------------------- 3. prepared dataset
 
 # Copied from train_whisper.prepare_command
-def prepare_command(data: Path, summary: dict, features: str, n_mels: int = 80) -> str:
-    """A prepare_vivos.py call, safe to paste, that makes a `features` dataset from the corpus behind --data:
+def prepare_command(data: Path, summary: dict, n_mels: int = 80) -> str:
+    """A prepare_vivos.py call, safe to paste, that makes this trainer's dataset from the corpus behind --data:
     the raw VIVOS folder it is, or the source its prepare_summary.json names. The output is a new folder
     beside that corpus (prepare_vivos.py refuses the corpus itself, a folder inside it or above it)."""
-    suffix = "wave" if features == "waveform" else "whisper" if n_mels == 80 else f"whisper_{n_mels}mels"
+    suffix = "wave" if FEATURES == "waveform" else "whisper" if n_mels == 80 else f"whisper_{n_mels}mels"
     kind, _, where = str(summary.get("source", "")).partition(" ")
     if (data / "train" / "prompts.txt").is_file():
         kind, source = "VIVOS", data
@@ -371,43 +390,45 @@ def prepare_command(data: Path, summary: dict, features: str, n_mels: int = 80) 
     if not where and not data.exists():
         out = data  # a folder still to be made is where the user wants the dataset
     flag = "--manifest" if kind == "manifest" else "--vivos-dir"
-    mels = f" --n-mels {n_mels}" if features == "whisper" else ""
+    mels = f" --n-mels {n_mels}" if FEATURES == "whisper" else ""
     return (f"python prepare_vivos.py {flag} {shlex.quote(str(source))} --out {shlex.quote(str(out))} "
-            f"--features {features}{mels}")
+            f"--features {FEATURES}{mels}")
 
 
 # Copied from train_whisper.read_prepare_summary
-def read_prepare_summary(data: Path, features: str) -> dict:
+def read_prepare_summary(data: Path) -> dict:
     """prepare_summary.json of the prepared dataset in --data; a raw corpus, any other folder, the other
     kind of features or another sampling rate are refused with the prepare_vivos.py call that makes the
     right dataset."""
     if (data / "train" / "prompts.txt").is_file():
         raise InputError(f"--data {data} is the raw VIVOS corpus; prepare it first: "
-                         f"{prepare_command(data, {}, features)}")
+                         f"{prepare_command(data, {})}")
     summary_path = data / "prepare_summary.json"
     if not summary_path.is_file() or not (data / "dataset_dict.json").is_file():
         found = ("no such folder" if not data.exists() else
                  ", ".join(sorted(p.name for p in data.iterdir())[:8]) or "an empty folder")
         raise InputError(f"--data {data}: expected a dataset made by prepare_vivos.py (dataset_dict.json and "
                          f"prepare_summary.json inside), found: {found}. Make one with: "
-                         f"{prepare_command(data, {}, features)}")
+                         f"{prepare_command(data, {})}")
     summary = json.loads(summary_path.read_text(encoding="utf-8"))
-    if summary.get("features") != features:
+    if summary.get("features") != FEATURES:
         raise InputError(f"--data {data} holds {summary.get('features')!r} features and this trainer reads "
-                         f"{features!r} ones. Make them with: {prepare_command(data, summary, features)}")
+                         f"{FEATURES!r} ones. Make them with: {prepare_command(data, summary)}")
     if summary.get("sampling_rate", 16000) != 16000:
         raise InputError(f"--data {data} is sampled at {summary['sampling_rate']} Hz, expected 16000; make it "
-                         f"again with: {prepare_command(data, summary, features)}")
+                         f"again with: {prepare_command(data, summary)}")
     return summary
 
 
 # Copied from train_whisper.load_prepared_dataset
-def load_prepared_dataset(data: Path, summary: dict, features: str, columns: set[str], eval_only: bool):
-    """The prepared DatasetDict, refused before any training when a split is missing, lacks a column the
-    trainer reads, or is empty where the run needs it (validation picks the best model)."""
+def load_prepared_dataset(data: Path, columns: set[str], eval_only: bool) -> tuple:
+    """Step 3: the prepared DatasetDict and its prepare_summary.json, refused before any training when a
+    split is missing, lacks a column the trainer reads, or is empty where the run needs it (validation
+    picks the best model)."""
     from datasets import load_from_disk
 
-    again = prepare_command(data, summary, features)
+    summary = read_prepare_summary(data)
+    again = prepare_command(data, summary)
     try:
         dataset = load_from_disk(str(data))
     except (IndexError, ValueError, OSError) as error:  # IndexError: a split saved empty, without a shard
@@ -426,7 +447,7 @@ def load_prepared_dataset(data: Path, summary: dict, features: str, columns: set
     if empty:
         raise InputError(f"--data {data}: the {' and '.join(empty)} split(s) are empty, and a run needs "
                          f"utterances in each; make it again (with a --val-ratio above 0): {again}")
-    return dataset
+    return dataset, summary
 
 
 # ----------------------------------------------------------------------------- 4. model and processor
@@ -848,7 +869,14 @@ def next_setting_after_oom(args: argparse.Namespace) -> str:
 
 # Copied from train_whisper.run_training
 def run_training(trainer, args: argparse.Namespace, checkpoint: Path | None) -> None:
-    """trainer.train(), turning an out-of-memory error or Ctrl-C into what to type next."""
+    """Step 7: trainer.train() (trainer.evaluate() with --eval-only), turning an out-of-memory error or Ctrl-C
+    into what to type next."""
+    if args.eval_only:
+        trainer.evaluate()
+        return
+    trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+    say(f"Training {trainable:,} parameters on {device_description(trainer)}, {trainer.args.num_train_epochs:g} "
+        f"epochs{f' or {args.max_steps} steps' if args.max_steps > 0 else ''}.")
     try:
         trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     except torch.cuda.OutOfMemoryError:
@@ -965,6 +993,30 @@ def run_facts(args: argparse.Namespace, trainer, checkpoint: Path | None, precis
     }
 
 
+# Copied from train_whisper.card_usage_and_settings
+def card_usage_and_settings(name: str, run_info: dict) -> list[str]:
+    """The end of a card: how to transcribe with the model, the settings it was trained with, the command."""
+    lines = ["## Use", "", "```python", "from transformers import pipeline", "",
+             f'asr = pipeline("automatic-speech-recognition", model="{name}")',
+             'print(asr("audio.wav")["text"])  # 16 kHz mono', "```", "", "## Training settings", "",
+             "| setting | value |", "| --- | --- |"]
+    for key in ("learning_rate", "scheduler", "warmup_steps", "weight_decay", "batch_size", "grad_accum",
+                "effective_batch_size", "optimizer", "precision", "lora", "params_trainable", "train_seconds",
+                "device"):
+        lines.append(f"| {key} | {run_info[key]} |")
+    return lines + ["", f"Command: `{run_info['command']}`", ""]
+
+
+# Copied from train_whisper.model_index
+def model_index(name: str, metrics: dict) -> list[str]:
+    """The end of a card's Hub metadata: the test WER and CER the Hub shows on the model page."""
+    return ["model-index:", f"- name: {name}", "  results:", "  - task:", "      type: automatic-speech-recognition",
+            "      name: Automatic Speech Recognition", "    dataset:", "      name: VIVOS",
+            "      type: AILAB-VNUHCM/vivos", "      split: test", "    metrics:",
+            f"    - {{type: wer, value: {100 * metrics['wer']:.2f}, name: Test WER}}",
+            f"    - {{type: cer, value: {100 * metrics['cer']:.2f}, name: Test CER}}", "---", ""]
+
+
 def model_card(args: argparse.Namespace, run_info: dict, metrics: dict) -> str:
     """best_model/README.md: Hub metadata (language, base model, dataset, test scores) and the settings."""
     base_on_hub = not Path(args.model).exists()
@@ -974,11 +1026,7 @@ def model_card(args: argparse.Namespace, run_info: dict, metrics: dict) -> str:
              "pipeline_tag: automatic-speech-recognition"]
     if base_on_hub:
         lines.append(f"base_model: {args.model}")
-    lines += ["model-index:", f"- name: {name}", "  results:", "  - task:", "      type: automatic-speech-recognition",
-              "      name: Automatic Speech Recognition", "    dataset:", "      name: VIVOS",
-              "      type: AILAB-VNUHCM/vivos", "      split: test", "    metrics:",
-              f"    - {{type: wer, value: {100 * metrics['wer']:.2f}, name: Test WER}}",
-              f"    - {{type: cer, value: {100 * metrics['cer']:.2f}, name: Test CER}}", "---", ""]
+    lines += model_index(name, metrics)
     trained = ("evaluated as it is (no fine-tuning)" if args.eval_only else
                f"fine-tuned with CTC for {run_info['epochs_run']:.2f} epochs (best epoch {run_info['best_epoch']}, "
                f"stopped: {run_info['stop_reason']})")
@@ -989,16 +1037,9 @@ def model_card(args: argparse.Namespace, run_info: dict, metrics: dict) -> str:
               f"Test WER **{100 * metrics['wer']:.2f} %**, CER **{100 * metrics['cer']:.2f} %** on "
               f"{metrics['num_utterances']} test utterances (greedy CTC decoding, real-time factor {metrics['rtf']}).",
               "", f"Output: {vocabulary['size']} character tokens (`{vocabulary['word_delimiter']}` between words, "
-              f"`{PAD}` as the CTC blank); {vocabulary['origin']}.", "",
-              "## Use", "", "```python", "from transformers import pipeline", "",
-              f'asr = pipeline("automatic-speech-recognition", model="{name}")',
-              'print(asr("audio.wav")["text"])  # 16 kHz mono', "```", "", "## Training settings", "",
-              "| setting | value |", "| --- | --- |"]
-    for key in ("learning_rate", "scheduler", "warmup_steps", "weight_decay", "batch_size", "grad_accum",
-                "effective_batch_size", "optimizer", "precision", "params_trainable", "train_seconds", "device"):
-        lines.append(f"| {key} | {run_info[key]} |")
-    lines += ["", f"Command: `{run_info['command']}`", "",
-              "VIVOS (AILAB, VNU-HCM) is licensed CC BY-NC-SA 4.0; check it before any commercial use.", ""]
+              f"`{PAD}` as the CTC blank); {vocabulary['origin']}.", ""]
+    lines += card_usage_and_settings(name, run_info)
+    lines += ["VIVOS (AILAB, VNU-HCM) is licensed CC BY-NC-SA 4.0; check it before any commercial use.", ""]
     return "\n".join(lines)
 
 
@@ -1033,6 +1074,15 @@ def write_run_files(trainer, rows: list[dict], metrics: dict, run_info: dict) ->
     return out
 
 
+# Copied from train_whisper.finish_run_folder
+def finish_run_folder(args: argparse.Namespace, best_dir: Path, card: str, run_info: dict, metrics: dict) -> None:
+    """best_model/README.md, the upload when --push-to-hub asks for it, and the run in one line."""
+    (best_dir / "README.md").write_text(card, encoding="utf-8")
+    if args.push_to_hub:
+        push_best_model(args, best_dir)
+    say(final_line(run_info, metrics, best_dir.parent))
+
+
 # Copied from train_whisper.final_line
 def final_line(run_info: dict, metrics: dict, out: Path) -> str:
     """The run in one line: how training ended, the test scores and where the run folder is."""
@@ -1048,19 +1098,13 @@ def final_line(run_info: dict, metrics: dict, out: Path) -> str:
 
 def main(argv: list[str] | None = None) -> dict:
     # 1. Settings.
-    args = parse_args(argv)
-    check_settings(args)
-    set_seed(args.seed)
-    precision = resolve_precision(args.precision)
-    optim = resolve_optimizer(args.optim)
+    args, precision, optim = settings(argv)
 
     # 2. Checkpoint to resume.
     checkpoint = checkpoint_to_resume(args)
 
     # 3. Prepared dataset, checked.
-    summary = read_prepare_summary(args.data, "waveform")
-    dataset = load_prepared_dataset(args.data, summary, "waveform", {"input_values", "sentence", "duration"},
-                                    args.eval_only)
+    dataset, summary = load_prepared_dataset(args.data, {"input_values", "sentence", "duration"}, args.eval_only)
 
     # 4. Model and processor: the vocabulary decides the CTC head.
     check_model_folder(args.model)
@@ -1101,12 +1145,7 @@ def main(argv: list[str] | None = None) -> dict:
         data_collator=DataCollatorCTCWithPadding(processor),
         train_dataset=None if args.eval_only else model_inputs(train), eval_dataset=eval_sets,
         processing_class=processor, compute_metrics=compute_metrics, callbacks=run_callbacks(args))
-    if args.eval_only:
-        trainer.evaluate()
-    else:
-        say(f"Training {sum(p.numel() for p in model.parameters() if p.requires_grad):,} parameters on "
-            f"{device_description(trainer)}, {precision}, {len(train)} clips.")
-        run_training(trainer, args, checkpoint)
+    run_training(trainer, args, checkpoint)
 
     # 8. Test: the best model (loaded by Trainer) transcribes the test split; every process takes part.
     raw, decode_seconds = transcribe_split(trainer, dataset["test"], tokenizer)
@@ -1136,10 +1175,7 @@ def main(argv: list[str] | None = None) -> dict:
     best_dir = out / "best_model"
     trainer.model.save_pretrained(best_dir)
     processor.save_pretrained(best_dir)
-    (best_dir / "README.md").write_text(model_card(args, run_info, metrics), encoding="utf-8")
-    if args.push_to_hub:
-        push_best_model(args, best_dir)
-    say(final_line(run_info, metrics, out))
+    finish_run_folder(args, best_dir, model_card(args, run_info, metrics), run_info, metrics)
     return run_info
 
 

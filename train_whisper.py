@@ -57,6 +57,11 @@ PRESETS = {
              "optim": "adamw_torch_fused", "num_workers": 4},
 }
 BEST_METRIC = "eval_validation_wer"  # the best checkpoint and early stopping follow it
+FEATURES = "whisper"  # the prepared dataset this trainer reads (prepare_vivos.py --features)
+# The shared flags' defaults for Whisper: an effective batch of 16, the fine-tuning settings of the Hugging
+# Face Whisper blog (the learning rate depends on --lora: see learning_rate).
+DEFAULTS = {"model": "openai/whisper-small", "epochs": 5, "batch_size": 8, "eval_batch_size": 8, "grad_accum": 2,
+            "lr": None, "warmup_ratio": 0.1, "weight_decay": 0.0, "logging_steps": 25}
 HISTORY_COLUMNS = ["epoch", "step", "train_loss", "val_loss", "val_wer", "val_cer", "train_wer", "train_cer",
                    "learning_rate"]
 PREDICTION_COLUMNS = ["id", "speaker", "duration", "reference", "prediction", "raw_prediction", "wer", "cer"]
@@ -96,52 +101,79 @@ def say(message: str) -> None:
 
 # ----------------------------------------------------------------------------- 1. settings
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    io = parser.add_argument_group("data, model, output")
+def add_shared_arguments(parser: argparse.ArgumentParser, model_help: str, lr_help: str) -> dict:
+    """The flags every trainer takes, in the same words; their defaults are the trainer's DEFAULTS. Returns
+    the argument groups, for the trainer's own flags."""
+    groups = {name: parser.add_argument_group(name) for name in
+              ("data, model, output", "training", "regularisation", "memory", "evaluation and checkpoints", "sharing")}
+    io, train, memory, evaluation, hub = (groups[name] for name in ("data, model, output", "training", "memory",
+                                                                     "evaluation and checkpoints", "sharing"))
     io.add_argument("--data", type=Path, required=True,
-                    help="prepared dataset folder (prepare_vivos.py --features whisper)")
-    io.add_argument("--model", default="openai/whisper-small",
-                    help="any Whisper checkpoint: Hub id (openai/whisper-tiny ... large-v3) or local folder")
+                    help=f"prepared dataset folder (prepare_vivos.py --features {FEATURES})")
+    io.add_argument("--model", help=f"{model_help} (default %(default)s)")
     io.add_argument("--output-dir", type=Path, required=True,
-                    help="run folder: checkpoints, best_model/, history.csv, test predictions")
-    io.add_argument("--language", default="vi", help="transcript language, Whisper code or name (default vi)")
-    io.add_argument("--task", choices=["transcribe", "translate"], default="transcribe")
+                    help="run folder: checkpoints, best_model/, history.csv, test predictions (resumed if it exists)")
     io.add_argument("--preset", choices=sorted(PRESETS),
-                    help="tested settings: low-vram (whisper-small on 4 GB), t4 (Colab), a100; flags win over it")
-
-    train = parser.add_argument_group("training")
-    train.add_argument("--epochs", type=float, default=5, help="training epochs (default 5)")
+                    help=f"a tested bundle of settings ({', '.join(PRESETS)}); flags given explicitly win over it")
+    train.add_argument("--epochs", type=float, help="training epochs (default %(default)s; early stopping may end "
+                                                    "sooner)")
     train.add_argument("--max-steps", type=int, default=-1, help="stop after this many optimizer steps instead")
-    train.add_argument("--batch-size", type=int, default=8, help="utterances per step and device (default 8)")
-    train.add_argument("--eval-batch-size", type=int, default=8, help="utterances per generate() batch")
-    train.add_argument("--grad-accum", type=int, default=2,
-                       help="steps whose gradients are summed before an update (default 2: effective batch 16)")
-    train.add_argument("--lr", type=float, default=None,
-                       help="peak learning rate (default 1e-5 full fine-tune, 1e-3 with --lora)")
-    train.add_argument("--warmup-ratio", type=float, default=0.1, help="share of steps for linear warm-up")
+    train.add_argument("--batch-size", type=int, help="utterances per step and device (default %(default)s)")
+    train.add_argument("--eval-batch-size", type=int, help="utterances per device when evaluating (default %(default)s)")
+    train.add_argument("--grad-accum", type=int,
+                       help="steps whose gradients are summed before an update (default %(default)s)")
+    train.add_argument("--lr", type=float, help=f"peak learning rate ({lr_help})")
+    train.add_argument("--warmup-ratio", type=float, help="share of steps for linear warm-up (default %(default)s)")
     train.add_argument("--scheduler", default="linear",
-                       choices=["linear", "cosine", "constant_with_warmup", "inverse_sqrt", "polynomial"])
+                       choices=["linear", "cosine", "constant_with_warmup", "inverse_sqrt", "polynomial"],
+                       help="learning-rate schedule after the warm-up (default %(default)s)")
     train.add_argument("--optim", default="adamw_torch",
                        choices=["adamw_torch", "adamw_torch_fused", "adamw_bnb_8bit", "adafactor"],
-                       help="optimizer; adamw_bnb_8bit needs bitsandbytes and a CUDA GPU")
+                       help="optimizer; adamw_bnb_8bit needs bitsandbytes and a CUDA GPU (default %(default)s)")
+    train.add_argument("--weight-decay", type=float, help="AdamW weight decay (default %(default)s)")
     train.add_argument("--seed", type=int, default=42)
     train.add_argument("--num-workers", type=int, default=0 if os.name == "nt" else 2,
-                       help="data loading processes (default 2; 0 on Windows, where each worker re-imports)")
+                       help="data loading processes (default %(default)s; 0 on Windows, where each worker re-imports)")
+    memory.add_argument("--precision", choices=["auto", "fp32", "fp16", "bf16"], default="auto",
+                        help="auto: bf16 on GPUs that have it, else fp16; fp32 on CPU")
+    memory.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=False,
+                        help="recompute activations in backward: much less memory, slower steps")
+    evaluation.add_argument("--eval-every", type=int, default=0,
+                            help="evaluate and save every N steps (default 0: every epoch)")
+    evaluation.add_argument("--patience", type=int, default=3,
+                            help="stop after N evaluations without a better validation score (0: never)")
+    evaluation.add_argument("--train-eval-size", type=int, default=200,
+                            help="fixed train utterances scored at each evaluation, to show the overfitting gap")
+    evaluation.add_argument("--logging-steps", type=int, help="log the training loss every N steps (default %(default)s)")
+    evaluation.add_argument("--save-total-limit", type=int, default=2,
+                            help="checkpoints kept (the best one is always kept)")
+    evaluation.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
+                            help="continue from the last complete checkpoint (default); --no-resume needs an "
+                                 "empty --output-dir")
+    evaluation.add_argument("--eval-only", action="store_true",
+                            help="no training: score --model as it is, into a run folder of its own")
+    hub.add_argument("--push-to-hub", action="store_true", help="upload best_model/ and its card to the Hub")
+    hub.add_argument("--hub-model-id", help="Hub repository (default: the --output-dir name)")
+    parser.set_defaults(**DEFAULTS)
+    return groups
 
-    regular = parser.add_argument_group("regularisation")
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    groups = add_shared_arguments(parser, "any Whisper checkpoint: Hub id (openai/whisper-tiny ... large-v3) or "
+                                  "local folder", "default 1e-5 for a full fine-tune, 1e-3 with --lora")
+    io = groups["data, model, output"]
+    io.add_argument("--language", default="vi", help="transcript language, Whisper code or name (default vi)")
+    io.add_argument("--task", choices=["transcribe", "translate"], default="transcribe")
+
+    regular = groups["regularisation"]
     regular.add_argument("--dropout", type=float, default=None, help="dropout (default: the model's own, 0.0)")
-    regular.add_argument("--weight-decay", type=float, default=0.0)
     regular.add_argument("--spec-augment", action=argparse.BooleanOptionalAction, default=True,
                          help="SpecAugment: mask random time steps / mel bins while training (default on)")
     regular.add_argument("--mask-time-prob", type=float, default=0.05, help="SpecAugment time masking")
     regular.add_argument("--mask-feature-prob", type=float, default=0.0, help="SpecAugment mel-bin masking")
 
-    memory = parser.add_argument_group("memory")
-    memory.add_argument("--precision", choices=["auto", "fp32", "fp16", "bf16"], default="auto",
-                        help="auto: bf16 on GPUs that have it, else fp16; fp32 on CPU")
-    memory.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=False,
-                        help="recompute activations in backward: much less memory, about 30%% slower")
+    memory = groups["memory"]
     memory.add_argument("--freeze-encoder", action="store_true", help="train the decoder only")
     memory.add_argument("--lora", action="store_true", help="train LoRA adapters (peft); best_model is merged")
     memory.add_argument("--lora-r", type=int, default=32, help="LoRA rank")
@@ -149,28 +181,10 @@ def build_parser() -> argparse.ArgumentParser:
     memory.add_argument("--lora-dropout", type=float, default=0.05)
     memory.add_argument("--lora-targets", default="q_proj,v_proj", help="comma-separated module names")
 
-    evaluation = parser.add_argument_group("evaluation and checkpoints")
-    evaluation.add_argument("--eval-every", type=int, default=0,
-                            help="evaluate and save every N steps (default 0: every epoch)")
-    evaluation.add_argument("--patience", type=int, default=3,
-                            help="stop after N evaluations without a better validation WER (0: never)")
-    evaluation.add_argument("--train-eval-size", type=int, default=200,
-                            help="fixed train utterances scored at each evaluation, to show the overfitting gap")
+    evaluation = groups["evaluation and checkpoints"]
     evaluation.add_argument("--generation-max-length", type=int, default=225,
                             help="most tokens of a generated transcript, prefix included")
     evaluation.add_argument("--num-beams", type=int, default=1, help="beam search width (1: greedy)")
-    evaluation.add_argument("--logging-steps", type=int, default=25)
-    evaluation.add_argument("--save-total-limit", type=int, default=2,
-                            help="checkpoints kept (the best one is always kept)")
-    evaluation.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
-                            help="continue from the last complete checkpoint (default); --no-resume needs an "
-                                 "empty --output-dir")
-    evaluation.add_argument("--eval-only", action="store_true",
-                            help="no training: score --model as it is (zero-shot baseline) and write the run folder")
-
-    hub = parser.add_argument_group("sharing")
-    hub.add_argument("--push-to-hub", action="store_true", help="upload best_model/ and its card to the Hub")
-    hub.add_argument("--hub-model-id", help="Hub repository (default: the --output-dir name)")
     return parser
 
 
@@ -192,6 +206,15 @@ def learning_rate(args: argparse.Namespace) -> float:
     return 1e-3 if args.lora else 1e-5
 
 
+def settings(argv: list[str] | None) -> tuple[argparse.Namespace, str, str]:
+    """Step 1: the flags (over the preset, over DEFAULTS) checked, the seed set, and the precision and
+    optimizer this machine can run."""
+    args = parse_args(argv)
+    check_settings(args)
+    set_seed(args.seed)
+    return args, resolve_precision(args.precision), resolve_optimizer(args.optim)
+
+
 def check_settings(args: argparse.Namespace) -> None:
     """Refuse numbers no run can use, before anything is loaded or written."""
     problems = []
@@ -200,7 +223,7 @@ def check_settings(args: argparse.Namespace) -> None:
     for flag in ("batch_size", "eval_batch_size", "grad_accum"):
         if getattr(args, flag) < 1:
             problems.append(f"--{flag.replace('_', '-')} must be 1 or more (got {getattr(args, flag)})")
-    if not args.lr > 0:
+    if args.lr is not None and not args.lr > 0:
         problems.append(f"--lr must be above 0 (got {args.lr:g})")
     if not 0 <= args.warmup_ratio < 1:
         problems.append(f"--warmup-ratio must be in [0, 1) (got {args.warmup_ratio:g})")
@@ -332,11 +355,11 @@ def checkpoint_to_resume(args: argparse.Namespace) -> Path | None:
 
 # ----------------------------------------------------------------------------- 3. prepared dataset
 
-def prepare_command(data: Path, summary: dict, features: str, n_mels: int = 80) -> str:
-    """A prepare_vivos.py call, safe to paste, that makes a `features` dataset from the corpus behind --data:
+def prepare_command(data: Path, summary: dict, n_mels: int = 80) -> str:
+    """A prepare_vivos.py call, safe to paste, that makes this trainer's dataset from the corpus behind --data:
     the raw VIVOS folder it is, or the source its prepare_summary.json names. The output is a new folder
     beside that corpus (prepare_vivos.py refuses the corpus itself, a folder inside it or above it)."""
-    suffix = "wave" if features == "waveform" else "whisper" if n_mels == 80 else f"whisper_{n_mels}mels"
+    suffix = "wave" if FEATURES == "waveform" else "whisper" if n_mels == 80 else f"whisper_{n_mels}mels"
     kind, _, where = str(summary.get("source", "")).partition(" ")
     if (data / "train" / "prompts.txt").is_file():
         kind, source = "VIVOS", data
@@ -346,41 +369,43 @@ def prepare_command(data: Path, summary: dict, features: str, n_mels: int = 80) 
     if not where and not data.exists():
         out = data  # a folder still to be made is where the user wants the dataset
     flag = "--manifest" if kind == "manifest" else "--vivos-dir"
-    mels = f" --n-mels {n_mels}" if features == "whisper" else ""
+    mels = f" --n-mels {n_mels}" if FEATURES == "whisper" else ""
     return (f"python prepare_vivos.py {flag} {shlex.quote(str(source))} --out {shlex.quote(str(out))} "
-            f"--features {features}{mels}")
+            f"--features {FEATURES}{mels}")
 
 
-def read_prepare_summary(data: Path, features: str) -> dict:
+def read_prepare_summary(data: Path) -> dict:
     """prepare_summary.json of the prepared dataset in --data; a raw corpus, any other folder, the other
     kind of features or another sampling rate are refused with the prepare_vivos.py call that makes the
     right dataset."""
     if (data / "train" / "prompts.txt").is_file():
         raise InputError(f"--data {data} is the raw VIVOS corpus; prepare it first: "
-                         f"{prepare_command(data, {}, features)}")
+                         f"{prepare_command(data, {})}")
     summary_path = data / "prepare_summary.json"
     if not summary_path.is_file() or not (data / "dataset_dict.json").is_file():
         found = ("no such folder" if not data.exists() else
                  ", ".join(sorted(p.name for p in data.iterdir())[:8]) or "an empty folder")
         raise InputError(f"--data {data}: expected a dataset made by prepare_vivos.py (dataset_dict.json and "
                          f"prepare_summary.json inside), found: {found}. Make one with: "
-                         f"{prepare_command(data, {}, features)}")
+                         f"{prepare_command(data, {})}")
     summary = json.loads(summary_path.read_text(encoding="utf-8"))
-    if summary.get("features") != features:
+    if summary.get("features") != FEATURES:
         raise InputError(f"--data {data} holds {summary.get('features')!r} features and this trainer reads "
-                         f"{features!r} ones. Make them with: {prepare_command(data, summary, features)}")
+                         f"{FEATURES!r} ones. Make them with: {prepare_command(data, summary)}")
     if summary.get("sampling_rate", 16000) != 16000:
         raise InputError(f"--data {data} is sampled at {summary['sampling_rate']} Hz, expected 16000; make it "
-                         f"again with: {prepare_command(data, summary, features)}")
+                         f"again with: {prepare_command(data, summary)}")
     return summary
 
 
-def load_prepared_dataset(data: Path, summary: dict, features: str, columns: set[str], eval_only: bool):
-    """The prepared DatasetDict, refused before any training when a split is missing, lacks a column the
-    trainer reads, or is empty where the run needs it (validation picks the best model)."""
+def load_prepared_dataset(data: Path, columns: set[str], eval_only: bool) -> tuple:
+    """Step 3: the prepared DatasetDict and its prepare_summary.json, refused before any training when a
+    split is missing, lacks a column the trainer reads, or is empty where the run needs it (validation
+    picks the best model)."""
     from datasets import load_from_disk
 
-    again = prepare_command(data, summary, features)
+    summary = read_prepare_summary(data)
+    again = prepare_command(data, summary)
     try:
         dataset = load_from_disk(str(data))
     except (IndexError, ValueError, OSError) as error:  # IndexError: a split saved empty, without a shard
@@ -399,7 +424,7 @@ def load_prepared_dataset(data: Path, summary: dict, features: str, columns: set
     if empty:
         raise InputError(f"--data {data}: the {' and '.join(empty)} split(s) are empty, and a run needs "
                          f"utterances in each; make it again (with a --val-ratio above 0): {again}")
-    return dataset
+    return dataset, summary
 
 
 def dataset_mel_count(dataset, summary: dict) -> int:
@@ -449,7 +474,7 @@ def whisper_config(args: argparse.Namespace, summary: dict, data_mels: int):
     if config.num_mel_bins != data_mels:
         raise InputError(f"--model {args.model} expects {config.num_mel_bins} mel bins but --data {args.data} has "
                          f"{data_mels}. Make matching features with: "
-                         f"{prepare_command(args.data, summary, 'whisper', config.num_mel_bins)}")
+                         f"{prepare_command(args.data, summary, config.num_mel_bins)}")
     if args.dropout is not None:
         config.dropout = args.dropout
     config.apply_spec_augment = args.spec_augment
@@ -708,7 +733,14 @@ def next_setting_after_oom(args: argparse.Namespace) -> str:
 
 
 def run_training(trainer, args: argparse.Namespace, checkpoint: Path | None) -> None:
-    """trainer.train(), turning an out-of-memory error or Ctrl-C into what to type next."""
+    """Step 7: trainer.train() (trainer.evaluate() with --eval-only), turning an out-of-memory error or Ctrl-C
+    into what to type next."""
+    if args.eval_only:
+        trainer.evaluate()
+        return
+    trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+    say(f"Training {trainable:,} parameters on {device_description(trainer)}, {trainer.args.num_train_epochs:g} "
+        f"epochs{f' or {args.max_steps} steps' if args.max_steps > 0 else ''}.")
     try:
         trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     except torch.cuda.OutOfMemoryError:
@@ -834,6 +866,28 @@ def run_facts(args: argparse.Namespace, trainer, checkpoint: Path | None, precis
     }
 
 
+def model_index(name: str, metrics: dict) -> list[str]:
+    """The end of a card's Hub metadata: the test WER and CER the Hub shows on the model page."""
+    return ["model-index:", f"- name: {name}", "  results:", "  - task:", "      type: automatic-speech-recognition",
+            "      name: Automatic Speech Recognition", "    dataset:", "      name: VIVOS",
+            "      type: AILAB-VNUHCM/vivos", "      split: test", "    metrics:",
+            f"    - {{type: wer, value: {100 * metrics['wer']:.2f}, name: Test WER}}",
+            f"    - {{type: cer, value: {100 * metrics['cer']:.2f}, name: Test CER}}", "---", ""]
+
+
+def card_usage_and_settings(name: str, run_info: dict) -> list[str]:
+    """The end of a card: how to transcribe with the model, the settings it was trained with, the command."""
+    lines = ["## Use", "", "```python", "from transformers import pipeline", "",
+             f'asr = pipeline("automatic-speech-recognition", model="{name}")',
+             'print(asr("audio.wav")["text"])  # 16 kHz mono', "```", "", "## Training settings", "",
+             "| setting | value |", "| --- | --- |"]
+    for key in ("learning_rate", "scheduler", "warmup_steps", "weight_decay", "batch_size", "grad_accum",
+                "effective_batch_size", "optimizer", "precision", "lora", "params_trainable", "train_seconds",
+                "device"):
+        lines.append(f"| {key} | {run_info[key]} |")
+    return lines + ["", f"Command: `{run_info['command']}`", ""]
+
+
 def model_card(args: argparse.Namespace, run_info: dict, metrics: dict) -> str:
     """best_model/README.md: Hub metadata (language, base model, dataset, test scores) and the settings."""
     base_on_hub = not Path(args.model).exists()
@@ -845,11 +899,7 @@ def model_card(args: argparse.Namespace, run_info: dict, metrics: dict) -> str:
         lines.append(f"base_model: {args.model}")
     if args.model.startswith("openai/"):
         lines.append("license: apache-2.0")
-    lines += ["model-index:", f"- name: {name}", "  results:", "  - task:", "      type: automatic-speech-recognition",
-              "      name: Automatic Speech Recognition", "    dataset:", "      name: VIVOS",
-              "      type: AILAB-VNUHCM/vivos", "      split: test", "    metrics:",
-              f"    - {{type: wer, value: {100 * metrics['wer']:.2f}, name: Test WER}}",
-              f"    - {{type: cer, value: {100 * metrics['cer']:.2f}, name: Test CER}}", "---", ""]
+    lines += model_index(name, metrics)
     trained = ("evaluated as it is (no fine-tuning)" if args.eval_only else
                f"fine-tuned for {run_info['epochs_run']:.2f} epochs (best epoch {run_info['best_epoch']}, "
                f"stopped: {run_info['stop_reason']})")
@@ -857,17 +907,8 @@ def model_card(args: argparse.Namespace, run_info: dict, metrics: dict) -> str:
               f"`{args.data.name}` ({run_info['dataset']['splits']['train']} train utterances), text normalised "
               "(lower case, punctuation removed, tone marks kept).", "",
               f"Test WER **{100 * metrics['wer']:.2f} %**, CER **{100 * metrics['cer']:.2f} %** on "
-              f"{metrics['num_utterances']} test utterances (real-time factor {metrics['rtf']}).", "",
-              "## Use", "", "```python", "from transformers import pipeline", "",
-              f'asr = pipeline("automatic-speech-recognition", model="{name}")',
-              'print(asr("audio.wav")["text"])', "```", "", "## Training settings", "",
-              "| setting | value |", "| --- | --- |"]
-    for key in ("learning_rate", "scheduler", "warmup_steps", "weight_decay", "batch_size", "grad_accum",
-                "effective_batch_size", "optimizer", "precision", "lora", "params_trainable", "train_seconds",
-                "device"):
-        lines.append(f"| {key} | {run_info[key]} |")
-    lines += ["", f"Command: `{run_info['command']}`", ""]
-    return "\n".join(lines)
+              f"{metrics['num_utterances']} test utterances (real-time factor {metrics['rtf']}).", ""]
+    return "\n".join(lines + card_usage_and_settings(name, run_info))
 
 
 def push_best_model(args: argparse.Namespace, best_dir: Path) -> None:
@@ -898,6 +939,14 @@ def write_run_files(trainer, rows: list[dict], metrics: dict, run_info: dict) ->
     return out
 
 
+def finish_run_folder(args: argparse.Namespace, best_dir: Path, card: str, run_info: dict, metrics: dict) -> None:
+    """best_model/README.md, the upload when --push-to-hub asks for it, and the run in one line."""
+    (best_dir / "README.md").write_text(card, encoding="utf-8")
+    if args.push_to_hub:
+        push_best_model(args, best_dir)
+    say(final_line(run_info, metrics, best_dir.parent))
+
+
 def final_line(run_info: dict, metrics: dict, out: Path) -> str:
     """The run in one line: how training ended, the test scores and where the run folder is."""
     trained = ("evaluated as it is" if run_info["eval_only"] else
@@ -912,19 +961,14 @@ def final_line(run_info: dict, metrics: dict, out: Path) -> str:
 
 def main(argv: list[str] | None = None) -> dict:
     # 1. Settings.
-    args = parse_args(argv)
+    args, precision, optim = settings(argv)
     args.lr = learning_rate(args)
-    check_settings(args)
-    set_seed(args.seed)
-    precision = resolve_precision(args.precision)
-    optim = resolve_optimizer(args.optim)
 
     # 2. Checkpoint to resume.
     checkpoint = checkpoint_to_resume(args)
 
     # 3. Prepared dataset, checked.
-    summary = read_prepare_summary(args.data, "whisper")
-    dataset = load_prepared_dataset(args.data, summary, "whisper", {"input_features", "sentence"}, args.eval_only)
+    dataset, summary = load_prepared_dataset(args.data, {"input_features", "sentence"}, args.eval_only)
     data_mels = dataset_mel_count(dataset, summary)
 
     # 4. Model and processor.
@@ -960,10 +1004,7 @@ def main(argv: list[str] | None = None) -> dict:
         train_dataset=None if args.eval_only else splits["train"].with_format("numpy", columns=columns),
         eval_dataset=eval_sets, processing_class=processor, compute_metrics=compute_metrics,
         callbacks=run_callbacks(args))
-    if args.eval_only:
-        trainer.evaluate()
-    else:
-        run_training(trainer, args, checkpoint)
+    run_training(trainer, args, checkpoint)
     if not trainer.is_world_process_zero():
         return {}
     facts = run_facts(args, trainer, checkpoint, precision, optim)
@@ -991,10 +1032,7 @@ def main(argv: list[str] | None = None) -> dict:
     best.config.use_cache = True  # generation wants the KV cache back
     best.save_pretrained(best_dir)
     processor.save_pretrained(best_dir)
-    (best_dir / "README.md").write_text(model_card(args, run_info, metrics), encoding="utf-8")
-    if args.push_to_hub:
-        push_best_model(args, best_dir)
-    say(final_line(run_info, metrics, out))
+    finish_run_folder(args, best_dir, model_card(args, run_info, metrics), run_info, metrics)
     return run_info
 
 
