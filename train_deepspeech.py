@@ -66,11 +66,15 @@ FEATURES = "waveform"  # the prepared dataset this trainer reads (prepare_vivos.
 DEFAULTS = {"model": "scratch", "epochs": 10, "batch_size": 4, "eval_batch_size": 32, "grad_accum": 1, "lr": 1.5e-3,
             "warmup_ratio": 0.15, "weight_decay": 1e-2, "logging_steps": 10, "num_workers": 0}
 # torchrun / accelerate launch set RANK: only the first process prints and writes the run folder.
+# Copied from train_whisper.IS_MAIN_PROCESS
 IS_MAIN_PROCESS = int(os.environ.get("RANK", "0")) == 0
 # A reference character the vocabulary lacks is scored as this letter, which no model can write: one error.
+# Copied from train_wav2vec2.UNKNOWN_LETTER
 UNKNOWN_LETTER = "\u0294"
+# Copied from train_whisper.HISTORY_COLUMNS
 HISTORY_COLUMNS = ["epoch", "step", "train_loss", "val_loss", "val_wer", "val_cer", "train_wer", "train_cer",
                    "learning_rate"]
+# Copied from train_whisper.PREDICTION_COLUMNS
 PREDICTION_COLUMNS = ["id", "speaker", "duration", "reference", "prediction", "raw_prediction", "wer", "cer"]
 
 
@@ -142,7 +146,8 @@ def add_shared_arguments(parser: argparse.ArgumentParser, model_help: str, lr_he
                                                     "sooner)")
     train.add_argument("--max-steps", type=int, default=-1, help="stop after this many optimizer steps instead")
     train.add_argument("--batch-size", type=int, help="utterances per step and device (default %(default)s)")
-    train.add_argument("--eval-batch-size", type=int, help="utterances per device when evaluating (default %(default)s)")
+    train.add_argument("--eval-batch-size", type=int,
+                       help="utterances per device when evaluating (default %(default)s)")
     train.add_argument("--grad-accum", type=int,
                        help="steps whose gradients are summed before an update (default %(default)s)")
     train.add_argument("--lr", type=float, help=f"peak learning rate ({lr_help})")
@@ -167,7 +172,8 @@ def add_shared_arguments(parser: argparse.ArgumentParser, model_help: str, lr_he
                             help="stop after N evaluations without a better validation score (0: never)")
     evaluation.add_argument("--train-eval-size", type=int, default=200,
                             help="fixed train utterances scored at each evaluation, to show the overfitting gap")
-    evaluation.add_argument("--logging-steps", type=int, help="log the training loss every N steps (default %(default)s)")
+    evaluation.add_argument("--logging-steps", type=int,
+                            help="log the training loss every N steps (default %(default)s)")
     evaluation.add_argument("--save-total-limit", type=int, default=2,
                             help="checkpoints kept (the best one is always kept)")
     evaluation.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
@@ -1349,7 +1355,7 @@ def run_training(trainer, args: argparse.Namespace, checkpoint: Path | None) -> 
 
 # ----------------------------------------------------------------------------- 8. test transcription
 
-def transcribe_split(model: DeepSpeech2, split, batch_size: int) -> tuple[list[str], float]:
+def transcribe_in_chunks(model: DeepSpeech2, split, batch_size: int) -> tuple[list[str], float]:
     """Raw transcripts of a split and the seconds spent transcribing; the audio is read from disk a chunk at
     a time, so memory stays flat on the full test set."""
     texts, seconds = [], 0.0
@@ -1403,8 +1409,10 @@ def save_best_model(model: DeepSpeech2, folder: Path) -> None:
     (folder / "modeling_deepspeech2.py").write_text(MODELING_SOURCE, encoding="utf-8")
 
 
-def model_card(run_info: dict, metrics: dict, config: dict) -> str:
-    """best_model/README.md: Hub metadata (model-index with test WER/CER) and a human description."""
+def model_card(args: argparse.Namespace, run_info: dict, metrics: dict) -> str:
+    """best_model/README.md: Hub metadata (model-index with test WER/CER) and a description of the model as
+    saved in best_model/config.json."""
+    config = json.loads((args.output_dir / "best_model" / "config.json").read_text(encoding="utf-8"))
     splits = run_info["dataset"]["splits"]
     a = run_info["architecture"]
     relative_to = "median" if config.get("pitch_version", 1) >= 2 else "mean"
@@ -1480,7 +1488,7 @@ commercial use.
 """
 
 
-def architecture_facts(model: DeepSpeech2) -> dict:
+def architecture_facts(model) -> dict:
     settings = model.settings
     return {
         "encoder_layers": settings["conv_layers"] + settings["rnn_layers"], "decoder_layers": 0,
@@ -1690,7 +1698,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     # 8. Test: the best model (loaded by the Trainer at the end of training) transcribes the test split.
     model = trainer.model.float().eval()
-    raw, decode_seconds = transcribe_split(model, test_split, args.eval_batch_size)
+    raw, decode_seconds = transcribe_in_chunks(model, test_split, args.eval_batch_size)
     rows = test_predictions(test_split, raw)
     metrics = test_metrics(rows, decode_seconds)
 
@@ -1706,7 +1714,7 @@ def main(argv: list[str] | None = None) -> dict:
     out = write_run_files(trainer, rows, metrics, run_info)
     best_dir = out / "best_model"
     save_best_model(model, best_dir)
-    finish_run_folder(args, best_dir, model_card(run_info, metrics, model.settings), run_info, metrics)
+    finish_run_folder(args, best_dir, model_card(args, run_info, metrics), run_info, metrics)
     return run_info
 
 

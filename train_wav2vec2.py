@@ -52,6 +52,7 @@ from transformers import (AutoConfig, AutoFeatureExtractor, AutoModelForCTC, Aut
 from transformers.trainer_callback import ExportableState
 
 # torchrun / accelerate launch set RANK: only the first process prints and writes the run folder.
+# Copied from train_whisper.IS_MAIN_PROCESS
 IS_MAIN_PROCESS = int(os.environ.get("RANK", "0")) == 0
 SAMPLE_RATE = 16000  # every Wav2Vec2-family checkpoint is pre-trained on 16 kHz audio
 PAD, UNK, WORD_DELIMITER = "[PAD]", "[UNK]", "|"
@@ -62,8 +63,10 @@ FEATURES = "waveform"  # the prepared dataset this trainer reads (prepare_vivos.
 # The shared flags' defaults for Wav2Vec2: an effective batch of 16 and the usual CTC fine-tuning settings.
 DEFAULTS = {"model": "facebook/wav2vec2-xls-r-300m", "epochs": 20, "batch_size": 8, "eval_batch_size": 8,
             "grad_accum": 2, "lr": 1e-4, "warmup_ratio": 0.1, "weight_decay": 0.005, "logging_steps": 25}
+# Copied from train_whisper.HISTORY_COLUMNS
 HISTORY_COLUMNS = ["epoch", "step", "train_loss", "val_loss", "val_wer", "val_cer", "train_wer", "train_cer",
                    "learning_rate"]
+# Copied from train_whisper.PREDICTION_COLUMNS
 PREDICTION_COLUMNS = ["id", "speaker", "duration", "reference", "prediction", "raw_prediction", "wer", "cer"]
 
 # Settings for a card; any flag given on the command line wins over its preset. Sized from the memory
@@ -140,7 +143,8 @@ def add_shared_arguments(parser: argparse.ArgumentParser, model_help: str, lr_he
                                                     "sooner)")
     train.add_argument("--max-steps", type=int, default=-1, help="stop after this many optimizer steps instead")
     train.add_argument("--batch-size", type=int, help="utterances per step and device (default %(default)s)")
-    train.add_argument("--eval-batch-size", type=int, help="utterances per device when evaluating (default %(default)s)")
+    train.add_argument("--eval-batch-size", type=int,
+                       help="utterances per device when evaluating (default %(default)s)")
     train.add_argument("--grad-accum", type=int,
                        help="steps whose gradients are summed before an update (default %(default)s)")
     train.add_argument("--lr", type=float, help=f"peak learning rate ({lr_help})")
@@ -165,7 +169,8 @@ def add_shared_arguments(parser: argparse.ArgumentParser, model_help: str, lr_he
                             help="stop after N evaluations without a better validation score (0: never)")
     evaluation.add_argument("--train-eval-size", type=int, default=200,
                             help="fixed train utterances scored at each evaluation, to show the overfitting gap")
-    evaluation.add_argument("--logging-steps", type=int, help="log the training loss every N steps (default %(default)s)")
+    evaluation.add_argument("--logging-steps", type=int,
+                            help="log the training loss every N steps (default %(default)s)")
     evaluation.add_argument("--save-total-limit", type=int, default=2,
                             help="checkpoints kept (the best one is always kept)")
     evaluation.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
@@ -558,7 +563,7 @@ def choose_processor(args, data: DatasetDict, checkpoint: Path | None) -> tuple[
     return processor, f"a new CTC head over {len(vocab)} tokens built from the train text"
 
 
-def load_model(args, processor: Wav2Vec2Processor):
+def load_ctc_model(args, processor: Wav2Vec2Processor):
     """The checkpoint with our CTC settings; a vocabulary of another size gets a freshly initialised head.
     --eval-only keeps the checkpoint's own regularisation settings (they do nothing at inference)."""
     tokenizer = processor.tokenizer
@@ -590,7 +595,8 @@ def load_model(args, processor: Wav2Vec2Processor):
     return model
 
 
-def architecture_facts(config, tokenizer) -> dict:
+def architecture_facts(model) -> dict:
+    config = model.config
     conv_dim = list(getattr(config, "conv_dim", []) or [])
     return {
         "model_type": config.model_type,
@@ -600,7 +606,7 @@ def architecture_facts(config, tokenizer) -> dict:
         "heads": config.num_attention_heads,
         "ffn_dim": config.intermediate_size,
         "activation": config.hidden_act,
-        "vocab_size": len(tokenizer),
+        "vocab_size": config.vocab_size,
         "conv_layers": len(conv_dim),
         "conv_channels": conv_dim[-1] if conv_dim else None,
         "feat_extract_norm": getattr(config, "feat_extract_norm", None),
@@ -892,7 +898,7 @@ def run_training(trainer, args: argparse.Namespace, checkpoint: Path | None) -> 
 
 # ----------------------------------------------------------------------------- 8. test transcription
 
-def transcribe_split(trainer, split, tokenizer) -> tuple[list[str], float]:
+def transcribe_with_trainer(trainer, split, tokenizer) -> tuple[list[str], float]:
     """Batched greedy CTC decoding with the loaded (best) model: (raw transcripts, seconds it took).
     Clips go in order of length, so a batch pads little (models without an attention mask hear the padding)."""
     order = np.argsort([float(d) for d in split["duration"]], kind="stable")
@@ -1117,7 +1123,7 @@ def main(argv: list[str] | None = None) -> dict:
         if counts:
             say(f"{name}: {sum(counts.values())} characters the vocabulary lacks, scored as errors: "
                 + ", ".join(f"{ch!r} x{n}" for ch, n in counts.items()))
-    model = load_model(args, processor)
+    model = load_ctc_model(args, processor)
 
     # 5. Preprocessing: leave out train clips CTC cannot learn from; the collator pads each batch.
     if args.eval_only:
@@ -1148,7 +1154,7 @@ def main(argv: list[str] | None = None) -> dict:
     run_training(trainer, args, checkpoint)
 
     # 8. Test: the best model (loaded by Trainer) transcribes the test split; every process takes part.
-    raw, decode_seconds = transcribe_split(trainer, dataset["test"], tokenizer)
+    raw, decode_seconds = transcribe_with_trainer(trainer, dataset["test"], tokenizer)
     if not trainer.is_world_process_zero():
         return {}
     rows = test_predictions(dataset["test"], raw)
@@ -1157,7 +1163,7 @@ def main(argv: list[str] | None = None) -> dict:
     # 9. Run folder.
     run_info = {
         "family": "wav2vec2", **run_facts(args, trainer, checkpoint, precision, optim),
-        "architecture": architecture_facts(trainer.model.config, tokenizer),
+        "architecture": architecture_facts(trainer.model),
         "loss": "CTC (blank = [PAD], mean over target lengths, zero_infinity)",
         "freeze_feature_encoder": args.freeze_feature_encoder,
         "regularisation": {"dropout": args.dropout, "layerdrop": args.layerdrop, "weight_decay": args.weight_decay,

@@ -119,7 +119,8 @@ def add_shared_arguments(parser: argparse.ArgumentParser, model_help: str, lr_he
                                                     "sooner)")
     train.add_argument("--max-steps", type=int, default=-1, help="stop after this many optimizer steps instead")
     train.add_argument("--batch-size", type=int, help="utterances per step and device (default %(default)s)")
-    train.add_argument("--eval-batch-size", type=int, help="utterances per device when evaluating (default %(default)s)")
+    train.add_argument("--eval-batch-size", type=int,
+                       help="utterances per device when evaluating (default %(default)s)")
     train.add_argument("--grad-accum", type=int,
                        help="steps whose gradients are summed before an update (default %(default)s)")
     train.add_argument("--lr", type=float, help=f"peak learning rate ({lr_help})")
@@ -144,7 +145,8 @@ def add_shared_arguments(parser: argparse.ArgumentParser, model_help: str, lr_he
                             help="stop after N evaluations without a better validation score (0: never)")
     evaluation.add_argument("--train-eval-size", type=int, default=200,
                             help="fixed train utterances scored at each evaluation, to show the overfitting gap")
-    evaluation.add_argument("--logging-steps", type=int, help="log the training loss every N steps (default %(default)s)")
+    evaluation.add_argument("--logging-steps", type=int,
+                            help="log the training loss every N steps (default %(default)s)")
     evaluation.add_argument("--save-total-limit", type=int, default=2,
                             help="checkpoints kept (the best one is always kept)")
     evaluation.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
@@ -756,7 +758,8 @@ def run_training(trainer, args: argparse.Namespace, checkpoint: Path | None) -> 
 
 # ----------------------------------------------------------------------------- 8. test transcription
 
-def transcribe_split(model, processor, split, batch_size: int, n_frames: int, precision: str) -> tuple[list, float]:
+def transcribe_with_generate(model, processor, split, batch_size: int, n_frames: int,
+                             precision: str) -> tuple[list, float]:
     """Batched generate() over a split: (raw transcripts, seconds it took)."""
     model.eval()
     autocast = (torch.autocast("cuda", dtype=torch.float16 if precision == "fp16" else torch.bfloat16)
@@ -799,7 +802,8 @@ def test_metrics(rows: list[dict], decode_seconds: float) -> dict:
 
 # ----------------------------------------------------------------------------- 9. run folder
 
-def architecture_facts(config) -> dict:
+def architecture_facts(model) -> dict:
+    config = model.config
     return {"encoder_layers": config.encoder_layers, "decoder_layers": config.decoder_layers,
             "d_model": config.d_model, "heads": config.encoder_attention_heads, "ffn_dim": config.encoder_ffn_dim,
             "activation": config.activation_function, "vocab_size": config.vocab_size,
@@ -1011,13 +1015,14 @@ def main(argv: list[str] | None = None) -> dict:
 
     # 8. Test: the best model (loaded by Trainer; LoRA merged in) transcribes the test split.
     best = trainer.model.merge_and_unload() if args.lora and not args.eval_only else trainer.model
-    raw, decode_seconds = transcribe_split(best, processor, splits["test"], args.eval_batch_size, n_frames, precision)
+    raw, decode_seconds = transcribe_with_generate(best, processor, splits["test"], args.eval_batch_size, n_frames,
+                                                   precision)
     rows = test_predictions(splits["test"], raw)
     metrics = test_metrics(rows, decode_seconds)
 
     # 9. Run folder.
     run_info = {
-        "family": "whisper", **facts, "architecture": architecture_facts(config),
+        "family": "whisper", **facts, "architecture": architecture_facts(best),
         "loss": "cross-entropy over transcript tokens (teacher forcing, padding ignored)",
         "freeze_encoder": args.freeze_encoder,
         "lora": {"r": args.lora_r, "alpha": args.lora_alpha, "dropout": args.lora_dropout,

@@ -283,6 +283,9 @@ def test_out_of_memory_keeps_checkpoints_and_names_the_next_setting(tmp_path):
     (tmp_path / "checkpoint-50" / "trainer_state.json").write_text("{}")
 
     class OutOfMemoryTrainer:
+        model = torch.nn.Linear(2, 2)
+        args = SimpleNamespace(world_size=1, num_train_epochs=5)
+
         def train(self, resume_from_checkpoint=None):
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 MiB")
 

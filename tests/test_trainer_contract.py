@@ -139,7 +139,8 @@ def test_eval_only_refuses_a_folder_whose_files_show_training(family, evidence, 
         (out / "history.csv").write_text(",".join(HISTORY_COLUMNS) + "\n1.0,9,2.5,2.4,1.0,0.9,1.0,0.9,0.001\n",
                                          encoding="utf-8")
     before = fingerprint(out)
-    message = refusal(family, "--data", family.data, "--output-dir", out, "--eval-only", "--model", family.run / "best_model")
+    message = refusal(family, "--data", family.data, "--output-dir", out, "--eval-only",
+                      "--model", family.run / "best_model")
     assert "training run" in message and fingerprint(out) == before
 
 
@@ -188,7 +189,8 @@ def test_resume_skips_a_cut_off_checkpoint_and_adds_up_training_time(family, tmp
 
     info = family.main(*argv)
     printed = capsys.readouterr().out
-    assert "checkpoint-4 is incomplete (optimizer.pt is cut off)" in printed and "continuing from checkpoint-2" in printed
+    assert "checkpoint-4 is incomplete (optimizer.pt is cut off)" in printed
+    assert "continuing from checkpoint-2" in printed
     assert info["resumed_from"] == str(out / "checkpoint-2")
     assert read_json(out / "trainer_state.json")["global_step"] == 6
     assert [row["step"] for row in read_csv(out / "history.csv")] == ["2", "4", "6"]
@@ -249,7 +251,8 @@ def test_an_empty_validation_split_is_refused_before_training(family, saved, tmp
     """Saved with no shard at all, an empty split is one the datasets library itself cannot read back."""
     data = load_from_disk(str(family.data))
     empty = tmp_path / "không có kiểm định"
-    nothing = data["validation"].filter(lambda _: False) if saved == "one empty shard" else data["validation"].select([])
+    validation = data["validation"]
+    nothing = validation.filter(lambda _: False) if saved == "one empty shard" else validation.select([])
     DatasetDict(train=data["train"], validation=nothing, test=data["test"]).save_to_disk(str(empty))
     shutil.copy(family.data / "prepare_summary.json", empty / "prepare_summary.json")
     out = tmp_path / "kết quả"
