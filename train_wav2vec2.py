@@ -59,6 +59,7 @@ PAD, UNK, WORD_DELIMITER = "[PAD]", "[UNK]", "|"
 # A reference character the vocabulary lacks is scored as this letter, which no model can write: one error.
 UNKNOWN_LETTER = "\u0294"
 BEST_METRIC = "eval_validation_wer"  # the best checkpoint and early stopping follow it
+SCRIPT = "train_wav2vec2.py"  # as printed commands name it (a notebook cell has no __file__)
 FEATURES = "waveform"  # the prepared dataset this trainer reads (prepare_vivos.py --features)
 # The shared flags' defaults for Wav2Vec2: an effective batch of 16 and the usual CTC fine-tuning settings.
 DEFAULTS = {"model": "facebook/wav2vec2-xls-r-300m", "epochs": 20, "batch_size": 8, "eval_batch_size": 8,
@@ -995,7 +996,7 @@ def run_facts(args: argparse.Namespace, trainer, checkpoint: Path | None, precis
         if torch.cuda.is_available() else None,
         "device": device_description(trainer),
         "resumed_from": str(checkpoint) if checkpoint else None, "eval_only": args.eval_only,
-        "command": shlex.join(["python", Path(__file__).name, *args.argv]), "versions": versions(),
+        "command": shlex.join(["python", SCRIPT, *args.argv]), "versions": versions(),
     }
 
 
@@ -1057,7 +1058,7 @@ def push_best_model(args: argparse.Namespace, best_dir: Path) -> None:
     api = HfApi()
     repo_id = api.create_repo(args.hub_model_id or args.output_dir.name, exist_ok=True).repo_id
     api.upload_folder(folder_path=str(best_dir), repo_id=repo_id,
-                      commit_message=f"best_model/ of {args.output_dir.name} ({Path(__file__).name})")
+                      commit_message=f"best_model/ of {args.output_dir.name} ({SCRIPT})")
     say(f"Pushed {best_dir} to https://huggingface.co/{repo_id}")
 
 

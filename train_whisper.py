@@ -57,6 +57,7 @@ PRESETS = {
              "optim": "adamw_torch_fused", "num_workers": 4},
 }
 BEST_METRIC = "eval_validation_wer"  # the best checkpoint and early stopping follow it
+SCRIPT = "train_whisper.py"  # as printed commands name it (a notebook cell has no __file__)
 FEATURES = "whisper"  # the prepared dataset this trainer reads (prepare_vivos.py --features)
 # The shared flags' defaults for Whisper: an effective batch of 16, the fine-tuning settings of the Hugging
 # Face Whisper blog (the learning rate depends on --lora: see learning_rate).
@@ -866,7 +867,7 @@ def run_facts(args: argparse.Namespace, trainer, checkpoint: Path | None, precis
         if torch.cuda.is_available() else None,
         "device": device_description(trainer),
         "resumed_from": str(checkpoint) if checkpoint else None, "eval_only": args.eval_only,
-        "command": shlex.join(["python", Path(__file__).name, *args.argv]), "versions": versions(),
+        "command": shlex.join(["python", SCRIPT, *args.argv]), "versions": versions(),
     }
 
 
@@ -922,7 +923,7 @@ def push_best_model(args: argparse.Namespace, best_dir: Path) -> None:
     api = HfApi()
     repo_id = api.create_repo(args.hub_model_id or args.output_dir.name, exist_ok=True).repo_id
     api.upload_folder(folder_path=str(best_dir), repo_id=repo_id,
-                      commit_message=f"best_model/ of {args.output_dir.name} ({Path(__file__).name})")
+                      commit_message=f"best_model/ of {args.output_dir.name} ({SCRIPT})")
     say(f"Pushed {best_dir} to https://huggingface.co/{repo_id}")
 
 

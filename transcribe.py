@@ -78,13 +78,35 @@ def find_model_dir(path: Path) -> tuple[Path, str]:
     return folder, family
 
 
-def load_model(folder: Path, family: str, device: str):
-    """A transformers ASR pipeline for Whisper and Wav2Vec2; for DeepSpeech2 (its own code module, model)."""
-    if family == "deepspeech2":
-        # The model's code travels with its weights (modeling_deepspeech2.py), as Hugging Face remote code does.
-        spec = importlib.util.spec_from_file_location("modeling_deepspeech2", folder / "modeling_deepspeech2.py")
+def deepspeech2_code(folder: Path, trust_remote_code: bool):
+    """The module that builds a DeepSpeech2: the repository's modeling_deepspeech2.py (next to this script), or,
+    with --trust-remote-code, the copy saved in the model folder. Imported only here, so this script copied
+    alone still serves Whisper and Wav2Vec2."""
+    copy = folder / "modeling_deepspeech2.py"
+    if trust_remote_code and copy.is_file():
+        spec = importlib.util.spec_from_file_location("modeling_deepspeech2", copy)
         code = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(code)
+        return code
+    missing = [name for name in ("vocab.json", "model.safetensors") if not (folder / name).is_file()]
+    if missing:
+        raise InputError(f"{folder}: a DeepSpeech2 folder holds config.json, vocab.json and model.safetensors "
+                         f"(written by train_deepspeech.py); missing: {', '.join(missing)}. Pass the --output-dir "
+                         "of a finished train_deepspeech.py run")
+    # A model folder is often shared (--push-to-hub), so its code is anyone's: never run it unasked, even
+    # when it is the only modeling_deepspeech2.py on the import path (a notebook working inside the folder).
+    spec = importlib.util.find_spec("modeling_deepspeech2")
+    if spec is None or Path(spec.origin).resolve().parent == folder.resolve():
+        raise InputError(f"modeling_deepspeech2.py not found next to this script, and it is needed to load the "
+                         f"DeepSpeech2 in {folder}: copy it from the repository next to the script, or pass "
+                         "--trust-remote-code to run the copy in that folder (only if you trust who made it)")
+    return importlib.import_module("modeling_deepspeech2")
+
+
+def load_model(folder: Path, family: str, device: str, trust_remote_code: bool = False):
+    """A transformers ASR pipeline for Whisper and Wav2Vec2; for DeepSpeech2 (its code module, model)."""
+    if family == "deepspeech2":
+        code = deepspeech2_code(folder, trust_remote_code)
         return code, code.load_model(folder).to(device)
     from transformers import pipeline
 
@@ -303,6 +325,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="audio files and/or folders (searched recursively for .wav .flac .ogg .mp3 ...)")
     inputs.add_argument("--model", type=Path, required=True,
                         help="a run folder (OUTPUT_DIR of a trainer) or its best_model/ folder")
+    inputs.add_argument("--trust-remote-code", action="store_true",
+                        help="DeepSpeech2: run the modeling_deepspeech2.py saved in the model folder instead of the "
+                             "repository's; that file is code whoever shared the folder could have written, so "
+                             "only for folders whose maker you trust")
     output = parser.add_argument_group("output")
     output.add_argument("--format", choices=["txt", "csv", "srt", "json"], default="txt",
                         help="txt/srt: one file per audio file; csv/json: one table for all (default txt)")
@@ -340,7 +366,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     device = args.device if args.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu"
     started = time.perf_counter()
-    model = load_model(folder, family, device)
+    model = load_model(folder, family, device, args.trust_remote_code)
     print(f"{family} model from {folder} on {device} (loaded in {time.perf_counter() - started:.1f} s)")
 
     names = output_names(files)

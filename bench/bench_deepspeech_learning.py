@@ -31,6 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "sample_data"))
 
+import modeling_deepspeech2  # noqa: E402
 import prepare_vivos  # noqa: E402
 import train_deepspeech  # noqa: E402
 from make_vivos_like import make_corpus  # noqa: E402
@@ -68,9 +69,9 @@ def main(argv: list[str] | None = None) -> dict:
         metrics = json.loads((run / "test_metrics.json").read_text(encoding="utf-8"))
         info = json.loads((run / "run_info.json").read_text(encoding="utf-8"))
         test = datasets.load_from_disk(str(data))["test"].with_format("numpy", columns=["input_values", "sentence"])
-        model = train_deepspeech.load_model(run / "best_model")
+        model = modeling_deepspeech2.load_model(run / "best_model")
         greedy = [train_deepspeech.normalize_text(text) for text in
-                  train_deepspeech.transcribe(model, list(test["input_values"]), 32, decoder="greedy")]
+                  modeling_deepspeech2.transcribe(model, list(test["input_values"]), 32, decoder="greedy")]
         greedy_scores = train_deepspeech.compute_wer_cer([str(s) for s in test["sentence"]], greedy)
         result = {
             "test_cer": round(metrics["cer"], 4), "test_wer": round(metrics["wer"], 4), "decoder": info["decoder"],

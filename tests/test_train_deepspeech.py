@@ -1,8 +1,10 @@
-"""train_deepspeech.py: the model's pieces, the run folder contract, a saved model that loads and
-transcribes in a fresh process, exact resume, 2-process torchrun, --eval-only, the refusals, and a
-from-scratch model that learns to transcribe unseen voices. Offline, CPU."""
+"""train_deepspeech.py and modeling_deepspeech2.py: the model's pieces, the run folder contract, a saved model
+that loads and transcribes in a fresh process, a run from a notebook cell, exact resume, 2-process torchrun,
+--eval-only, the refusals, a from-scratch model that learns to transcribe unseen voices, and transcribe.py /
+demo.py running a model folder's own code only with --trust-remote-code. Offline, CPU."""
 from __future__ import annotations
 
+import ast
 import csv
 import functools
 import json
@@ -10,8 +12,9 @@ import math
 import os
 import subprocess
 import sys
+import shutil
 import textwrap
-import unicodedata
+import types
 from pathlib import Path
 
 import datasets
@@ -21,6 +24,7 @@ import torch
 import transformers
 from safetensors.torch import load_file
 
+import modeling_deepspeech2 as modeling
 import train_deepspeech as ds2
 from make_vivos_like import make_corpus
 from conftest import one_thread
@@ -40,13 +44,13 @@ def read_json(path: Path) -> dict:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def random_model(**overrides) -> ds2.DeepSpeech2:
+def random_model(**overrides) -> modeling.DeepSpeech2:
     """An untrained small model over a toy vocabulary (features normalised with mean 0, std 1)."""
     args = ds2.parse_args(["--data", "d", "--output-dir", "o", "--preset", "tiny"])
     vocab = ds2.build_vocab(["xin chào", "việt nam"])
     config = {**ds2.model_config(args, vocab, [0.0] * args.n_mels, [1.0] * args.n_mels), **overrides}
     torch.manual_seed(0)
-    return ds2.DeepSpeech2(config, vocab).eval()
+    return modeling.DeepSpeech2(config, vocab).eval()
 
 
 # ----------------------------------------------------------------------------- model pieces
@@ -65,7 +69,7 @@ def test_greedy_decoding_merges_repeats_and_drops_blanks_and_padding():
     b, a, sep, blank = vocab["b"], vocab["a"], vocab["|"], vocab["[PAD]"]
     # "b b a | blank b a a blank a" then the Trainer's -100 padding: "ba baa" needs a blank to repeat a letter
     ids = np.array([b, b, a, sep, blank, b, a, a, blank, a, -100, -100])
-    assert ds2.ctc_greedy_text(ids, tokens, blank) == "ba baa"
+    assert modeling.ctc_greedy_text(ids, tokens, blank) == "ba baa"
     assert ds2.label_text(np.array([b, a, sep, b, a, -100]), tokens) == "ba ba"
 
 
@@ -83,61 +87,39 @@ def spelled(vocab: dict[str, int], frames: list[dict[str, float]]) -> np.ndarray
 def test_lexicon_beam_search_prefers_train_words_but_lets_a_clear_new_word_through():
     vocab = ds2.build_vocab(["trời chơi xe xem"])
     tokens = {i: t for t, i in vocab.items()}
-    lexicon = ds2.Lexicon({"trời": 3, "chơi": 2})
+    lexicon = modeling.Lexicon({"trời": 3, "chơi": 2})
     # "trời" in a dialect that merges tr and ch: each letter of the pair only slightly ahead
     heard = spelled(vocab, [{"c": 0.5, "t": 0.45}, {"h": 0.5, "r": 0.45}, {"ờ": 0.95}, {}, {"i": 0.95},
                             {"|": 0.95}, {"x": 0.999}, {}, {"e": 0.999}])
-    assert ds2.ctc_greedy_text(heard.argmax(axis=1), tokens, vocab["[PAD]"]) == "chời xe"
-    assert ds2.ctc_lexicon_beam_search(heard, tokens, vocab["[PAD]"], lexicon, ds2.BEAM_DEFAULTS) == "trời xe"
+    assert modeling.ctc_greedy_text(heard.argmax(axis=1), tokens, vocab["[PAD]"]) == "chời xe"
+    assert modeling.ctc_lexicon_beam_search(heard, tokens, vocab["[PAD]"], lexicon,
+                                            modeling.BEAM_DEFAULTS) == "trời xe"
     # a word that stops inside a lexicon word ("xe" of "xem") is not a word: the faint "m" is taken
     faint_end = spelled(vocab, [{"x": 0.9}, {"e": 0.9}, {"m": 0.3}])
-    assert ds2.ctc_greedy_text(faint_end.argmax(axis=1), tokens, vocab["[PAD]"]) == "xe"
-    assert ds2.ctc_lexicon_beam_search(faint_end, tokens, vocab["[PAD]"], ds2.Lexicon({"xem": 3}),
-                                       ds2.BEAM_DEFAULTS) == "xem"
+    assert modeling.ctc_greedy_text(faint_end.argmax(axis=1), tokens, vocab["[PAD]"]) == "xe"
+    assert modeling.ctc_lexicon_beam_search(faint_end, tokens, vocab["[PAD]"], modeling.Lexicon({"xem": 3}),
+                                       modeling.BEAM_DEFAULTS) == "xem"
     # a letter repeated in the text needs a blank between its frames, in the beam as in greedy decoding
-    both = ds2.Lexicon({"xe": 1, "xee": 1})
+    both = modeling.Lexicon({"xe": 1, "xee": 1})
     for frames, text in (([{"x": 0.99}, {"e": 0.99}, {"e": 0.99}], "xe"),
                          ([{"x": 0.99}, {"e": 0.99}, {}, {"e": 0.99}], "xee")):
-        assert ds2.ctc_lexicon_beam_search(spelled(vocab, frames), tokens, vocab["[PAD]"], both,
-                                           ds2.BEAM_DEFAULTS) == text
-
-
-def test_tone_tokens_spell_each_tone_after_its_vowel_and_decode_back_to_the_written_word():
-    """--tone-tokens: "tối" is learnt as t, ô, sắc, i; greedy and beam decoding give back NFC text, and the
-    lexicon matches words spelled that way."""
-    sentences = ["tôi tối nay", "bà bán bạn"]
-    assert [unicodedata.normalize("NFC", ds2.split_tones(s)) for s in sentences] == sentences
-    assert ds2.split_tones("tối") == "tô\u0301i"
-    assert ds2.split_tones("đường") == "đươ\u0300ng"  # ô, ơ, đ stay whole letters
-    vocab = ds2.build_vocab([ds2.split_tones(s) for s in sentences])
-    assert ds2.uses_tone_tokens(vocab) and not ds2.uses_tone_tokens(ds2.build_vocab(sentences))
-    assert "ố" not in vocab and {"ô", "\u0301", "\u0300", "\u0323"} <= set(vocab)
-    assert ds2.encode_text("tối", vocab) == [vocab[c] for c in ("t", "ô", "\u0301", "i")]
-    assert ds2.unknown_characters(["tối nay"], vocab) == {}
-    tokens = {i: t for t, i in vocab.items()}
-    labels = np.array(ds2.encode_text("tối nay", vocab) + [-100])
-    assert ds2.label_text(labels, tokens) == "tối nay"  # the reference of the validation metrics
-    heard = spelled(vocab, [{"t": 0.95}, {"ô": 0.95}, {"\u0301": 0.9}, {"i": 0.95}])
-    assert ds2.ctc_greedy_text(heard.argmax(axis=1), tokens, vocab["[PAD]"]) == "tối"
-    lexicon = ds2.Lexicon({"tối": 1, "tôi": 5}, tone_tokens=True)
-    assert ds2.ctc_lexicon_beam_search(heard, tokens, vocab["[PAD]"], lexicon, ds2.BEAM_DEFAULTS) == "tối"
-    unsure = spelled(vocab, [{"t": 0.95}, {"ô": 0.95}, {"\u0301": 0.3}, {"i": 0.95}])  # the beam weighs tôi's count
-    assert ds2.ctc_lexicon_beam_search(unsure, tokens, vocab["[PAD]"], lexicon, ds2.BEAM_DEFAULTS) == "tôi"
+        assert modeling.ctc_lexicon_beam_search(spelled(vocab, frames), tokens, vocab["[PAD]"], both,
+                                           modeling.BEAM_DEFAULTS) == text
 
 
 def test_beam_decoding_needs_a_lexicon_and_a_model_without_one_decodes_greedily():
     model = random_model()
     clip = [np.random.default_rng(0).normal(0, 0.1, 8000).astype(np.float32)]
     with pytest.raises(ValueError, match="lexicon.json"):
-        ds2.transcribe(model, clip, decoder="beam")
+        modeling.transcribe(model, clip, decoder="beam")
     assert model.settings["decoder"] == "beam" and model.lexicon is None
-    assert ds2.transcribe(model, clip) == ds2.transcribe(model, clip, decoder="greedy")
+    assert modeling.transcribe(model, clip) == modeling.transcribe(model, clip, decoder="greedy")
 
 
 def test_spec_augment_masks_cover_about_the_requested_share():
     torch.manual_seed(0)
     sizes = torch.tensor([1000, 500, 0])
-    mask = ds2.span_mask(sizes, 1000, prob=0.1, span=10)
+    mask = modeling.span_mask(sizes, 1000, prob=0.1, span=10)
     assert 0.05 < mask[0].float().mean() <= 0.1 and 0.05 < mask[1, :500].float().mean() / 1 <= 0.1
     assert not mask[1, 500:].any() and not mask[2].any()
 
@@ -148,7 +130,7 @@ def test_speed_perturbation_moves_duration_and_pitch_together_and_only_while_tra
     tone = torch.sin(2 * math.pi * 1000.0 * seconds)  # 1 s at 1 kHz
     waves = torch.stack([tone, torch.where(seconds < 0.5, tone, torch.zeros_like(tone))])
     lengths = torch.tensor([16000, 8000])
-    perturbed, new_lengths = ds2.perturb_speed(waves, lengths, spread=0.1)
+    perturbed, new_lengths = modeling.perturb_speed(waves, lengths, spread=0.1)
     factors = (lengths / new_lengths).tolist()
     assert all(0.9 <= f <= 1.1 for f in factors) and abs(factors[0] - factors[1]) > 1e-3  # one speed per clip
     for row, (factor, new) in enumerate(zip(factors, new_lengths.tolist())):
@@ -157,14 +139,14 @@ def test_speed_perturbation_moves_duration_and_pitch_together_and_only_while_tra
         assert pitch == pytest.approx(1000.0 * factor, abs=2.0)  # faster clip, higher pitch, same factor
         assert not perturbed[row, new:].any()
     model = random_model(speed_perturb=0.1)
-    values, input_lengths = ds2.pad_waveforms([np.random.default_rng(0).standard_normal(8000).astype(np.float32)])
+    values, input_lengths = modeling.pad_waveforms([np.random.default_rng(0).standard_normal(8000).astype(np.float32)])
     first, second = (model(values, input_lengths)["logits"] for _ in range(2))  # eval mode: no perturbation
     assert torch.equal(first, second)
 
 
 def test_augmentation_starts_when_the_learning_rate_warm_up_ends(tmp_path):
     model = random_model(speed_perturb=0.1, spec_augment=True, dropout=0.0).train()
-    values, lengths = ds2.pad_waveforms([np.random.default_rng(0).standard_normal(16000).astype(np.float32)])
+    values, lengths = modeling.pad_waveforms([np.random.default_rng(0).standard_normal(16000).astype(np.float32)])
     args = transformers.TrainingArguments(output_dir=str(tmp_path), warmup_steps=0.25, report_to=[])
     repeatable = {}
     for step in (0, 24, 25, 99):
@@ -184,7 +166,7 @@ def test_pitch_features_follow_the_tone_contour_relative_to_the_speaker():
         seconds = torch.arange(samples) / ds2.SAMPLING_RATE
         return sum(torch.sin(2 * math.pi * k * f0 * seconds) / k for k in range(1, 11)) * 0.1
     clip = torch.cat([voice(110.0, 11200), voice(165.0, 6400), voice(220.0, 4800), torch.zeros(4800)])
-    pitch = ds2.PitchFeatures({"hop_length": 160, "sampling_rate": ds2.SAMPLING_RATE, "pitch_version": 2})
+    pitch = modeling.PitchFeatures({"hop_length": 160, "sampling_rate": ds2.SAMPLING_RATE})
     relative, slope, voicing = pitch(clip[None], torch.tensor([len(clip)]))[0]
     assert relative.shape == (len(clip) // 160 + 1,)
     # frames away from the edges: 0-70 at 110 Hz, 70-110 at 165 Hz, 110-140 at 220 Hz, then silence
@@ -195,26 +177,23 @@ def test_pitch_features_follow_the_tone_contour_relative_to_the_speaker():
     assert (voicing[low] > 0.9).all() and (voicing[fifth] > 0.9).all() and (slope[low].abs() < 0.05).all()
     assert not voicing[silent].any() and not relative[silent].any()
     other = torch.randn(30000) * 0.05
-    values, lengths = ds2.pad_waveforms([clip.numpy(), other.numpy()])
+    values, lengths = modeling.pad_waveforms([clip.numpy(), other.numpy()])
     alone = torch.stack([relative, slope, voicing])
     torch.testing.assert_close(pitch(values, lengths)[0, :, : relative.shape[0]], alone)
 
 
 def test_pitch_features_track_a_low_voice_under_60_hz():
-    """A low male voice at 55 Hz, then a fifth up (82.5 Hz): version 2 (50 Hz floor, 50 ms frames) hears
-    the fifth; version 1's 60 Hz floor could not, which is why models now get version 2."""
+    """A low male voice at 55 Hz, then a fifth up (82.5 Hz): the tracker's 50 Hz floor and 50 ms frames hear
+    both, and the fifth comes out 3 * log2(1.5) above the median."""
     def voice(f0, samples):
         seconds = torch.arange(samples) / ds2.SAMPLING_RATE
         return sum(torch.sin(2 * math.pi * k * f0 * seconds) / k for k in range(1, 21)) * 0.05
     clip = torch.cat([voice(55.0, 9600), voice(82.5, 6400)])
     config = {"hop_length": 160, "sampling_rate": ds2.SAMPLING_RATE}
     low, fifth = slice(8, 52), slice(68, 94)  # frames away from the edges: 0-60 at 55 Hz, 60-100 at 82.5 Hz
-    step = 3 * math.log2(1.5)
-    relative, _, voicing = ds2.PitchFeatures({**config, "pitch_version": 2})(clip[None], torch.tensor([len(clip)]))[0]
+    relative, _, voicing = modeling.PitchFeatures(config)(clip[None], torch.tensor([len(clip)]))[0]
     assert (voicing[low] > 0.9).all() and (voicing[fifth] > 0.9).all()
-    assert relative[low].abs().max() < 0.05 and relative[fifth].mean() == pytest.approx(step, abs=0.05)
-    relative, _, _ = ds2.PitchFeatures(config)(clip[None], torch.tensor([len(clip)]))[0]  # version 1
-    assert abs((relative[fifth].mean() - relative[low].mean()) - step) > 0.3
+    assert relative[low].abs().max() < 0.05 and relative[fifth].mean() == pytest.approx(3 * math.log2(1.5), abs=0.05)
 
 
 def test_a_model_saved_without_pitch_features_loads_and_transcribes_as_trained(tmp_path):
@@ -224,29 +203,24 @@ def test_a_model_saved_without_pitch_features_loads_and_transcribes_as_trained(t
     config = read_json(tmp_path / "config.json")
     del config["pitch"]
     (tmp_path / "config.json").write_text(json.dumps(config), encoding="utf-8")
-    loaded = ds2.load_model(tmp_path)
+    loaded = modeling.load_model(tmp_path)
     assert loaded.pitch is None and random_model().pitch is not None  # pitch is on for new models
     clip = [np.random.default_rng(0).normal(0, 0.1, 12000).astype(np.float32)]
-    assert ds2.transcribe(loaded, clip, decoder="greedy") == ds2.transcribe(model, clip, decoder="greedy")
+    assert modeling.transcribe(loaded, clip, decoder="greedy") == modeling.transcribe(model, clip, decoder="greedy")
 
 
-def test_a_model_saved_with_version_1_pitch_features_loads_and_transcribes_as_trained(tmp_path):
-    """New models have pitch_version 2 (median, octave folding, 50 Hz floor, the 3 features widened to 32
-    learnt inputs); a config.json without "pitch_version" (saved before it existed) gets version 1 back:
-    the mean-relative tracker and the 3 raw features, as that model was trained."""
-    new = random_model()
-    assert new.settings["pitch_version"] == 2 and new.pitch.version == 2
-    assert new.pitch_projection.out_features == ds2.PITCH_PROJECTION == 32
-    model = random_model(pitch_version=1)
-    assert model.pitch.version == 1 and model.pitch_projection is None
+def test_a_config_saved_by_earlier_versions_loads_and_transcribes_as_trained(tmp_path):
+    """Models saved until now carry "pitch_version": 2 in config.json (the pitch tracker there is now): they
+    load, strictly (the first layer's input size must match), and transcribe as they did."""
+    model = random_model()
+    assert model.pitch_projection.out_features == modeling.PITCH_PROJECTION
     ds2.save_best_model(model, tmp_path)
     config = read_json(tmp_path / "config.json")
-    del config["pitch_version"]
-    (tmp_path / "config.json").write_text(json.dumps(config), encoding="utf-8")
-    loaded = ds2.load_model(tmp_path)  # strict state-dict loading: the first layer's input size must match
-    assert loaded.pitch.version == 1 and loaded.pitch_projection is None
+    assert "pitch_version" not in config
+    (tmp_path / "config.json").write_text(json.dumps({**config, "pitch_version": 2}), encoding="utf-8")
+    loaded = modeling.load_model(tmp_path)
     clip = [np.random.default_rng(0).normal(0, 0.1, 12000).astype(np.float32)]
-    assert ds2.transcribe(loaded, clip, decoder="greedy") == ds2.transcribe(model, clip, decoder="greedy")
+    assert modeling.transcribe(loaded, clip, decoder="greedy") == modeling.transcribe(model, clip, decoder="greedy")
 
 
 def test_sortagrad_sampler_sorts_first_epoch_then_groups_lengths_deterministically():
@@ -271,12 +245,12 @@ def test_padded_batch_gives_each_clip_its_own_logits():
     model = random_model()
     rng = np.random.default_rng(0)
     clips = [rng.normal(0, 0.1, n).astype(np.float32) for n in (16000, 9000, 23000)]
-    values, lengths = ds2.pad_waveforms(clips)
+    values, lengths = modeling.pad_waveforms(clips)
     with torch.no_grad():
         batch = model(values, lengths)["logits"]
         out_lengths = model.output_lengths(lengths)
         for k, clip in enumerate(clips):
-            alone = model(*ds2.pad_waveforms([clip]))["logits"][0]
+            alone = model(*modeling.pad_waveforms([clip]))["logits"][0]
             n = int(out_lengths[k])
             assert alone.shape[0] == n
             torch.testing.assert_close(batch[k, :n], alone, atol=1e-4, rtol=1e-4)
@@ -286,7 +260,7 @@ def test_padded_batch_gives_each_clip_its_own_logits():
 def test_gradient_checkpointing_gives_the_same_gradients():
     model = random_model(dropout=0.0, spec_augment=False, speed_perturb=0.0)
     model.train()
-    values, lengths = ds2.pad_waveforms([np.random.default_rng(1).normal(0, 0.1, 12000).astype(np.float32)])
+    values, lengths = modeling.pad_waveforms([np.random.default_rng(1).normal(0, 0.1, 12000).astype(np.float32)])
     labels = torch.tensor([ds2.encode_text("xin chào", model.vocab)])
     grads = []
     for flag in (False, True):
@@ -297,18 +271,14 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     torch.testing.assert_close(grads[0], grads[1])
 
 
-def test_modeling_file_is_self_contained(tmp_path):
-    """The code written into best_model/ runs without train_deepspeech.py, transformers or jiwer."""
-    namespace: dict = {"__name__": "modeling_deepspeech2"}
-    exec(compile(ds2.MODELING_SOURCE, "modeling_deepspeech2.py", "exec"), namespace)
-    assert callable(namespace["load_model"]) and callable(namespace["transcribe"])
+def test_best_model_gets_the_model_file_verbatim_and_it_needs_only_torch_numpy_safetensors(tmp_path):
     ds2.save_best_model(random_model(), tmp_path)
-    model = namespace["load_model"](tmp_path)
-    assert not model.training
-    (text,) = namespace["transcribe"](model, [np.zeros(8000, dtype=np.float32)])
-    assert isinstance(text, str)
-    imports = [line for line in ds2.MODELING_SOURCE.splitlines() if line.startswith(("import", "from"))]
-    assert not any(name in line for line in imports for name in ("transformers", "jiwer", "train_deepspeech"))
+    assert (tmp_path / "modeling_deepspeech2.py").read_bytes() == (REPO / "modeling_deepspeech2.py").read_bytes()
+    tree = ast.parse((REPO / "modeling_deepspeech2.py").read_text(encoding="utf-8"))
+    imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
+                for alias in node.names}
+    imported |= {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    assert imported == {"__future__", "json", "math", "unicodedata", "pathlib", "numpy", "torch", "safetensors"}
 
 
 def test_history_rows_average_the_losses_since_the_previous_evaluation():
@@ -410,34 +380,45 @@ def test_run_folder_contract(deepspeech_run, waveform_data):
     assert card.startswith("---\nlanguage: vi") and f"{100 * metrics['wer']:.2f}" in card
     # the defaults' pitch features and LSTM cell are said where a reader of the run looks
     assert config["pitch"] is True and config["rnn_type"] == "lstm" and "pitch features" in card and "LSTM" in card
-    assert config["pitch_version"] == 2 and "relative to the utterance's median" in card
+    assert "relative to the utterance's median" in card
     assert config["speed_perturb"] == 0.1
     assert "speed perturbation within 1 +- 0.1 (both from the end of the warm-up)" in card
     assert "pitch" in info["architecture"]["features"]
 
 
-def test_tone_tokens_run_writes_nfc_transcripts_and_a_vocabulary_of_separate_tones(waveform_data, work_dir):
-    """--tone-tokens through main(): the saved vocabulary spells tones apart, every transcript and the
-    metrics' references are NFC, and the saved model decodes the same text after loading."""
-    from tiny_deepspeech import train_tiny_run
+def test_trains_in_a_notebook_cell_and_saves_a_model_that_loads(waveform_data, tmp_path, monkeypatch):
+    """Colab: `git clone` + `%cd` into the repository, the script pasted into a cell (its source runs in a
+    namespace without __file__), then main([...]). best_model/ gets the repository's model file and loads."""
+    monkeypatch.syspath_prepend(str(REPO))
+    cell = types.ModuleType("notebook_cell")
+    assert not hasattr(cell, "__file__")
+    exec(compile((REPO / "train_deepspeech.py").read_text(encoding="utf-8"), "<cell>", "exec"), cell.__dict__)
+    out = tmp_path / "chạy thử"
+    with one_thread():
+        cell.main(["--data", str(waveform_data), "--output-dir", str(out), *TINY_ARGS, "--max-steps", "2",
+                   "--train-eval-size", "0"])
+    best = out / "best_model"
+    assert (best / "modeling_deepspeech2.py").read_bytes() == (REPO / "modeling_deepspeech2.py").read_bytes()
+    model = modeling.load_model(best)
+    test = datasets.load_from_disk(str(waveform_data))["test"].with_format("numpy", columns=["input_values"])
+    assert modeling.transcribe(model, list(test["input_values"])) == [
+        r["raw_prediction"] for r in read_csv(out / "test_predictions.csv")]
 
-    out = train_tiny_run(waveform_data, work_dir / "runs" / "deepspeech2 tone tokens", ("--tone-tokens",))
-    vocab = read_json(out / "best_model" / "vocab.json")
-    assert ds2.uses_tone_tokens(vocab) and not any(len(t) == 1 and unicodedata.normalize("NFD", t) != t
-                                                   and set(unicodedata.normalize("NFD", t)) & set(ds2.TONE_MARKS)
-                                                   for t in vocab)
-    rows = read_csv(out / "test_predictions.csv")
-    test = datasets.load_from_disk(str(waveform_data))["test"]
-    assert [r["reference"] for r in rows] == [str(s) for s in test["sentence"]]
-    assert all(unicodedata.normalize("NFC", r["prediction"]) == r["prediction"] for r in rows)
-    model = ds2.load_model(out / "best_model")
-    waves = list(test.with_format("numpy", columns=["input_values"])["input_values"])
-    assert ds2.transcribe(model, waves) == [r["raw_prediction"] for r in rows]
+
+def test_trainer_without_the_model_file_says_where_to_get_it(tmp_path):
+    shutil.copy(REPO / "train_deepspeech.py", tmp_path)
+    env = {key: value for key, value in OFFLINE_ENV.items() if key != "PYTHONPATH"}
+    result = subprocess.run([sys.executable, "train_deepspeech.py", "--help"], cwd=tmp_path, capture_output=True,
+                            text=True, encoding="utf-8", env=env, timeout=300)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    line = result.stderr.strip().splitlines()[-1]  # lines before it: other packages' import notices
+    assert "next to train_deepspeech.py" in line and "git clone" in line
+    assert "%%writefile modeling_deepspeech2.py" in line
 
 
 def test_training_sees_clean_clips_until_the_warm_up_ends(waveform_data, tmp_path, monkeypatch):
     seen = []  # per training step: were speed perturbation and SpecAugment on?
-    forward = ds2.DeepSpeech2.forward
+    forward = modeling.DeepSpeech2.forward
 
     @functools.wraps(forward)  # the Trainer reads forward's signature
     def recording_forward(self, *args, **kwargs):
@@ -445,7 +426,7 @@ def test_training_sees_clean_clips_until_the_warm_up_ends(waveform_data, tmp_pat
             seen.append(self.augment)
         return forward(self, *args, **kwargs)
 
-    monkeypatch.setattr(ds2.DeepSpeech2, "forward", recording_forward)
+    monkeypatch.setattr(modeling.DeepSpeech2, "forward", recording_forward)
     train_tiny_run(waveform_data, tmp_path / "run", ("--max-steps", "8", "--warmup-ratio", "0.25",
                                                      "--train-eval-size", "0"))
     assert seen == [False] * 2 + [True] * 6
@@ -551,7 +532,8 @@ def test_learns_to_transcribe_unseen_voices_and_sentences(learned_run):
 
 
 def test_best_model_transcribes_wav_files_in_a_fresh_process(learned_run, work_dir):
-    """What transcribe.py and demo.py do: import modeling_deepspeech2.py from the folder, nothing else."""
+    """What a user of a shared best_model/ does (and transcribe.py --trust-remote-code): import the folder's
+    modeling_deepspeech2.py, nothing else."""
     predictions = read_csv(learned_run / "test_predictions.csv")
     corpus = work_dir / "ds2 learning corpus" / "test" / "waves"
     wavs = [str(corpus / p["speaker"] / f"{p['id']}.wav") for p in predictions]
@@ -588,9 +570,9 @@ def test_eval_only_reproduces_the_run_and_padded_decoding_is_exact(learned_run, 
         ds2.main(["--data", str(data), "--output-dir", str(out), "--model", str(learned_run / "best_model"),
                   "--eval-only", "--train-eval-size", "0", "--eval-batch-size", "7"])
         validation = datasets.load_from_disk(str(data))["validation"]
-        model = ds2.load_model(learned_run / "best_model")
+        model = modeling.load_model(learned_run / "best_model")
         waves = list(validation.with_format("numpy", columns=["input_values"])["input_values"])
-        hyps = [ds2.normalize_text(ds2.transcribe(model, [w], decoder="greedy")[0]) for w in waves]
+        hyps = [ds2.normalize_text(modeling.transcribe(model, [w], decoder="greedy")[0]) for w in waves]
     reference = read_json(learned_run / "test_metrics.json")
     assert read_json(out / "test_metrics.json")["cer"] == pytest.approx(reference["cer"])
     info = read_json(out / "run_info.json")
@@ -610,10 +592,117 @@ def test_decoder_greedy_writes_best_path_test_predictions(learned_run, work_dir)
     with one_thread():
         ds2.main(["--data", str(data), "--output-dir", str(out), "--model", str(learned_run / "best_model"),
                   "--eval-only", "--train-eval-size", "0", "--decoder", "greedy"])
-        model = ds2.load_model(learned_run / "best_model")
+        model = modeling.load_model(learned_run / "best_model")
         test = datasets.load_from_disk(str(data))["test"]
-        greedy = ds2.transcribe(model, list(test.with_format("numpy", columns=["input_values"])["input_values"]),
+        greedy = modeling.transcribe(model, list(test.with_format("numpy", columns=["input_values"])["input_values"]),
                                 decoder="greedy")
     assert read_json(out / "run_info.json")["decoder"] == "greedy"
     assert [r["raw_prediction"] for r in read_csv(out / "test_predictions.csv")] == greedy
     assert json.loads((out / "best_model" / "config.json").read_text(encoding="utf-8"))["decoder"] == "greedy"
+
+
+# ----------------------------------------------------------------------------- code in a model folder
+
+FOLDER_TEXT = "mã của thư mục"  # what the edited folder copy "transcribes"
+
+
+@pytest.fixture()
+def edited_folder(tmp_path) -> Path:
+    """A saved DeepSpeech2 whose modeling_deepspeech2.py was edited by whoever shared it: on import it writes
+    `ran.txt` next to itself, and its transcribe() returns FOLDER_TEXT."""
+    folder = tmp_path / "mô hình chia sẻ" / "best_model"
+    ds2.save_best_model(random_model(), folder)
+    code = folder / "modeling_deepspeech2.py"
+    code.write_text(code.read_text(encoding="utf-8") + textwrap.dedent(f"""
+        Path(__file__).with_name("ran.txt").write_text("folder code ran", encoding="utf-8")
+
+
+        def transcribe(model, waveforms, batch_size=16, decoder=None):
+            return [{FOLDER_TEXT!r}] * len(waveforms)
+        """), encoding="utf-8")
+    return folder
+
+
+@pytest.fixture()
+def clip_wav(tmp_path) -> tuple[Path, np.ndarray]:
+    """A 1.5 s noise clip as a WAV file, and its samples as the scripts read them."""
+    import soundfile as sf
+
+    wave = np.random.default_rng(0).normal(0, 0.1, 24000).astype(np.float32)
+    path = tmp_path / "đoạn.wav"
+    sf.write(path, wave, ds2.SAMPLING_RATE)
+    return path, sf.read(path, dtype="float32")[0]
+
+
+def repository_transcript(folder: Path, wave: np.ndarray) -> str:
+    """The folder's weights run by the repository's modeling_deepspeech2.py."""
+    return ds2.normalize_text(modeling.transcribe(modeling.load_model(folder), [wave])[0])
+
+
+def test_transcribe_runs_folder_code_only_with_trust_remote_code(edited_folder, clip_wav, tmp_path):
+    import transcribe
+
+    path, wave = clip_wav
+    expected = repository_transcript(edited_folder, wave)
+    base = ["--model", str(edited_folder), str(path), "--format", "json", "--device", "cpu"]
+    result = transcribe.main([*base, "--output-dir", str(tmp_path / "safe")])
+    assert not (edited_folder / "ran.txt").exists()
+    assert result["files"][0]["text"] == expected != FOLDER_TEXT
+    result = transcribe.main([*base, "--output-dir", str(tmp_path / "trusted"), "--trust-remote-code"])
+    assert (edited_folder / "ran.txt").is_file() and result["files"][0]["text"] == FOLDER_TEXT
+
+
+def test_transcribe_names_the_missing_files_of_an_incomplete_deepspeech2_folder(edited_folder, clip_wav, tmp_path):
+    import transcribe
+
+    (edited_folder / "model.safetensors").unlink()
+    with pytest.raises(SystemExit, match="missing: model.safetensors. Pass the --output-dir of a finished"):
+        transcribe.main(["--model", str(edited_folder), str(clip_wav[0]), "--output-dir", str(tmp_path / "out")])
+    assert not (edited_folder / "ran.txt").exists() and not (tmp_path / "out").exists()
+
+
+def test_demo_runs_folder_code_only_with_trust_remote_code(edited_folder, clip_wav, monkeypatch):
+    import demo
+
+    path, wave = clip_wav
+    expected = repository_transcript(edited_folder, wave)
+
+    class Page:  # the page is built, never served
+        def launch(self, **kwargs):
+            return None
+
+    for flags, marker, text in (([], False, expected), (["--trust-remote-code"], True, FOLDER_TEXT)):
+        loaded = {}
+        monkeypatch.setattr(demo, "build_demo", lambda models: loaded.update(models) or Page())
+        demo.main(["--models", str(edited_folder), "--device", "cpu", *flags])
+        assert (edited_folder / "ran.txt").exists() == marker
+        (name,) = loaded
+        assert demo.compare_models(loaded, str(path), [name])[0] == text
+
+
+def test_transcribe_without_the_repository_model_file_refuses_or_runs_the_folder_copy_on_request(
+        edited_folder, clip_wav, tmp_path, monkeypatch):
+    """transcribe.py copied alone, or a notebook working inside the model folder: the folder's file is the only
+    modeling_deepspeech2.py Python could import, and it still runs only with --trust-remote-code."""
+    path, _ = clip_wav
+    shutil.copy(REPO / "transcribe.py", tmp_path)
+    env = {key: value for key, value in OFFLINE_ENV.items() if key != "PYTHONPATH"}
+    command = [sys.executable, "transcribe.py", "--model", str(edited_folder), str(path), "--device", "cpu"]
+    refused = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, encoding="utf-8", env=env,
+                             timeout=300)
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    assert "modeling_deepspeech2.py not found next to this script" in refused.stderr
+    assert "--trust-remote-code" in refused.stderr and not (edited_folder / "ran.txt").exists()
+    trusted = subprocess.run([*command, "--trust-remote-code"], cwd=tmp_path, capture_output=True, text=True,
+                             encoding="utf-8", env=env, timeout=300)
+    assert trusted.returncode == 0, trusted.stderr[-2000:]
+    assert FOLDER_TEXT in trusted.stdout and (edited_folder / "ran.txt").is_file()
+    (edited_folder / "ran.txt").unlink()
+
+    import transcribe
+
+    monkeypatch.syspath_prepend(str(edited_folder))
+    monkeypatch.delitem(sys.modules, "modeling_deepspeech2")
+    with pytest.raises(SystemExit, match="--trust-remote-code"):
+        transcribe.main(["--model", str(edited_folder), str(path), "--output-dir", str(tmp_path / "out")])
+    assert not (edited_folder / "ran.txt").exists()
