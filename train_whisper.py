@@ -710,8 +710,9 @@ def trainer_settings(args: argparse.Namespace, precision: str, optim: str) -> di
 def training_arguments(args: argparse.Namespace, precision: str, optim: str) -> Seq2SeqTrainingArguments:
     """The shared settings, with generate() for the validation WER and non-reentrant activation
     checkpointing (the reentrant kind fails with "backward through the graph a second time")."""
+    shared = {**trainer_settings(args, precision, optim), "learning_rate": learning_rate(args)}
     return Seq2SeqTrainingArguments(
-        **trainer_settings(args, precision, optim), predict_with_generate=True, ddp_find_unused_parameters=False,
+        **shared, predict_with_generate=True, ddp_find_unused_parameters=False,
         activation_checkpointing=args.gradient_checkpointing,
         activation_checkpointing_kwargs={"use_reentrant": False} if args.gradient_checkpointing else None)
 

@@ -330,3 +330,16 @@ def test_refuses_eval_only_without_a_ctc_head(waveform_data, tiny_model, tmp_pat
     with pytest.raises(SystemExit, match="--eval-only needs a model with a CTC head and its tokenizer"):
         train_wav2vec2.main(["--data", str(waveform_data), "--model", str(tiny_model),
                              "--output-dir", str(tmp_path / "run"), "--eval-only"])
+
+
+def test_deepspeech2_trains_on_the_ids_a_wav2vec2_tokenizer_gives_the_same_text():
+    """Both CTC trainers build their vocabulary one way ([PAD] the blank at 0, [UNK] 1, `|` 2, then the
+    sorted letters): DeepSpeech2's labels are what train_wav2vec2's tokenizer makes of the text."""
+    import train_deepspeech
+
+    sentences = ["xin chào", "cà phê sữa"]
+    vocab = train_wav2vec2.build_vocab(sentences)
+    assert train_deepspeech.build_vocab(sentences) == vocab
+    tokenizer = train_wav2vec2.tokenizer_from_vocabulary(vocab)
+    for text in ("cà phê xin", "sữa zô"):  # z and ô are not in the vocabulary
+        assert train_deepspeech.encode_text(text, vocab) == tokenizer(text)["input_ids"]
