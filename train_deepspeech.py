@@ -477,7 +477,7 @@ def load_prepared_dataset(data: Path, columns: set[str], eval_only: bool) -> tup
     return dataset, summary
 
 
-# ----------------------------------------------------------------------------- 4. model and vocabulary
+# ----------------------------------------------------------------------------- 4. model
 
 # Copied from train_wav2vec2.build_vocab
 def build_vocab(sentences: list[str]) -> dict[str, int]:
@@ -557,7 +557,7 @@ def feature_statistics(split, config: dict, limit: int, seed: int) -> tuple[list
     return mean.tolist(), std.tolist()
 
 
-# ----------------------------------------------------------------------------- 5. data for the Trainer
+# ----------------------------------------------------------------------------- 5. preprocessing
 
 def word_counts(sentences: list[str]) -> dict[str, int]:
     """How often each word occurs in the (normalised) sentences, most frequent first: lexicon.json."""
@@ -854,7 +854,7 @@ def run_training(trainer, args: argparse.Namespace, checkpoint: Path | None) -> 
                          f"{kept if kept else 'the start (no checkpoint was complete yet)'}.")
 
 
-# ----------------------------------------------------------------------------- 8. test transcription
+# ----------------------------------------------------------------------------- 8. test
 
 def transcribe_in_chunks(model: DeepSpeech2, split, batch_size: int) -> tuple[list[str], float]:
     """Raw transcripts of a split and the seconds spent transcribing; the audio is read from disk a chunk at

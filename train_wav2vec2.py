@@ -456,7 +456,7 @@ def load_prepared_dataset(data: Path, columns: set[str], eval_only: bool) -> tup
     return dataset, summary
 
 
-# ----------------------------------------------------------------------------- 4. model and processor
+# ----------------------------------------------------------------------------- 4. model
 
 # Copied from train_whisper.check_model_folder
 def check_model_folder(model: str) -> None:
@@ -616,7 +616,7 @@ def architecture_facts(model) -> dict:
     }
 
 
-# ----------------------------------------------------------------------------- 5. data for the Trainer
+# ----------------------------------------------------------------------------- 5. preprocessing
 
 def ctc_frames(model, durations: list[float]) -> list[int]:
     """Output frames of the convolutional encoder for clips of these durations."""
@@ -897,7 +897,7 @@ def run_training(trainer, args: argparse.Namespace, checkpoint: Path | None) -> 
                          f"{kept if kept else 'the start (no checkpoint was complete yet)'}.")
 
 
-# ----------------------------------------------------------------------------- 8. test transcription
+# ----------------------------------------------------------------------------- 8. test
 
 def transcribe_with_trainer(trainer, split, tokenizer) -> tuple[list[str], float]:
     """Batched greedy CTC decoding with the loaded (best) model: (raw transcripts, seconds it took).

@@ -440,7 +440,7 @@ def dataset_mel_count(dataset, summary: dict) -> int:
     return n_mels
 
 
-# ----------------------------------------------------------------------------- 4. model and processor
+# ----------------------------------------------------------------------------- 4. model
 
 def check_model_folder(model: str) -> None:
     """Refuse a local --model folder whose config.json does not parse or that holds no weights, in one line
@@ -758,7 +758,7 @@ def run_training(trainer, args: argparse.Namespace, checkpoint: Path | None) -> 
                          f"{kept if kept else 'the start (no checkpoint was complete yet)'}.")
 
 
-# ----------------------------------------------------------------------------- 8. test transcription
+# ----------------------------------------------------------------------------- 8. test
 
 def transcribe_with_generate(model, processor, split, batch_size: int, n_frames: int,
                              precision: str) -> tuple[list, float]:
