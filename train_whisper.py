@@ -344,11 +344,11 @@ def checkpoint_to_resume(args: argparse.Namespace) -> Path | None:
                              "Choose a new --output-dir, or delete that folder, or drop --no-resume to continue "
                              "from its last checkpoint.")
         return None
+    checkpoints = checkpoint_folders(folder) if used else []
     checkpoint = last_complete_checkpoint(folder) if used else None
-    newest = checkpoint_folders(folder)[0] if used and checkpoint_folders(folder) else None
-    if newest and newest != checkpoint:
-        say(f"{newest.name} is incomplete ({checkpoint_problem(newest)}), cut off while it was written: "
-            f"{'continuing from ' + checkpoint.name if checkpoint else 'no complete checkpoint is left'}.")
+    if checkpoints and checkpoints[0] != checkpoint:
+        say(f"{checkpoints[0].name} is incomplete ({checkpoint_problem(checkpoints[0])}), cut off while it was "
+            f"written: {'continuing from ' + checkpoint.name if checkpoint else 'no complete checkpoint is left'}.")
     if checkpoint:
         say(f"resuming from {checkpoint} (same optimizer, scheduler, random state and epoch counter)")
     elif used:
