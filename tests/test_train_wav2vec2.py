@@ -1,7 +1,8 @@
 """train_wav2vec2.py: a tiny Wav2Vec2 (built from a config, offline) on espeak-ng VIVOS-shaped data.
 
 The expensive runs are shared: `wav2vec2_run` (conftest) is the complete 3-epoch run that report.py,
-transcribe.py and demo.py read too; the resume and --eval-only tests start from it."""
+transcribe.py and demo.py read too. What the three trainers promise alike (run folder, resume, --eval-only,
+refusals) is tests/test_trainer_contract.py."""
 from __future__ import annotations
 
 import csv
@@ -227,32 +228,6 @@ def test_run_folder_holds_a_ctc_model_and_its_vocabulary(wav2vec2_run, waveform_
     clip = np.asarray(data["test"][0]["input_values"], dtype=np.float32)
     heard = train_wav2vec2.normalize_text(asr(clip)["text"].replace("[UNK]", ""))
     assert heard == predictions[0]["prediction"]
-
-
-def test_resume_continues_from_the_last_complete_checkpoint(wav2vec2_run, waveform_data, tiny_model, work_dir,
-                                                             capsys):
-    """A run cut off after epoch 1 (and in the middle of writing a later checkpoint) continues from
-    checkpoint-9 with the same optimizer, scheduler and random state: the same 27 steps, the same 3 history
-    rows and the same final validation loss as the run that was never interrupted."""
-    resumed = work_dir / "runs" / "wav2vec2 resumed"
-    shutil.copytree(wav2vec2_run / "checkpoint-9", resumed / "checkpoint-9")
-    (resumed / "checkpoint-28").mkdir()  # the save the power cut interrupted: no trainer_state.json yet
-    (resumed / "checkpoint-28" / "model.safetensors").write_bytes(b"half")
-    base = read_json(wav2vec2_run / "run_info.json")["base_model"]
-
-    with one_thread():
-        info = train_wav2vec2.main(tiny_run_args(waveform_data, resumed, Path(base)))
-
-    assert f"resuming from {resumed / 'checkpoint-9'}" in capsys.readouterr().out
-    assert info["resumed_from"] == str(resumed / "checkpoint-9")
-    clock = read_json(resumed / "checkpoint-9" / "trainer_state.json")["stateful_callbacks"]["TrainClockCallback"]
-    assert info["train_seconds"] > clock["attributes"]["seconds_before"] > 0  # training time of both sessions
-    state, original = read_json(resumed / "trainer_state.json"), read_json(wav2vec2_run / "trainer_state.json")
-    assert state["global_step"] == original["global_step"] == 27 and info["epochs_run"] == 3
-    history, original_history = read_csv(resumed / "history.csv"), read_csv(wav2vec2_run / "history.csv")
-    assert [r["step"] for r in history] == ["9", "18", "27"]
-    assert float(history[-1]["val_loss"]) == pytest.approx(float(original_history[-1]["val_loss"]), rel=1e-3)
-    assert float(history[-1]["train_loss"]) == pytest.approx(float(original_history[-1]["train_loss"]), rel=1e-3)
 
 
 def test_early_stopping_keeps_the_best_checkpoint(waveform_data, tiny_model, work_dir):

@@ -1,5 +1,6 @@
-"""train_whisper.py, tested on what a student relies on: a model that learns its transcripts, a run folder
-the other tools read, resuming after a crash, LoRA, two processes, and refusals that say what to do.
+"""train_whisper.py, tested on what a student relies on: a model that learns its transcripts, a best_model
+that transformers.pipeline loads, LoRA, two processes, and the refusals only Whisper has. What the three
+trainers promise alike (run folder, resume, --eval-only, refusals) is tests/test_trainer_contract.py.
 A tiny Whisper (tests/tiny_whisper.py) on the espeak-ng corpus; offline, CPU."""
 from __future__ import annotations
 
@@ -152,44 +153,6 @@ def test_early_stopping_ends_a_run_that_stops_improving(eight_data, tiny_model, 
                                               "--patience", "1", *QUICK))
     assert info["stop_reason"] == "early_stopping" and info["epochs_run"] == 2.0 and info["best_epoch"] == 1.0
     assert len(read_csv(out / "history.csv")) == 2
-
-
-def test_resume_after_a_crash_continues_exactly_where_it_stopped(eight_data, tiny_model, tmp_path, monkeypatch):
-    """Killed in epoch 2 while checkpoint-4 was being written: the same command resumes from checkpoint-2
-    (the half-written one is never chosen) and ends like an uninterrupted run, no step lost or repeated."""
-    def run(out: Path) -> list[str]:
-        return tiny_train_args(eight_data, tiny_model, out, "--epochs", "3", "--batch-size", "4",
-                               "--gradient-checkpointing", *QUICK)
-
-    train_whisper.main(run(tmp_path / "không ngắt"))
-    out = tmp_path / "bị ngắt"
-    original = train_whisper.Seq2SeqTrainer.training_step
-
-    def crash_at_step_4(self, *args, **kwargs):
-        if self.state.global_step == 3:
-            raise KeyboardInterrupt
-        return original(self, *args, **kwargs)
-
-    with monkeypatch.context() as patch:
-        patch.setattr(train_whisper.Seq2SeqTrainer, "training_step", crash_at_step_4)
-        with pytest.raises(SystemExit, match="Re-run the same command to continue from .*checkpoint-2"):
-            train_whisper.main(run(out))
-    (out / "checkpoint-4").mkdir()
-    (out / "checkpoint-4" / "model.safetensors").write_bytes(b"cut off")
-    assert train_whisper.last_complete_checkpoint(out) == out / "checkpoint-2"
-
-    before_crash = read_json(out / "checkpoint-2" / "trainer_state.json")["stateful_callbacks"]
-    seconds_before = before_crash["TrainClockCallback"]["attributes"]["seconds_before"]
-    info = train_whisper.main(run(out))
-    assert info["train_seconds"] > seconds_before > 0  # training time adds up over the sessions
-    state = read_json(out / "trainer_state.json")
-    assert state["global_step"] == 6 and info["epochs_run"] == 3.0
-    assert [e["step"] for e in state["log_history"] if "loss" in e] == [1, 2, 3, 4, 5, 6]
-    resumed, straight = read_csv(out / "history.csv"), read_csv(tmp_path / "không ngắt" / "history.csv")
-    assert [r["step"] for r in resumed] == ["2", "4", "6"]
-    for a, b in zip(resumed, straight):
-        for key in ("train_loss", "val_loss", "learning_rate"):
-            assert float(a[key]) == pytest.approx(float(b[key]), rel=1e-4), key
 
 
 def test_eval_only_scores_the_model_as_it_is(whisper_run, whisper_data, tmp_path):

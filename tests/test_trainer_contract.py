@@ -145,8 +145,9 @@ def test_eval_only_refuses_a_folder_whose_files_show_training(family, evidence, 
 
 
 def test_eval_only_writes_its_own_folder_and_logs_nothing_outside_it(family, tmp_path, monkeypatch):
-    """An evaluation of a trained model into a new folder: the run folder of an eval-only run, TensorBoard
-    logs inside it and no ./runs in the current folder; a second evaluation may replace it."""
+    """An evaluation of a run's best_model into a new folder transcribes the test split as the run did, and
+    writes the run folder of an eval-only run, TensorBoard logs inside it and no ./runs in the current
+    folder; a second evaluation may replace it."""
     run = family.run
     here = tmp_path / "thư mục hiện tại"
     here.mkdir()
@@ -158,18 +159,26 @@ def test_eval_only_writes_its_own_folder_and_logs_nothing_outside_it(family, tmp
     assert info["eval_only"] is True and info["stop_reason"] == "eval_only" and info["train_seconds"] == 0
     assert not list(out.glob("checkpoint-*")) and list((out / "runs").rglob("events.out.tfevents.*"))
     assert not (here / "runs").exists()
+    predictions = [row["raw_prediction"] for row in read_csv(out / "test_predictions.csv")]
+    assert predictions == [row["raw_prediction"] for row in read_csv(run / "test_predictions.csv")]
     assert family.module.training_run_evidence(out) is None  # so the same command may run again
 
 
 # ----------------------------------------------------------------------------- resume
 
-def test_resume_skips_a_cut_off_checkpoint_and_adds_up_training_time(family, tmp_path, monkeypatch, capsys):
+def test_resume_skips_a_cut_off_checkpoint_and_ends_like_an_uninterrupted_run(family, tmp_path, monkeypatch,
+                                                                             capsys):
     """Stopped by Ctrl-C right after checkpoint-4 was saved, whose optimizer.pt a full disk then cut short:
-    the same command says so in one line, continues from checkpoint-2 and ends at step 6, with the training
-    seconds of both sessions in run_info.json."""
+    the same command says so in one line, continues from checkpoint-2 (optimizer, scheduler, random state
+    and data order restored) and ends at step 6 with the losses of a run never interrupted, and with the
+    training seconds of both sessions in run_info.json."""
+    def run_args(out: Path) -> list[str]:
+        return family.tiny(family.data, out, "--max-steps", "6", "--eval-every", "2", "--train-eval-size", "0",
+                           "--patience", "0", "--save-total-limit", "3")
+
+    family.main(*run_args(tmp_path / "không ngắt"))
     out = tmp_path / "bị ngắt"
-    argv = family.tiny(family.data, out, "--max-steps", "6", "--eval-every", "2", "--train-eval-size", "0",
-                       "--patience", "0", "--save-total-limit", "3")
+    argv = run_args(out)
     save = transformers.Trainer._save_checkpoint
 
     def save_then_stop_at_step_4(self, *args, **kwargs):
@@ -193,7 +202,11 @@ def test_resume_skips_a_cut_off_checkpoint_and_adds_up_training_time(family, tmp
     assert "continuing from checkpoint-2" in printed
     assert info["resumed_from"] == str(out / "checkpoint-2")
     assert read_json(out / "trainer_state.json")["global_step"] == 6
-    assert [row["step"] for row in read_csv(out / "history.csv")] == ["2", "4", "6"]
+    resumed, straight = read_csv(out / "history.csv"), read_csv(tmp_path / "không ngắt" / "history.csv")
+    assert [row["step"] for row in resumed] == [row["step"] for row in straight] == ["2", "4", "6"]
+    for again, never in zip(resumed, straight):
+        for column in ("train_loss", "val_loss", "learning_rate"):
+            assert float(again[column]) == pytest.approx(float(never[column]), rel=1e-4), column
     assert info["train_seconds"] > seconds_before > 0
 
 
