@@ -311,32 +311,36 @@ def checkpoint_folders(output_dir: Path) -> list[Path]:
     return sorted(numbered, key=lambda folder: int(folder.name.split("-")[-1]), reverse=True)
 
 
+# Copied from train_whisper.cut_off
+def cut_off(path: Path) -> bool:
+    """Whether a torch or safetensors file ends before its format says it should (a full disk or a power cut
+    while it was written), checked cheaply: a torch file is a zip archive whose directory sits at its end, a
+    safetensors header gives the file's length."""
+    if path.suffix in (".pt", ".pth", ".bin"):
+        return not zipfile.is_zipfile(path)
+    if path.suffix != ".safetensors":
+        return False
+    with path.open("rb") as handle:
+        header_size = int.from_bytes(handle.read(8), "little")
+        try:
+            header = json.loads(handle.read(header_size))
+            end = max((entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"), default=0)
+        except (ValueError, KeyError, TypeError, AttributeError, IndexError):
+            return True
+    return path.stat().st_size < 8 + header_size + end
+
+
 # Copied from train_whisper.checkpoint_problem
 def checkpoint_problem(folder: Path) -> str | None:
-    """Why training cannot continue from this checkpoint (None: it can). Trainer writes trainer_state.json
-    last; a file cut off by a full disk or a power cut fails its format's own cheap check (a torch file is a
-    zip archive whose directory sits at its end; a safetensors header gives the file's length)."""
+    """Why training cannot continue from this checkpoint (None: it can): Trainer writes trainer_state.json
+    last, and no file of it may be cut off."""
     try:
         json.loads((folder / "trainer_state.json").read_text(encoding="utf-8"))
     except FileNotFoundError:
         return "no trainer_state.json"
     except ValueError:
         return "trainer_state.json is cut off"
-    for path in sorted(folder.iterdir()):
-        if path.suffix in (".pt", ".pth", ".bin") and not zipfile.is_zipfile(path):
-            return f"{path.name} is cut off"
-        if path.suffix == ".safetensors":
-            with path.open("rb") as handle:
-                header_size = int.from_bytes(handle.read(8), "little")
-                try:
-                    header = json.loads(handle.read(header_size))
-                    end = max((entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"),
-                              default=0)
-                except (ValueError, KeyError, TypeError, AttributeError, IndexError):
-                    return f"{path.name} is cut off"
-            if path.stat().st_size < 8 + header_size + end:
-                return f"{path.name} is cut off"
-    return None
+    return next((f"{path.name} is cut off" for path in sorted(folder.iterdir()) if cut_off(path)), None)
 
 
 # Copied from train_whisper.last_complete_checkpoint
@@ -530,6 +534,9 @@ def check_saved_model(folder: Path) -> None:
         except ValueError as error:
             raise InputError(f"--model {folder}: its config.json or vocab.json does not parse ({error}); copy the "
                              "folder again from its run folder's best_model/.")
+    if not missing and cut_off(folder / "model.safetensors"):
+        raise InputError(f"--model {folder}: its model.safetensors is cut off (a copy or a save interrupted); copy "
+                         "the folder again from its run folder's best_model/.")
     if missing or config.get("model_type") != "deepspeech2":
         found = ", ".join(sorted(p.name for p in folder.iterdir())) if folder.is_dir() else "no such folder"
         raise InputError(f"--model {folder}: expected 'scratch' or a best_model/ folder written by "

@@ -271,31 +271,34 @@ def checkpoint_folders(output_dir: Path) -> list[Path]:
     return sorted(numbered, key=lambda folder: int(folder.name.split("-")[-1]), reverse=True)
 
 
+def cut_off(path: Path) -> bool:
+    """Whether a torch or safetensors file ends before its format says it should (a full disk or a power cut
+    while it was written), checked cheaply: a torch file is a zip archive whose directory sits at its end, a
+    safetensors header gives the file's length."""
+    if path.suffix in (".pt", ".pth", ".bin"):
+        return not zipfile.is_zipfile(path)
+    if path.suffix != ".safetensors":
+        return False
+    with path.open("rb") as handle:
+        header_size = int.from_bytes(handle.read(8), "little")
+        try:
+            header = json.loads(handle.read(header_size))
+            end = max((entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"), default=0)
+        except (ValueError, KeyError, TypeError, AttributeError, IndexError):
+            return True
+    return path.stat().st_size < 8 + header_size + end
+
+
 def checkpoint_problem(folder: Path) -> str | None:
-    """Why training cannot continue from this checkpoint (None: it can). Trainer writes trainer_state.json
-    last; a file cut off by a full disk or a power cut fails its format's own cheap check (a torch file is a
-    zip archive whose directory sits at its end; a safetensors header gives the file's length)."""
+    """Why training cannot continue from this checkpoint (None: it can): Trainer writes trainer_state.json
+    last, and no file of it may be cut off."""
     try:
         json.loads((folder / "trainer_state.json").read_text(encoding="utf-8"))
     except FileNotFoundError:
         return "no trainer_state.json"
     except ValueError:
         return "trainer_state.json is cut off"
-    for path in sorted(folder.iterdir()):
-        if path.suffix in (".pt", ".pth", ".bin") and not zipfile.is_zipfile(path):
-            return f"{path.name} is cut off"
-        if path.suffix == ".safetensors":
-            with path.open("rb") as handle:
-                header_size = int.from_bytes(handle.read(8), "little")
-                try:
-                    header = json.loads(handle.read(header_size))
-                    end = max((entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"),
-                              default=0)
-                except (ValueError, KeyError, TypeError, AttributeError, IndexError):
-                    return f"{path.name} is cut off"
-            if path.stat().st_size < 8 + header_size + end:
-                return f"{path.name} is cut off"
-    return None
+    return next((f"{path.name} is cut off" for path in sorted(folder.iterdir()) if cut_off(path)), None)
 
 
 def last_complete_checkpoint(output_dir: Path) -> Path | None:
@@ -458,6 +461,8 @@ def check_model_folder(model: str) -> None:
     weights = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
     if problem is None and not any((folder / name).is_file() for name in weights):
         problem = "no weights (model.safetensors)"
+    if problem is None and (folder / "model.safetensors").is_file() and cut_off(folder / "model.safetensors"):
+        problem = "a model.safetensors that is cut off"
     if problem:
         raise InputError(f"--model {model}: expected a model folder (config.json and model.safetensors, such as a "
                          f"run's best_model/), found {problem}. Point --model at a complete folder or copy it again.")

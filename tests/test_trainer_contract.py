@@ -275,14 +275,17 @@ def test_an_empty_validation_split_is_refused_before_training(family, saved, tmp
         assert "the validation split(s) are empty" in message
 
 
-@pytest.mark.parametrize("damage", ["config", "weights"])
+@pytest.mark.parametrize("damage", ["config cut off", "weights missing", "weights cut off"])
 def test_a_damaged_model_folder_is_refused_in_one_line(family, damage, tmp_path):
     model = tmp_path / "mô hình hỏng"
     shutil.copytree(family.run / "best_model", model)
-    if damage == "config":
+    weights = model / "model.safetensors"
+    if damage == "config cut off":
         (model / "config.json").write_text('{"model_type": ', encoding="utf-8")
+    elif damage == "weights missing":
+        weights.unlink()
     else:
-        (model / "model.safetensors").unlink()
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
     out = tmp_path / "kết quả"
     message = refusal(family, "--data", family.data, "--output-dir", out, "--model", model, "--eval-only")
     assert str(model) in message and ("config.json" in message or "model.safetensors" in message)
