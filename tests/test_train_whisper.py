@@ -18,6 +18,7 @@ import pytest
 import soundfile as sf
 import torch
 from datasets import DatasetDict, load_from_disk
+from safetensors.torch import save_file
 
 import train_whisper
 from conftest import REPO
@@ -236,7 +237,7 @@ def test_a_model_of_another_family_is_refused_naming_its_trainer(whisper_data, t
     other = tmp_path / "wav2vec2"
     other.mkdir()
     (other / "config.json").write_text(json.dumps({"model_type": "wav2vec2"}))
-    (other / "model.safetensors").write_bytes(b"")
+    save_file({"weight": torch.zeros(1)}, str(other / "model.safetensors"))
     with pytest.raises(SystemExit, match="is a 'wav2vec2' model; train_whisper.py needs a Whisper checkpoint"):
         train_whisper.main(["--data", str(whisper_data), "--model", str(other), "--output-dir", str(tmp_path / "out")])
 
