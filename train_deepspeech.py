@@ -29,6 +29,7 @@ import json
 import math
 import os
 import platform
+import re
 import shlex
 import shutil
 import sys
@@ -118,6 +119,16 @@ def say(message: str) -> None:
     """Print once, not once per process, under torchrun."""
     if IS_MAIN_PROCESS:
         print(message, flush=True)
+
+
+# Copied from train_whisper.quoted
+def quoted(path) -> str:
+    """A path as the shell of this machine reads it back from a pasted command: POSIX quoting, or double
+    quotes on Windows (cmd.exe knows no single quotes; Windows paths hold no double quote)."""
+    text = str(path)
+    if os.name != "nt":
+        return shlex.quote(text)
+    return text if re.fullmatch(r"[\w@%+=:,./\\-]+", text, re.ASCII) else f'"{text}"'
 
 
 # ----------------------------------------------------------------------------- 1. settings
@@ -383,7 +394,7 @@ def checkpoint_to_resume(args: argparse.Namespace) -> Path | None:
             instead = folder.parent / f"{folder.name}-eval"
             raise InputError(f"--eval-only would overwrite the training run in {folder} (it holds {evidence}); "
                              f"nothing was changed. Score the model into a folder of its own: "
-                             f"--output-dir {shlex.quote(str(instead))}")
+                             f"--output-dir {quoted(instead)}")
         return None
     used = folder.is_dir() and any(folder.iterdir())
     if not args.resume:
@@ -422,7 +433,7 @@ def prepare_command(data: Path, summary: dict, n_mels: int = 80) -> str:
         out = data  # a folder still to be made is where the user wants the dataset
     flag = "--manifest" if kind == "manifest" else "--vivos-dir"
     mels = f" --n-mels {n_mels}" if FEATURES == "whisper" else ""
-    return (f"python prepare_vivos.py {flag} {shlex.quote(str(source))} --out {shlex.quote(str(out))} "
+    return (f"python prepare_vivos.py {flag} {quoted(source)} --out {quoted(out)} "
             f"--features {FEATURES}{mels}")
 
 

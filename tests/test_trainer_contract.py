@@ -302,6 +302,15 @@ def test_a_raw_corpus_as_data_gets_a_command_that_prepares_it_beside_itself(fami
     assert out == vivos_dir.parent / f"{vivos_dir.name}_{family.suffix}"
 
 
+def test_paths_in_printed_commands_are_quoted_for_the_shell_of_the_machine(family, monkeypatch):
+    """cmd.exe knows no single quotes: on Windows a path with a space or Vietnamese letters is double-quoted."""
+    path = r"C:\Users\An\dữ liệu\vivos"
+    assert shlex.split(f"ls {family.module.quoted(path)}") == ["ls", path]
+    monkeypatch.setattr(family.module.os, "name", "nt")
+    assert family.module.quoted(path) == f'"{path}"'
+    assert family.module.quoted(r"C:\data\vivos_wave") == r"C:\data\vivos_wave"
+
+
 def test_a_folder_that_is_not_a_dataset_is_never_the_proposed_output(family, tmp_path):
     notes = tmp_path / "ghi chú"
     notes.mkdir()
