@@ -24,26 +24,28 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
-import importlib.metadata
 import importlib.util
 import json
 import math
 import os
 import platform
+import re
 import shlex
 import shutil
 import sys
 import time
 import unicodedata
+import zipfile
+from importlib import metadata
 from pathlib import Path
 
-import datasets
 import jiwer
 import numpy as np
 import torch
 from safetensors.torch import save_file
 from torch import nn
 from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments, set_seed
+from transformers.trainer_callback import ExportableState
 
 try:
     import modeling_deepspeech2
@@ -63,8 +65,27 @@ TEST_CHUNK = 256  # test utterances read from disk at a time, so memory stays fl
 # Best model and early stopping follow validation CER: a character model trained from scratch keeps its
 # validation WER at 1.0 for its first epochs while CER already falls, and patience on WER would stop it there.
 BEST_METRIC = "eval_validation_cer"
+SCRIPT = "train_deepspeech.py"  # as printed commands name it (a notebook cell has no __file__)
+FEATURES = "waveform"  # the prepared dataset this trainer reads (prepare_vivos.py --features)
+# The shared flags' defaults for DeepSpeech2 from scratch. Small batches leave CTC's blank-only plateau sooner
+# on a few hours of speech, and a long warm-up helps slow-starting seeds out of it (bench/RESULTS.md); the
+# augmentation waits for the warm-up's end (AugmentAfterWarmup). Small models train fastest in the main process.
+DEFAULTS = {"model": "scratch", "epochs": 10, "batch_size": 4, "eval_batch_size": 32, "grad_accum": 1, "lr": 1.5e-3,
+            "warmup_ratio": 0.15, "weight_decay": 1e-2, "logging_steps": 10, "num_workers": 0}
+# torchrun / accelerate launch set RANK: only the first process prints and writes the run folder.
+# Copied from train_whisper.IS_MAIN_PROCESS
+IS_MAIN_PROCESS = int(os.environ.get("RANK", "0")) == 0
+# A reference character the vocabulary lacks is scored as this letter, which no model can write: one error.
+# Copied from train_wav2vec2.UNKNOWN_LETTER
+UNKNOWN_LETTER = "\u0294"
+# Copied from train_whisper.HISTORY_COLUMNS
+HISTORY_COLUMNS = ["epoch", "step", "train_loss", "val_loss", "val_wer", "val_cer", "train_wer", "train_cer",
+                   "learning_rate"]
+# Copied from train_whisper.PREDICTION_COLUMNS
+PREDICTION_COLUMNS = ["id", "speaker", "duration", "reference", "prediction", "raw_prediction", "wer", "cer"]
 
 
+# Copied from train_whisper.normalize_text
 def normalize_text(text: str) -> str:
     """NFC, lower case, punctuation and symbols to spaces, whitespace collapsed; tone marks kept."""
     text = unicodedata.normalize("NFC", text).lower()
@@ -72,6 +93,7 @@ def normalize_text(text: str) -> str:
     return " ".join(text.split())
 
 
+# Copied from train_whisper.compute_wer_cer
 def compute_wer_cer(references: list[str], predictions: list[str]) -> dict:
     """Corpus WER, CER, sentence error rate and word error counts (jiwer), on normalised text."""
     words = jiwer.process_words(references, predictions)
@@ -87,18 +109,26 @@ def compute_wer_cer(references: list[str], predictions: list[str]) -> dict:
     }
 
 
+# Copied from train_whisper.InputError
 class InputError(SystemExit):
     """Bad input: the message says what was expected, what was found and what to type next."""
 
 
-def is_main_process() -> bool:
-    """Rank 0 under torchrun (or the only process): the one that prints and writes the run folder."""
-    return int(os.environ.get("RANK", "0")) == 0
-
-
+# Copied from train_whisper.say
 def say(message: str) -> None:
-    if is_main_process():
-        print(f"[train_deepspeech] {message}", flush=True)
+    """Print once, not once per process, under torchrun."""
+    if IS_MAIN_PROCESS:
+        print(message, flush=True)
+
+
+# Copied from train_whisper.quoted
+def quoted(path) -> str:
+    """A path as the shell of this machine reads it back from a pasted command: POSIX quoting, or double
+    quotes on Windows (cmd.exe knows no single quotes; Windows paths hold no double quote)."""
+    text = str(path)
+    if os.name != "nt":
+        return shlex.quote(text)
+    return text if re.fullmatch(r"[\w@%+=:,./\\-]+", text, re.ASCII) else f'"{text}"'
 
 
 # ----------------------------------------------------------------------------- 1. settings
@@ -114,190 +144,362 @@ PRESETS = {
 }
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    io = parser.add_argument_group("data and run folder")
-    io.add_argument("--data", type=Path, required=True, help="prepared dataset (prepare_vivos.py --features waveform)")
-    io.add_argument("--model", default="scratch",
-                    help="'scratch' (default: a new model sized by the flags below) or a best_model/ folder "
-                         "written by this script, to train further or evaluate (--eval-only)")
-    io.add_argument("--output-dir", type=Path, required=True, help="run folder (created; resumed when it exists)")
+# Copied from train_whisper.add_shared_arguments
+def add_shared_arguments(parser: argparse.ArgumentParser, model_help: str, lr_help: str) -> dict:
+    """The flags every trainer takes, in the same words; their defaults are the trainer's DEFAULTS. Returns
+    the argument groups, for the trainer's own flags."""
+    groups = {name: parser.add_argument_group(name) for name in
+              ("data, model, output", "training", "regularisation", "memory", "evaluation and checkpoints", "sharing")}
+    io, train, memory, evaluation, hub = (groups[name] for name in ("data, model, output", "training", "memory",
+                                                                     "evaluation and checkpoints", "sharing"))
+    io.add_argument("--data", type=Path, required=True,
+                    help=f"prepared dataset folder (prepare_vivos.py --features {FEATURES})")
+    io.add_argument("--model", help=f"{model_help} (default %(default)s)")
+    io.add_argument("--output-dir", type=Path, required=True,
+                    help="run folder: checkpoints, best_model/, history.csv, test predictions (resumed if it exists)")
     io.add_argument("--preset", choices=sorted(PRESETS),
-                    help="settings bundle: tiny (CPU smoke test, seconds), gpu (CUDA GPU, full VIVOS); "
-                         "flags given explicitly override it")
+                    help=f"a tested bundle of settings ({', '.join(PRESETS)}); flags given explicitly win over it")
+    train.add_argument("--epochs", type=float, help="training epochs (default %(default)s; early stopping may end "
+                                                    "sooner)")
+    train.add_argument("--max-steps", type=int, default=-1, help="stop after this many optimizer steps instead")
+    train.add_argument("--batch-size", type=int, help="utterances per step and device (default %(default)s)")
+    train.add_argument("--eval-batch-size", type=int,
+                       help="utterances per device when evaluating (default %(default)s)")
+    train.add_argument("--grad-accum", type=int,
+                       help="steps whose gradients are summed before an update (default %(default)s)")
+    train.add_argument("--lr", type=float, help=f"peak learning rate ({lr_help})")
+    train.add_argument("--warmup-ratio", type=float, help="share of steps for linear warm-up (default %(default)s)")
+    train.add_argument("--scheduler", default="linear",
+                       choices=["linear", "cosine", "constant_with_warmup", "inverse_sqrt", "polynomial"],
+                       help="learning-rate schedule after the warm-up (default %(default)s)")
+    train.add_argument("--optim", default="adamw_torch",
+                       choices=["adamw_torch", "adamw_torch_fused", "adamw_bnb_8bit", "adafactor"],
+                       help="optimizer; adamw_bnb_8bit needs bitsandbytes and a CUDA GPU (default %(default)s)")
+    train.add_argument("--weight-decay", type=float, help="AdamW weight decay (default %(default)s)")
+    train.add_argument("--seed", type=int, default=42)
+    train.add_argument("--num-workers", type=int, default=0 if os.name == "nt" else 2,
+                       help="data loading processes (default %(default)s; 0 on Windows, where each worker re-imports)")
+    memory.add_argument("--precision", choices=["auto", "fp32", "fp16", "bf16"], default="auto",
+                        help="auto: bf16 on GPUs that have it, else fp16; fp32 on CPU")
+    memory.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=False,
+                        help="recompute activations in backward: much less memory, slower steps")
+    evaluation.add_argument("--eval-every", type=int, default=0,
+                            help="evaluate and save every N steps (default 0: every epoch)")
+    evaluation.add_argument("--patience", type=int, default=3,
+                            help="stop after N evaluations without a better validation score (0: never)")
+    evaluation.add_argument("--train-eval-size", type=int, default=200,
+                            help="fixed train utterances scored at each evaluation, to show the overfitting gap")
+    evaluation.add_argument("--logging-steps", type=int,
+                            help="log the training loss every N steps (default %(default)s)")
+    evaluation.add_argument("--save-total-limit", type=int, default=2,
+                            help="checkpoints kept (the best one is always kept)")
+    evaluation.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
+                            help="continue from the last complete checkpoint (default); --no-resume needs an "
+                                 "empty --output-dir")
+    evaluation.add_argument("--eval-only", action="store_true",
+                            help="no training: score --model as it is, into a run folder of its own")
+    hub.add_argument("--push-to-hub", action="store_true", help="upload best_model/ and its card to the Hub")
+    hub.add_argument("--hub-model-id", help="Hub repository (default: the --output-dir name)")
+    parser.set_defaults(**DEFAULTS)
+    return groups
 
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    groups = add_shared_arguments(parser, "'scratch' (a new model sized by the model flags) or a best_model/ folder "
+                                  "written by this script, to train further or to score (--eval-only)",
+                                  "default 1.5e-3, AdamW")
     arch = parser.add_argument_group("model (ignored when --model is a saved model)")
     arch.add_argument("--n-mels", type=int, default=80, help="log-Mel bins (default 80)")
     arch.add_argument("--pitch", action=argparse.BooleanOptionalAction, default=True,
                       help="pitch features for the tones: F0 relative to the utterance, slope, voicing (default on)")
     arch.add_argument("--conv-layers", type=int, default=2, choices=[1, 2, 3], help="2-D convolutions (default 2)")
     arch.add_argument("--conv-channels", type=int, default=32, help="channels per convolution (default 32)")
-    # LSTM, not DS2's GRU: with the pitch features it learns far faster per epoch than the GRU does (with or
-    # without them), and its epochs are shorter on a CPU (oneDNN's fused kernels): bench test CER 0.046 vs 0.064.
+    # LSTM, not DS2's GRU: with the pitch features it learns faster per epoch, and oneDNN's fused kernels make
+    # its epochs shorter on a CPU (bench/RESULTS.md).
     arch.add_argument("--rnn-type", choices=["gru", "lstm"], default="lstm", help="recurrent cell (default lstm)")
     arch.add_argument("--rnn-layers", type=int, default=3, help="bidirectional recurrent layers (default 3)")
     arch.add_argument("--rnn-hidden", type=int, default=256, help="units per direction (default 256)")
 
-    train = parser.add_argument_group("training")
-    train.add_argument("--epochs", type=float, default=10, help="training epochs (default 10; early stopping "
-                       "may end sooner)")
-    train.add_argument("--max-steps", type=int, default=-1, help="stop after this many optimizer steps "
-                       "(overrides --epochs)")
-    # 4, not 8: on the 720-utterance benchmark it leaves CTC's blank plateau an epoch sooner (test CER 0.077 vs
-    # 0.085 after 10 epochs); presets and GPUs use larger batches.
-    train.add_argument("--batch-size", type=int, default=4, help="utterances per device per step (default 4)")
-    train.add_argument("--eval-batch-size", type=int, default=32, help="utterances per device when evaluating")
-    train.add_argument("--grad-accum", type=int, default=1, help="gradient accumulation steps (default 1)")
-    train.add_argument("--lr", type=float, default=1.5e-3, help="peak learning rate (default 1.5e-3, AdamW)")
-    # 0.15, not 0.05: on the benchmark (4 seeds) mean test CER/WER 0.047/0.131 against 0.049/0.137, mostly
-    # through a seed that left CTC's blank plateau sooner. Augmentation waits for its end (AugmentAfterWarmup).
-    train.add_argument("--warmup-ratio", type=float, default=0.15, help="share of steps for warm-up (default 0.15)")
-    train.add_argument("--weight-decay", type=float, default=1e-2)
-    train.add_argument("--scheduler", default="linear",
-                       help="learning-rate schedule after warm-up: linear, cosine, constant_with_warmup, ...")
-    train.add_argument("--max-grad-norm", type=float, default=5.0, help="gradient clipping (default 5)")
-    train.add_argument("--optim", default="adamw_torch", choices=["adamw_torch", "adamw_bnb_8bit", "adafactor"],
-                       help="optimizer; adamw_bnb_8bit needs bitsandbytes and a CUDA GPU")
-    train.add_argument("--seed", type=int, default=42)
+    groups["training"].add_argument("--max-grad-norm", type=float, default=5.0, help="gradient clipping (default 5)")
+    regular = groups["regularisation"]
+    regular.add_argument("--dropout", type=float, default=0.1, help="dropout after each recurrent layer")
+    # On: VIVOS has few train voices, and a clip played a little faster or slower sounds like another voice
+    # (pitch, formants and tempo move together); measured in bench/RESULTS.md.
+    regular.add_argument("--speed-perturb", type=float, default=0.1,
+                         help="train on each clip played at a random speed within 1 +- this (default 0.1; 0: off), "
+                         "from the end of the warm-up")
+    regular.add_argument("--spec-augment", action=argparse.BooleanOptionalAction, default=True,
+                         help="SpecAugment time and Mel masks while training, from the end of the warm-up (default on)")
+    regular.add_argument("--mask-time-prob", type=float, default=0.05, help="share of frames masked (default 0.05)")
+    regular.add_argument("--mask-time-length", type=int, default=10, help="frames per time mask (10 ms each)")
+    regular.add_argument("--mask-feature-prob", type=float, default=0.15, help="share of Mel bins masked")
+    regular.add_argument("--mask-feature-length", type=int, default=10, help="Mel bins per mask")
 
-    reg = parser.add_argument_group("regularisation")
-    reg.add_argument("--dropout", type=float, default=0.1, help="dropout after each recurrent layer")
-    # On: 12 train voices are few, and a clip played up to 10 % faster or slower sounds like another voice
-    # (pitch, formants and tempo move together). Bench, 4 seeds: mean test CER / WER 0.053 / 0.146 -> 0.049 / 0.137.
-    reg.add_argument("--speed-perturb", type=float, default=0.1,
-                     help="train on each clip played at a random speed within 1 +- this (default 0.1; 0: off), "
-                     "from the end of the warm-up")
-    reg.add_argument("--spec-augment", action=argparse.BooleanOptionalAction, default=True,
-                     help="SpecAugment time and Mel masks while training, from the end of the warm-up (default on)")
-    reg.add_argument("--mask-time-prob", type=float, default=0.05, help="share of frames masked (default 0.05)")
-    reg.add_argument("--mask-time-length", type=int, default=10, help="frames per time mask (10 ms each)")
-    reg.add_argument("--mask-feature-prob", type=float, default=0.15, help="share of Mel bins masked")
-    reg.add_argument("--mask-feature-length", type=int, default=10, help="Mel bins per mask")
+    groups["evaluation and checkpoints"].add_argument(
+        "--decoder", choices=["beam", "greedy"], default="beam",
+        help="how the test split (and later transcribe.py / demo.py) decode: beam = CTC beam search favouring words "
+             "of the train transcripts (default), greedy = best path; validation during training is always greedy")
+    return parser
 
-    ev = parser.add_argument_group("evaluation, early stopping, checkpoints")
-    ev.add_argument("--eval-every", type=int, default=0,
-                    help="evaluate and checkpoint every N steps (default 0: every epoch)")
-    ev.add_argument("--patience", type=int, default=3,
-                    help="stop after this many evaluations without a better validation CER (0: never)")
-    ev.add_argument("--train-eval-size", type=int, default=200,
-                    help="fixed train utterances also scored each evaluation, to show the gap (0: none)")
-    ev.add_argument("--logging-steps", type=int, default=10)
-    ev.add_argument("--save-total-limit", type=int, default=2, help="checkpoints kept besides the best one")
-    ev.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
-                    help="continue from the last complete checkpoint in --output-dir (default); --no-resume "
-                         "starts over, only into an empty folder")
-    ev.add_argument("--decoder", choices=["beam", "greedy"], default="beam",
-                    help="how the test split (and later transcribe.py / demo.py) decode: beam = CTC beam search "
-                         "favouring words of the train transcripts (default), greedy = best path; validation "
-                         "during training is always greedy")
-    ev.add_argument("--eval-only", action="store_true",
-                    help="no training: evaluate --model as it is and write the test artifacts")
 
-    hw = parser.add_argument_group("hardware")
-    hw.add_argument("--precision", choices=["auto", "fp32", "fp16", "bf16"], default="auto",
-                    help="auto: bf16 on GPUs that support it, else fp16 on CUDA, fp32 on CPU")
-    hw.add_argument("--gradient-checkpointing", action="store_true",
-                    help="recompute the recurrent layers in backward: less memory for long clips")
-    hw.add_argument("--num-workers", type=int, default=0, help="data loader processes (default 0)")
-
-    hub = parser.add_argument_group("Hugging Face Hub")
-    hub.add_argument("--push-to-hub", action="store_true", help="upload best_model/ and its card at the end")
-    hub.add_argument("--hub-model-id", help="repository id (default: the --output-dir name)")
-
+# Copied from train_whisper.parse_args
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line flags over the chosen preset over the defaults."""
+    parser = build_parser()
+    preset = parser.parse_known_args(argv)[0].preset
+    if preset:
+        parser.set_defaults(**PRESETS[preset])
     args = parser.parse_args(argv)
-    if args.preset:
-        parser.set_defaults(**PRESETS[args.preset])
-        args = parser.parse_args(argv)
-    args.argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
+    args.argv = sys.argv[1:] if argv is None else [str(arg) for arg in argv]
     return args
 
 
+# Copied from train_whisper.settings
+def settings(argv: list[str] | None) -> tuple[argparse.Namespace, str, str]:
+    """Step 1: the flags (over the preset, over DEFAULTS) checked, the seed set, and the precision and
+    optimizer this machine can run."""
+    args = parse_args(argv)
+    check_settings(args)
+    set_seed(args.seed)
+    return args, resolve_precision(args.precision), resolve_optimizer(args.optim)
+
+
+# Copied from train_whisper.check_settings
+def check_settings(args: argparse.Namespace) -> None:
+    """Refuse numbers no run can use, before anything is loaded or written."""
+    problems = []
+    if not args.eval_only and args.max_steps <= 0 and not args.epochs > 0:
+        problems.append(f"--epochs must be above 0 (got {args.epochs:g}), or give --max-steps")
+    for flag in ("batch_size", "eval_batch_size", "grad_accum"):
+        if getattr(args, flag) < 1:
+            problems.append(f"--{flag.replace('_', '-')} must be 1 or more (got {getattr(args, flag)})")
+    if args.lr is not None and not args.lr > 0:
+        problems.append(f"--lr must be above 0 (got {args.lr:g})")
+    if not 0 <= args.warmup_ratio < 1:
+        problems.append(f"--warmup-ratio must be in [0, 1) (got {args.warmup_ratio:g})")
+    if problems:
+        raise InputError("; ".join(problems) + ". Run it again with those corrected.")
+
+
+# Copied from train_whisper.resolve_precision
 def resolve_precision(choice: str) -> str:
-    """fp32 on CPU; on CUDA `auto` means bf16 where supported (no grad scaler needed), else fp16."""
+    """fp32 on CPU; on a GPU `auto` means bf16 where it has it (no loss scaling needed), else fp16."""
     cuda = torch.cuda.is_available()
     if choice == "auto":
-        # Compute capability >= 8 (A100, RTX 30xx) has bf16; is_bf16_supported() says yes on a T4 (emulated).
+        # Compute capability >= 8 (A100, RTX 30xx) has bf16; is_bf16_supported() also says yes on a T4 (emulated).
         return ("bf16" if torch.cuda.get_device_capability()[0] >= 8 else "fp16") if cuda else "fp32"
     if choice in ("fp16", "bf16") and not cuda:
-        raise InputError(f"--precision {choice} needs a CUDA GPU and none was found; use --precision fp32 "
-                         "(or auto) on this machine")
+        raise InputError(f"--precision {choice} needs a CUDA GPU and none is visible; use --precision auto "
+                         "(fp32 on CPU) or run on a GPU machine")
     return choice
 
 
+# Copied from train_whisper.resolve_optimizer
 def resolve_optimizer(name: str) -> str:
-    """The optimizer to use: 8-bit AdamW only where bitsandbytes can run it, else adafactor."""
+    """The optimizer to use: 8-bit AdamW only where bitsandbytes loads and has a CUDA GPU, else adafactor."""
     if name != "adamw_bnb_8bit":
         return name
     if not torch.cuda.is_available():
         missing = "no CUDA GPU here"
-    elif importlib.util.find_spec("bitsandbytes") is None:
-        missing = "bitsandbytes is not installed: pip install bitsandbytes"
     else:
-        return name
+        try:
+            importlib.import_module("bitsandbytes")  # installed is not enough: its CUDA library must load
+            return name
+        except Exception as error:  # ImportError, or a missing/mismatched CUDA library
+            missing = f"bitsandbytes does not load ({error}): pip install -U bitsandbytes"
     say(f"--optim adamw_bnb_8bit needs bitsandbytes and a CUDA GPU ({missing}); using adafactor instead, "
-        "which also keeps almost no optimizer state")
+        "which also keeps almost no optimizer state.")
     return "adafactor"
 
 
 # ----------------------------------------------------------------------------- 2. checkpoint to resume
 
+# Copied from train_whisper.checkpoint_folders
+def checkpoint_folders(output_dir: Path) -> list[Path]:
+    """The checkpoint-N folders of a run folder, newest first."""
+    numbered = [p for p in output_dir.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()]
+    return sorted(numbered, key=lambda folder: int(folder.name.split("-")[-1]), reverse=True)
+
+
+# Copied from train_whisper.cut_off
+def cut_off(path: Path) -> bool:
+    """Whether a torch or safetensors file ends before its format says it should (a full disk or a power cut
+    while it was written), checked cheaply: a torch file is a zip archive whose directory sits at its end, a
+    safetensors header gives the file's length."""
+    if path.suffix in (".pt", ".pth", ".bin"):
+        return not zipfile.is_zipfile(path)
+    if path.suffix != ".safetensors":
+        return False
+    with path.open("rb") as handle:
+        header_size = int.from_bytes(handle.read(8), "little")
+        try:
+            header = json.loads(handle.read(header_size))
+            end = max((entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"), default=0)
+        except (ValueError, KeyError, TypeError, AttributeError, IndexError):
+            return True
+    return path.stat().st_size < 8 + header_size + end
+
+
+# Copied from train_whisper.checkpoint_problem
+def checkpoint_problem(folder: Path) -> str | None:
+    """Why training cannot continue from this checkpoint (None: it can): Trainer writes trainer_state.json
+    last, and no file of it may be cut off."""
+    try:
+        json.loads((folder / "trainer_state.json").read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return "no trainer_state.json"
+    except ValueError:
+        return "trainer_state.json is cut off"
+    return next((f"{path.name} is cut off" for path in sorted(folder.iterdir()) if cut_off(path)), None)
+
+
+# Copied from train_whisper.last_complete_checkpoint
 def last_complete_checkpoint(output_dir: Path) -> Path | None:
-    """The newest checkpoint-N whose trainer_state.json (written last by Trainer) is there and readable."""
-    complete = []
-    for folder in output_dir.glob("checkpoint-*"):
-        state = folder / "trainer_state.json"
-        if not (folder.name.split("-")[-1].isdigit() and state.is_file()):
-            continue
-        with contextlib.suppress(ValueError):
-            json.loads(state.read_text(encoding="utf-8"))
-            complete.append(folder)
-    return max(complete, key=lambda folder: int(folder.name.split("-")[-1]), default=None)
+    """The newest checkpoint-N that training can continue from."""
+    return next((folder for folder in checkpoint_folders(output_dir) if checkpoint_problem(folder) is None), None)
+
+
+# Copied from train_whisper.training_run_evidence
+def training_run_evidence(folder: Path) -> str | None:
+    """What shows that `folder` holds a training run (None: nothing does): a checkpoint, a history.csv
+    with training rows, or a run_info.json of a run that trained."""
+    checkpoints = checkpoint_folders(folder) if folder.is_dir() else []
+    if checkpoints:
+        return f"{checkpoints[0].name}/"
+    run_info = folder / "run_info.json"
+    if run_info.is_file():
+        try:
+            trained = json.loads(run_info.read_text(encoding="utf-8")).get("eval_only") is not True
+        except (ValueError, AttributeError):
+            trained = True  # unreadable: it may be a training run's
+        if trained:
+            return "run_info.json of a training run"
+    history = folder / "history.csv"
+    if history.is_file():
+        with history.open(encoding="utf-8", newline="") as handle:
+            if any(row.get("step") not in (None, "", "0") for row in csv.DictReader(handle)):
+                return "history.csv with training rows"
+    return None
+
+
+# Copied from train_whisper.checkpoint_to_resume
+def checkpoint_to_resume(args: argparse.Namespace) -> Path | None:
+    """The checkpoint training continues from, or None for a fresh start; refuses --eval-only into the
+    folder of a training run and --no-resume into a used folder."""
+    folder = args.output_dir
+    if args.eval_only:
+        evidence = training_run_evidence(folder)
+        if evidence:
+            instead = folder.parent / f"{folder.name}-eval"
+            raise InputError(f"--eval-only would overwrite the training run in {folder} (it holds {evidence}); "
+                             f"nothing was changed. Score the model into a folder of its own: "
+                             f"--output-dir {quoted(instead)}")
+        return None
+    used = folder.is_dir() and any(folder.iterdir())
+    if not args.resume:
+        if used:
+            raise InputError(f"--no-resume starts over only into an empty folder, and {folder} is not empty. "
+                             "Choose a new --output-dir, or delete that folder, or drop --no-resume to continue "
+                             "from its last checkpoint.")
+        return None
+    checkpoints = checkpoint_folders(folder) if used else []
+    checkpoint = last_complete_checkpoint(folder) if used else None
+    if checkpoints and checkpoints[0] != checkpoint:
+        say(f"{checkpoints[0].name} is incomplete ({checkpoint_problem(checkpoints[0])}), cut off while it was "
+            f"written: {'continuing from ' + checkpoint.name if checkpoint else 'no complete checkpoint is left'}.")
+    if checkpoint:
+        say(f"resuming from {checkpoint} (same optimizer, scheduler, random state and epoch counter)")
+    elif used:
+        say(f"No complete checkpoint in {folder}: training starts from the beginning.")
+    return checkpoint
 
 
 # ----------------------------------------------------------------------------- 3. prepared dataset
 
-def prepare_call(summary: dict, data: Path) -> str:
-    """The prepare_vivos.py command that makes the waveform dataset this trainer needs."""
-    source = str(summary.get("source", ""))
-    vivos = source[len("VIVOS "):] if source.startswith("VIVOS ") else "PATH/TO/vivos"
-    return (f"python prepare_vivos.py --vivos-dir {shlex.quote(vivos)} --out {shlex.quote(str(data) + '_wave')} "
-            "--features waveform")
+# Copied from train_whisper.prepare_command
+def prepare_command(data: Path, summary: dict, n_mels: int = 80) -> str:
+    """A prepare_vivos.py call, safe to paste, that makes this trainer's dataset from the corpus behind --data:
+    the raw VIVOS folder it is, or the source its prepare_summary.json names. The output is a new folder
+    beside that corpus (prepare_vivos.py refuses the corpus itself, a folder inside it or above it)."""
+    suffix = "wave" if FEATURES == "waveform" else "whisper" if n_mels == 80 else f"whisper_{n_mels}mels"
+    kind, _, where = str(summary.get("source", "")).partition(" ")
+    if (data / "train" / "prompts.txt").is_file():
+        kind, source = "VIVOS", data
+    else:
+        source = Path(where or "PATH/TO/vivos")
+    out = source.parent / f"{source.stem if kind == 'manifest' else source.name}_{suffix}"
+    if not where and not data.exists():
+        out = data  # a folder still to be made is where the user wants the dataset
+    flag = "--manifest" if kind == "manifest" else "--vivos-dir"
+    mels = f" --n-mels {n_mels}" if FEATURES == "whisper" else ""
+    return (f"python prepare_vivos.py {flag} {quoted(source)} --out {quoted(out)} "
+            f"--features {FEATURES}{mels}")
 
 
-def load_prepared_dataset(data: Path):
-    """The waveform DatasetDict and its prepare_summary.json; refuses anything else with the fix."""
+# Copied from train_whisper.read_prepare_summary
+def read_prepare_summary(data: Path) -> dict:
+    """prepare_summary.json of the prepared dataset in --data; a raw corpus, any other folder, the other
+    kind of features or another sampling rate are refused with the prepare_vivos.py call that makes the
+    right dataset."""
+    if (data / "train" / "prompts.txt").is_file():
+        raise InputError(f"--data {data} is the raw VIVOS corpus; prepare it first: "
+                         f"{prepare_command(data, {})}")
     summary_path = data / "prepare_summary.json"
-    if not summary_path.is_file():
-        raise InputError(f"--data {data}: expected a dataset made by prepare_vivos.py (with prepare_summary.json), "
-                         f"found {'no such folder' if not data.exists() else 'no prepare_summary.json'}. Make one: "
-                         f"python prepare_vivos.py --vivos-dir PATH/TO/vivos --out {data} --features waveform")
+    if not summary_path.is_file() or not (data / "dataset_dict.json").is_file():
+        found = ("no such folder" if not data.exists() else
+                 ", ".join(sorted(p.name for p in data.iterdir())[:8]) or "an empty folder")
+        raise InputError(f"--data {data}: expected a dataset made by prepare_vivos.py (dataset_dict.json and "
+                         f"prepare_summary.json inside), found: {found}. Make one with: "
+                         f"{prepare_command(data, {})}")
     summary = json.loads(summary_path.read_text(encoding="utf-8"))
-    if summary.get("features") != "waveform":
-        raise InputError(f"--data {data} holds {summary.get('features')!r} features; DeepSpeech2 computes its own "
-                         f"log-Mel from raw 16 kHz waveforms. Make the waveform dataset: {prepare_call(summary, data)}")
-    if summary.get("sampling_rate", SAMPLING_RATE) != SAMPLING_RATE:
-        raise InputError(f"--data {data} is sampled at {summary['sampling_rate']} Hz, expected {SAMPLING_RATE}; "
-                         f"prepare it again: {prepare_call(summary, data)}")
-    dataset = datasets.load_from_disk(str(data))
-    missing = [s for s in ("train", "validation", "test") if s not in dataset]
+    if summary.get("features") != FEATURES:
+        raise InputError(f"--data {data} holds {summary.get('features')!r} features and this trainer reads "
+                         f"{FEATURES!r} ones. Make them with: {prepare_command(data, summary)}")
+    if summary.get("sampling_rate", 16000) != 16000:
+        raise InputError(f"--data {data} is sampled at {summary['sampling_rate']} Hz, expected 16000; make it "
+                         f"again with: {prepare_command(data, summary)}")
+    return summary
+
+
+# Copied from train_whisper.load_prepared_dataset
+def load_prepared_dataset(data: Path, columns: set[str], eval_only: bool) -> tuple:
+    """Step 3: the prepared DatasetDict and its prepare_summary.json, refused before any training when a
+    split is missing, lacks a column the trainer reads, or is empty where the run needs it (validation
+    picks the best model)."""
+    from datasets import load_from_disk
+
+    summary = read_prepare_summary(data)
+    again = prepare_command(data, summary)
+    try:
+        dataset = load_from_disk(str(data))
+    except (IndexError, ValueError, OSError) as error:  # IndexError: a split saved empty, without a shard
+        raise InputError(f"--data {data}: the datasets library cannot read it ({type(error).__name__}: {error}); "
+                         f"a split may be empty or a file missing. Make it again with: {again}")
+    missing = [split for split in ("train", "validation", "test") if split not in dataset]
     if missing:
         raise InputError(f"--data {data} lacks the split(s) {', '.join(missing)} (found {', '.join(dataset)}); "
-                         f"prepare it again: {prepare_call(summary, data)}")
+                         f"make it again with: {again}")
     for name, split in dataset.items():
-        absent = {"input_values", "sentence", "duration"} - set(split.column_names)
+        absent = sorted(columns - set(split.column_names))
         if absent:
-            raise InputError(f"--data {data}: split {name} lacks column(s) {', '.join(sorted(absent))}; "
-                             f"prepare it again: {prepare_call(summary, data)}")
+            raise InputError(f"--data {data}: split {name} lacks the column(s) {', '.join(absent)}; make it "
+                             f"again with: {again}")
+    empty = [name for name in ("validation", "test") + (() if eval_only else ("train",)) if not len(dataset[name])]
+    if empty:
+        raise InputError(f"--data {data}: the {' and '.join(empty)} split(s) are empty, and a run needs "
+                         f"utterances in each; make it again (with a --val-ratio above 0): {again}")
     return dataset, summary
 
 
-# ----------------------------------------------------------------------------- 4. model and vocabulary
+# ----------------------------------------------------------------------------- 4. model
 
+# Copied from train_wav2vec2.build_vocab
 def build_vocab(sentences: list[str]) -> dict[str, int]:
-    """Characters of the normalised train text, built as train_wav2vec2.py does: `[PAD]` (the CTC blank)
-    is 0, `[UNK]` 1, `|` (the space) 2, then the characters in sorted order."""
+    """Characters of the normalised train text: `[PAD]` (the CTC blank) is 0, `[UNK]` 1, `|` (the space) 2,
+    then the characters in sorted order."""
     characters = sorted(set("".join(sentences)) - {" "})
-    return {"[PAD]": 0, "[UNK]": 1, "|": 2, **{c: i for i, c in enumerate(characters, start=3)}}
+    return {"[PAD]": 0, "[UNK]": 1, "|": 2, **{character: i for i, character in enumerate(characters, start=3)}}
 
 
 def unknown_characters(sentences: list[str], vocab: dict[str, int]) -> dict[str, int]:
@@ -332,9 +534,20 @@ def training_config(args) -> dict:
 
 
 def check_saved_model(folder: Path) -> None:
+    """Refuse, in one line, a --model folder that train_deepspeech.py did not write or that is damaged."""
     needed = ["config.json", "vocab.json", "model.safetensors"]
     missing = [name for name in needed if not (folder / name).is_file()]
-    config = json.loads((folder / "config.json").read_text(encoding="utf-8")) if not missing else {}
+    config = {}
+    if not missing:
+        try:
+            config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+            json.loads((folder / "vocab.json").read_text(encoding="utf-8"))
+        except ValueError as error:
+            raise InputError(f"--model {folder}: its config.json or vocab.json does not parse ({error}); copy the "
+                             "folder again from its run folder's best_model/.")
+    if not missing and cut_off(folder / "model.safetensors"):
+        raise InputError(f"--model {folder}: its model.safetensors is cut off (a copy or a save interrupted); copy "
+                         "the folder again from its run folder's best_model/.")
     if missing or config.get("model_type") != "deepspeech2":
         found = ", ".join(sorted(p.name for p in folder.iterdir())) if folder.is_dir() else "no such folder"
         raise InputError(f"--model {folder}: expected 'scratch' or a best_model/ folder written by "
@@ -362,7 +575,7 @@ def feature_statistics(split, config: dict, limit: int, seed: int) -> tuple[list
     return mean.tolist(), std.tolist()
 
 
-# ----------------------------------------------------------------------------- 5. data for the Trainer
+# ----------------------------------------------------------------------------- 5. preprocessing
 
 def word_counts(sentences: list[str]) -> dict[str, int]:
     """How often each word occurs in the (normalised) sentences, most frequent first: lexicon.json."""
@@ -440,7 +653,7 @@ def label_text(ids: np.ndarray, tokens: dict[int, str]) -> str:
     """The reference text behind a row of label ids (-100 is padding; an unknown character stays one
     character, so it costs one error)."""
     chars = [tokens[int(i)] for i in ids if i >= 0]
-    text = "".join("\ufffd" if c == "[UNK]" else " " if c == "|" else c for c in chars)
+    text = "".join(UNKNOWN_LETTER if c == "[UNK]" else " " if c == "|" else c for c in chars)
     return unicodedata.normalize("NFC", text)  # like the transcripts
 
 
@@ -462,25 +675,22 @@ def argmax_ids(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 # ----------------------------------------------------------------------------- 7. training
 
-HISTORY_COLUMNS = ["epoch", "step", "train_loss", "val_loss", "val_wer", "val_cer", "train_wer", "train_cer",
-                   "learning_rate"]
-
-
+# Copied from train_whisper.history_rows
 def history_rows(log_history: list[dict]) -> list[dict]:
-    """One row per evaluation step; train_loss is the step-weighted mean of the losses logged since the
-    previous evaluation."""
-    evals: dict[int, dict] = {}
+    """One row per evaluation step: validation and train-subset scores, and the step-weighted mean of the
+    training losses logged since the previous evaluation ("" where a value does not exist)."""
+    evaluations: dict[int, dict] = {}
     for entry in log_history:
         if any(key.startswith("eval_") for key in entry):
-            evals.setdefault(entry["step"], {}).update(entry)
-    losses = [e for e in log_history if "loss" in e]
+            evaluations.setdefault(entry["step"], {}).update(entry)
+    losses = [entry for entry in log_history if "loss" in entry]
     rows, previous = [], 0
-    for step in sorted(evals):
-        entry = evals[step]
+    for step in sorted(evaluations):
+        entry = evaluations[step]
         window = [e for e in losses if previous < e["step"] <= step]
         spans = np.diff([previous] + [e["step"] for e in window])
-        train_loss = float(np.average([e["loss"] for e in window], weights=spans)) if window else ""
-        rows.append({"epoch": round(entry.get("epoch", 0.0), 4), "step": step, "train_loss": train_loss,
+        rows.append({"epoch": round(entry.get("epoch", 0.0), 4), "step": step,
+                     "train_loss": float(np.average([e["loss"] for e in window], weights=spans)) if window else "",
                      "val_loss": entry.get("eval_validation_loss", ""), "val_wer": entry.get("eval_validation_wer", ""),
                      "val_cer": entry.get("eval_validation_cer", ""),
                      "train_wer": entry.get("eval_train_subset_wer", ""),
@@ -490,91 +700,126 @@ def history_rows(log_history: list[dict]) -> list[dict]:
     return rows
 
 
-def write_csv(path: Path, columns: list[str], rows: list[dict]) -> None:
-    with path.open("w", encoding="utf-8", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
+# Copied from train_whisper.write_csv
+def write_csv(path: Path, rows: list[dict], columns: list[str]) -> None:
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns, restval="")
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows({key: "" if value is None else value for key, value in row.items()} for row in rows)
 
 
-def training_arguments(args: argparse.Namespace, output_dir: Path, precision: str, optimizer: str) -> TrainingArguments:
-    """The Trainer's settings: by-epoch (or --eval-every) evaluation and checkpoints, best model by validation
-    CER loaded at the end, TensorBoard when installed."""
-    by_steps = args.eval_every > 0
-    return TrainingArguments(
-        output_dir=str(output_dir),
-        run_name=output_dir.name,
-        num_train_epochs=args.epochs,
-        max_steps=args.max_steps,
-        per_device_train_batch_size=args.batch_size,
-        per_device_eval_batch_size=args.eval_batch_size,
-        gradient_accumulation_steps=args.grad_accum,
-        learning_rate=args.lr,
-        warmup_steps=args.warmup_ratio,  # a float below 1 is a share of the steps in transformers 5
-        weight_decay=args.weight_decay,
-        lr_scheduler_type=args.scheduler,
-        max_grad_norm=args.max_grad_norm,
-        optim=optimizer,
-        fp16=precision == "fp16",
-        bf16=precision == "bf16",
-        eval_strategy="steps" if by_steps else "epoch",
-        save_strategy="steps" if by_steps else "epoch",
-        eval_steps=args.eval_every if by_steps else None,
-        save_steps=args.eval_every if by_steps else None,  # equal to eval_steps: best-model tracking needs it
-        logging_steps=args.logging_steps,
-        save_total_limit=args.save_total_limit,
-        load_best_model_at_end=True,
-        metric_for_best_model=BEST_METRIC,
-        greater_is_better=False,
-        restore_callback_states_from_checkpoint=True,  # the early-stopping counter survives a resume
-        label_names=["labels"],
-        remove_unused_columns=False,  # the collator picks its columns itself
-        dataloader_num_workers=args.num_workers,
-        dataloader_pin_memory=torch.cuda.is_available(),  # pinning means nothing without a GPU (and warns)
-        ddp_find_unused_parameters=False,
-        # accelerate starts CPU DDP (gloo) only when told the run is on CPU; a lone process keeps MPS/CUDA.
-        use_cpu=not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1,
-        seed=args.seed,
-        report_to=["tensorboard"] if tensorboard_installed() else [],
-    )
+def training_arguments(args: argparse.Namespace, precision: str, optim: str) -> TrainingArguments:
+    """The shared settings with gradient clipping; DS2 recomputes its recurrent layers itself
+    (--gradient-checkpointing sets it on the model)."""
+    return TrainingArguments(**trainer_settings(args, precision, optim), max_grad_norm=args.max_grad_norm,
+                             ddp_find_unused_parameters=False)
 
 
-class HistoryCallback(TrainerCallback):
-    """Rewrites history.csv after every evaluation from the Trainer's log history, which a resume
-    restores, so rows from before an interruption are kept."""
+# Copied from train_whisper.HistoryCsvCallback
+class HistoryCsvCallback(TrainerCallback):
+    """Rewrites history.csv after every evaluation from the Trainer's log history (which a resume restores),
+    so the curves exist even if the run is cut off."""
 
     def __init__(self, path: Path):
         self.path = path
 
     def on_step_end(self, args, state, control, **kwargs):
-        # Log the loss of the last steps right before evaluating, so train_loss covers exactly them.
-        if control.should_evaluate:
-            control.should_log = True
+        # Log the training loss right before each evaluation, so train_loss covers exactly that window.
+        control.should_log = control.should_log or control.should_evaluate
+        return control
 
     on_epoch_end = on_step_end
 
     def on_evaluate(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
-            write_csv(self.path, HISTORY_COLUMNS, history_rows(state.log_history))
+            write_csv(self.path, history_rows(state.log_history), HISTORY_COLUMNS)
+
+
+# Copied from train_whisper.TrainClockCallback
+class TrainClockCallback(TrainerCallback, ExportableState):
+    """Training seconds summed over every session of a resumed run (stored in each checkpoint)."""
+
+    def __init__(self, seconds_before: float = 0.0):
+        self.seconds_before = seconds_before
+        self.started = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.started = time.perf_counter()
+
+    def seconds(self) -> float:
+        return self.seconds_before + (time.perf_counter() - self.started if self.started else 0.0)
+
+    def state(self) -> dict:
+        return {"args": {}, "attributes": {"seconds_before": self.seconds()}}
 
 
 class AugmentAfterWarmup(TrainerCallback):
     """Speed perturbation and SpecAugment only once the learning-rate warm-up is over: on clean clips the
     model mostly leaves CTC's blank-only start sooner, and the augmentation then has something to regularise
-    (bench, 4 seeds: mean test CER/WER 0.047/0.131 -> 0.0435/0.121). Read from the step count, so a resumed
-    run switches at the same step."""
+    (bench/RESULTS.md). Read from the step count, so a resumed run switches at the same step."""
 
     def on_step_begin(self, args, state, control, model=None, **kwargs):
         model.augment = state.global_step >= args.get_warmup_steps(state.max_steps)
 
 
+# Copied from train_whisper.ValidationEarlyStopping
 class ValidationEarlyStopping(EarlyStoppingCallback):
-    """Early stopping that reads only the validation evaluation; the train-subset evaluation that
-    follows it carries no validation WER and is not a reason to warn or to count."""
+    """Early stopping that reads only the validation evaluation: the train-subset evaluation that follows
+    it carries no validation score and is no reason to warn or to count."""
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
         if metrics and args.metric_for_best_model in metrics:
             super().on_evaluate(args, state, control, metrics=metrics, **kwargs)
+
+
+# Copied from train_whisper.run_callbacks
+def run_callbacks(args: argparse.Namespace) -> list:
+    """history.csv, the training clock, early stopping, and TensorBoard logs in the run folder's runs/ in
+    every mode (by itself an evaluation without training writes them into ./runs of the current folder)."""
+    callbacks = [HistoryCsvCallback(args.output_dir / "history.csv"), TrainClockCallback()]
+    if importlib.util.find_spec("tensorboard"):
+        from transformers.integrations import TensorBoardCallback
+
+        tensorboard = TensorBoardCallback()
+        tensorboard.logging_dir = str(args.output_dir / "runs")
+        callbacks.append(tensorboard)
+    if args.patience > 0 and not args.eval_only:
+        callbacks.append(ValidationEarlyStopping(early_stopping_patience=args.patience))
+    return callbacks
+
+
+# Copied from train_whisper.train_clock
+def train_clock(trainer) -> TrainClockCallback:
+    """The clock the Trainer holds: a resume replaces it with the one restored from the checkpoint."""
+    return next(callback for callback in trainer.callback_handler.callbacks
+                if isinstance(callback, TrainClockCallback))
+
+
+# Copied from train_whisper.trainer_settings
+def trainer_settings(args: argparse.Namespace, precision: str, optim: str) -> dict:
+    """The TrainingArguments every trainer shares: evaluation and checkpoint together (each epoch or every
+    --eval-every steps), the best model by BEST_METRIC loaded at the end, resumable callback states."""
+    every = {"eval_strategy": "steps", "eval_steps": args.eval_every, "save_strategy": "steps",
+             "save_steps": args.eval_every} if args.eval_every else {"eval_strategy": "epoch", "save_strategy": "epoch"}
+    return dict(
+        output_dir=str(args.output_dir), num_train_epochs=args.epochs, max_steps=args.max_steps,
+        per_device_train_batch_size=args.batch_size, per_device_eval_batch_size=args.eval_batch_size,
+        gradient_accumulation_steps=args.grad_accum, learning_rate=args.lr,
+        warmup_steps=args.warmup_ratio,  # a float below 1 is a share of the steps in transformers 5
+        lr_scheduler_type=args.scheduler, weight_decay=args.weight_decay, optim=optim,
+        fp16=precision == "fp16", bf16=precision == "bf16",
+        **every, load_best_model_at_end=True, metric_for_best_model=BEST_METRIC, greater_is_better=False,
+        save_total_limit=args.save_total_limit, logging_steps=args.logging_steps,
+        seed=args.seed, dataloader_num_workers=args.num_workers, dataloader_pin_memory=torch.cuda.is_available(),
+        # The collator reads `sentence`; peft wrappers hide the label name.
+        remove_unused_columns=False, label_names=["labels"],
+        # Early-stopping patience and the training clock continue across a resume.
+        restore_callback_states_from_checkpoint=True,
+        # Without CUDA, torchrun's processes only form a DDP group (gloo) when told they run on the CPU.
+        use_cpu=not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1,
+        report_to="none",  # TensorBoard comes from run_callbacks, with its logs in the run folder
+        disable_tqdm=not IS_MAIN_PROCESS,
+    )
 
 
 class SortaGradTrainer(Trainer):
@@ -588,6 +833,12 @@ class SortaGradTrainer(Trainer):
         return SortaGradSampler(self.lengths, self.args.per_device_train_batch_size, self.args.seed)
 
 
+def memory_setting(args: argparse.Namespace) -> str:
+    """DeepSpeech2's next memory saving once the batch is 1 and the recurrent layers are recomputed."""
+    return "--precision fp16, fewer --rnn-layers / --rnn-hidden, or shorter clips (prepare_vivos.py --max-seconds)"
+
+
+# Copied from train_whisper.next_setting_after_oom
 def next_setting_after_oom(args: argparse.Namespace) -> str:
     """What to change after a CUDA out-of-memory error, cheapest loss of speed first."""
     if args.batch_size > 1:
@@ -595,50 +846,69 @@ def next_setting_after_oom(args: argparse.Namespace) -> str:
                 f"if it ran out while evaluating: --eval-batch-size {max(args.eval_batch_size // 2, 1)})")
     if not args.gradient_checkpointing:
         return "--gradient-checkpointing"
-    return "--precision fp16, fewer --rnn-layers / --rnn-hidden, or shorter clips (prepare_vivos.py --max-seconds)"
+    return memory_setting(args)
 
 
-def run_training(trainer: Trainer, args: argparse.Namespace, output_dir: Path, checkpoint: Path | None) -> None:
-    """trainer.train(), turning an out-of-memory error or Ctrl-C into what to type next."""
+# Copied from train_whisper.run_training
+def run_training(trainer, args: argparse.Namespace, checkpoint: Path | None) -> None:
+    """Step 7: trainer.train() (trainer.evaluate() with --eval-only), turning an out-of-memory error or Ctrl-C
+    into what to type next."""
+    if args.eval_only:
+        trainer.evaluate()
+        return
+    trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+    say(f"Training {trainable:,} parameters on {device_description(trainer)}, {trainer.args.num_train_epochs:g} "
+        f"epochs{f' or {args.max_steps} steps' if args.max_steps > 0 else ''}.")
     try:
         trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     except torch.cuda.OutOfMemoryError:
-        kept = last_complete_checkpoint(output_dir)
+        kept = last_complete_checkpoint(args.output_dir)
+        low_vram = "" if "low-vram" not in PRESETS or args.preset == "low-vram" else ", or with --preset low-vram"
         raise InputError(f"CUDA out of memory. {'Kept ' + str(kept) if kept else 'No checkpoint was complete yet'}; "
-                         f"re-run the same command with {next_setting_after_oom(args)}.")
+                         f"re-run the same command with {next_setting_after_oom(args)}{low_vram}.")
     except KeyboardInterrupt:
-        kept = last_complete_checkpoint(output_dir)
+        kept = last_complete_checkpoint(args.output_dir)
         raise InputError(f"Stopped. Re-run the same command to continue from "
                          f"{kept if kept else 'the start (no checkpoint was complete yet)'}.")
 
 
-def tensorboard_installed() -> bool:
-    return importlib.util.find_spec("tensorboard") is not None
+# ----------------------------------------------------------------------------- 8. test
 
-
-# ----------------------------------------------------------------------------- 8. test transcription
-
-PREDICTION_COLUMNS = ["id", "speaker", "duration", "reference", "prediction", "raw_prediction", "wer", "cer"]
-
-
-def transcribe_test_split(model: DeepSpeech2, test, batch_size: int) -> tuple[list[dict], float]:
-    """Per-utterance rows of test_predictions.csv and the seconds spent transcribing."""
-    rows, seconds = [], 0.0
-    waves = test.with_format("numpy", columns=["input_values"])
-    for start in range(0, len(test), TEST_CHUNK):
+def transcribe_in_chunks(model: DeepSpeech2, split, batch_size: int) -> tuple[list[str], float]:
+    """Raw transcripts of a split and the seconds spent transcribing; the audio is read from disk a chunk at
+    a time, so memory stays flat on the full test set."""
+    texts, seconds = [], 0.0
+    waves = split.with_format("numpy", columns=["input_values"])
+    for start in range(0, len(split), TEST_CHUNK):
         chunk = waves[start: start + TEST_CHUNK]["input_values"]
         began = time.perf_counter()
-        raw = transcribe(model, list(chunk), batch_size=batch_size)
+        texts += transcribe(model, list(chunk), batch_size=batch_size)
         seconds += time.perf_counter() - began
-        meta = test.select_columns(["id", "speaker", "duration", "sentence"])[start: start + TEST_CHUNK]
-        for k, text in enumerate(raw):
-            reference, prediction = meta["sentence"][k], normalize_text(text)
-            scores = compute_wer_cer([reference], [prediction])
-            rows.append({"id": meta["id"][k], "speaker": meta["speaker"][k],
-                         "duration": round(float(meta["duration"][k]), 3), "reference": reference,
-                         "prediction": prediction, "raw_prediction": text,
-                         "wer": round(scores["wer"], 4), "cer": round(scores["cer"], 4)})
-    return rows, seconds
+    return texts, seconds
+
+
+# Copied from train_whisper.test_predictions
+def test_predictions(split, raw_predictions: list[str]) -> list[dict]:
+    """Rows of test_predictions.csv: normalised reference and prediction, per-utterance WER and CER."""
+    rows = []
+    for example, raw in zip(split.select_columns(["id", "speaker", "duration", "sentence"]), raw_predictions):
+        reference, prediction = normalize_text(example["sentence"]), normalize_text(raw)
+        scores = compute_wer_cer([reference], [prediction])
+        rows.append({"id": example["id"], "speaker": example["speaker"], "duration": round(example["duration"], 3),
+                     "reference": reference, "prediction": prediction, "raw_prediction": raw,
+                     "wer": scores["wer"], "cer": scores["cer"]})
+    return rows
+
+
+# Copied from train_whisper.test_metrics
+def test_metrics(rows: list[dict], decode_seconds: float) -> dict:
+    """test_metrics.json: corpus scores, amount of audio, decoding time and real-time factor."""
+    metrics = compute_wer_cer([r["reference"] for r in rows], [r["prediction"] for r in rows])
+    audio_seconds = float(sum(r["duration"] for r in rows))
+    metrics.update({"num_utterances": len(rows), "audio_seconds": round(audio_seconds, 3),
+                    "decode_seconds": round(decode_seconds, 3),
+                    "rtf": round(decode_seconds / audio_seconds, 5) if audio_seconds else None})
+    return metrics
 
 
 # ----------------------------------------------------------------------------- 9. run folder
@@ -659,8 +929,10 @@ def save_best_model(model: DeepSpeech2, folder: Path) -> None:
     shutil.copyfile(modeling_deepspeech2.__file__, folder / "modeling_deepspeech2.py")
 
 
-def model_card(run_info: dict, metrics: dict, config: dict) -> str:
-    """best_model/README.md: Hub metadata (model-index with test WER/CER) and a human description."""
+def model_card(args: argparse.Namespace, run_info: dict, metrics: dict) -> str:
+    """best_model/README.md: Hub metadata (model-index with test WER/CER) and a description of the model as
+    saved in best_model/config.json."""
+    config = json.loads((args.output_dir / "best_model" / "config.json").read_text(encoding="utf-8"))
     splits = run_info["dataset"]["splits"]
     a = run_info["architecture"]
     pitch_note = (" and pitch features for the tones (log F0 relative to the utterance's median, its slope"
@@ -735,133 +1007,176 @@ commercial use.
 """
 
 
-def build_run_info(args: argparse.Namespace, trainer: Trainer, model: DeepSpeech2, *, base_model: str,
-                   precision: str, optimizer: str, train_seconds: float, dataset, summary: dict, data_path: Path,
-                   unknown: dict) -> dict:
-    """run_info.json: what was trained, how, on what, and how it ended (docs/FORMATS.md)."""
-    state = trainer.state
-    best_entry = next((e for e in state.log_history if e.get("step") == state.best_global_step
-                       and BEST_METRIC in e), None) if state.best_global_step else None
-    early_stopper = next((c for c in trainer.callback_handler.callbacks
-                          if isinstance(c, ValidationEarlyStopping)), None)
-    stopped_early = early_stopper is not None and early_stopper.early_stopping_patience_counter >= args.patience
-    stop_reason = ("eval_only" if args.eval_only else "early_stopping" if stopped_early
-                   else "max_steps" if args.max_steps > 0 else "completed")
-    world = trainer.args.world_size
+def architecture_facts(model) -> dict:
+    settings = model.settings
     return {
-        "family": "deepspeech2", "base_model": base_model, "run_name": Path(trainer.args.output_dir).name,
-        "params_total": sum(p.numel() for p in model.parameters()),
-        "params_trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
-        "architecture": {
-            "encoder_layers": model.settings["conv_layers"] + model.settings["rnn_layers"], "decoder_layers": 0,
-            "d_model": 2 * model.settings["rnn_hidden"], "heads": None, "ffn_dim": None,
-            "activation": "hardtanh(0, 20)", "vocab_size": model.settings["vocab_size"],
-            "conv_layers": model.settings["conv_layers"], "conv_channels": model.settings["conv_channels"],
-            "rnn_type": model.settings["rnn_type"], "rnn_layers": model.settings["rnn_layers"],
-            "rnn_hidden": model.settings["rnn_hidden"], "bidirectional": True, "n_mels": model.settings["n_mels"],
-            "features": "log-Mel (torch.stft, 25 ms window, 10 ms hop), train mean/std"
-                        + (" + pitch (relative log F0, slope, voicing)" if model.pitch is not None else ""),
-            "frame_rate_hz": (SAMPLING_RATE / model.settings["hop_length"]
-                              / math.prod(stride[1] for _, stride, _ in model.conv.specs)),
-        },
-        "decoder": model.settings["decoder"],
-        "decoder_description": ("CTC prefix beam search over the words of the train transcripts (best_model/lexicon.json, "
-                                f"{len(model.lexicon.counts)} words) with their unigram frequencies, "
-                                f"{ {**BEAM_DEFAULTS, **model.settings.get('beam', {})} }"
-                                if model.settings["decoder"] == "beam" else "greedy CTC (best path)"),
-        "loss": "ctc", "optimizer": optimizer, "learning_rate": args.lr, "scheduler": args.scheduler,
-        "warmup_steps": trainer.args.get_warmup_steps(state.max_steps) if state.max_steps else 0,
-        "weight_decay": args.weight_decay, "batch_size": args.batch_size, "grad_accum": args.grad_accum,
-        "effective_batch_size": args.batch_size * args.grad_accum * world, "precision": precision, "lora": None,
-        "epochs_planned": args.epochs, "epochs_run": round(state.epoch or 0.0, 4),
-        "best_epoch": round(best_entry["epoch"], 4) if best_entry else None,
-        "best_step": state.best_global_step if best_entry else None,
-        "best_val_wer": best_entry["eval_validation_wer"] if best_entry else None,
-        "best_val_cer": best_entry["eval_validation_cer"] if best_entry else None,
-        "stop_reason": stop_reason, "train_seconds": round(train_seconds, 1),
-        "peak_gpu_memory_mb": (round(torch.cuda.max_memory_allocated() / 2**20, 1)
-                               if torch.cuda.is_available() else None),
-        "device": device_description(trainer),
-        "dataset": {"path": str(data_path), "features": summary.get("features"),
-                    "splits": {name: len(dataset[name]) for name in ("train", "validation", "test")}},
-        "unknown_characters": unknown, "eval_only": args.eval_only,
-        "command": "python train_deepspeech.py " + shlex.join(args.argv), "versions": package_versions(),
+        "encoder_layers": settings["conv_layers"] + settings["rnn_layers"], "decoder_layers": 0,
+        "d_model": 2 * settings["rnn_hidden"], "heads": None, "ffn_dim": None,
+        "activation": "hardtanh(0, 20)", "vocab_size": settings["vocab_size"],
+        "conv_layers": settings["conv_layers"], "conv_channels": settings["conv_channels"],
+        "rnn_type": settings["rnn_type"], "rnn_layers": settings["rnn_layers"],
+        "rnn_hidden": settings["rnn_hidden"], "bidirectional": True, "n_mels": settings["n_mels"],
+        "features": "log-Mel (torch.stft, 25 ms window, 10 ms hop), train mean/std"
+                    + (" + pitch (relative log F0, slope, voicing)" if model.pitch is not None else ""),
+        "frame_rate_hz": (SAMPLING_RATE / settings["hop_length"]
+                          / math.prod(stride[1] for _, stride, _ in model.conv.specs)),
     }
 
 
-def device_description(trainer: Trainer) -> str:
+def decoder_description(model: DeepSpeech2) -> str:
+    if model.settings["decoder"] != "beam":
+        return "greedy CTC (best path)"
+    return ("CTC prefix beam search over the words of the train transcripts (best_model/lexicon.json, "
+            f"{len(model.lexicon.counts)} words) with their unigram frequencies, "
+            f"{ {**BEAM_DEFAULTS, **model.settings.get('beam', {})} }")
+
+
+# Copied from train_whisper.stop_reason
+def stop_reason(args: argparse.Namespace, state) -> str:
+    if args.eval_only:
+        return "eval_only"
+    if args.max_steps > 0 and state.global_step >= args.max_steps:
+        return "max_steps"
+    return "early_stopping" if state.global_step < state.max_steps else "completed"
+
+
+# Copied from train_whisper.best_evaluation
+def best_evaluation(state) -> dict | None:
+    """The validation log entry of the best checkpoint (the one the Trainer loaded at the end)."""
+    return next((entry for entry in state.log_history
+                 if entry.get("step") == state.best_global_step and BEST_METRIC in entry), None)
+
+
+# Copied from train_whisper.versions
+def versions() -> dict:
+    """Versions of what produced the run (for the report's reproducibility table)."""
+    found = {"python": platform.python_version()}
+    for package in ("torch", "transformers", "datasets", "accelerate", "peft", "jiwer", "numpy", "bitsandbytes"):
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            found[package] = metadata.version(package)
+    return found
+
+
+# Copied from train_whisper.device_description
+def device_description(trainer) -> str:
     world = trainer.args.world_size
     if torch.cuda.is_available():
         return f"cuda ({torch.cuda.get_device_name(0)}) x{world}"
     return f"cpu x{world} process{'es' if world > 1 else ''}"
 
 
-def package_versions() -> dict:
-    """Versions that matter to reproduce the run."""
-    versions = {"python": platform.python_version()}
-    for package in ("torch", "transformers", "datasets", "accelerate", "jiwer", "numpy"):
-        try:
-            versions[package] = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            versions[package] = None
-    return versions
+# Copied from train_whisper.run_facts
+def run_facts(args: argparse.Namespace, trainer, checkpoint: Path | None, precision: str, optim: str) -> dict:
+    """The run_info.json entries every trainer writes (docs/FORMATS.md): the settings, how the run ended and
+    what it ran on; each trainer adds its model's and data's own."""
+    state = trainer.state
+    best = best_evaluation(state) or {}
+    return {
+        "base_model": args.model, "run_name": args.output_dir.name,
+        "params_total": sum(p.numel() for p in trainer.model.parameters()),
+        "params_trainable": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
+        "optimizer": optim, "learning_rate": args.lr, "scheduler": args.scheduler,
+        "warmup_steps": 0 if args.eval_only else trainer.args.get_warmup_steps(state.max_steps),
+        "weight_decay": args.weight_decay, "batch_size": args.batch_size, "grad_accum": args.grad_accum,
+        "effective_batch_size": args.batch_size * args.grad_accum * trainer.args.world_size,
+        "precision": precision, "gradient_checkpointing": args.gradient_checkpointing, "preset": args.preset,
+        "epochs_planned": args.epochs, "epochs_run": round(state.epoch or 0.0, 4),
+        "best_epoch": round(best["epoch"], 4) if best else None, "best_step": best.get("step"),
+        "best_val_wer": best.get("eval_validation_wer"), "best_val_cer": best.get("eval_validation_cer"),
+        "stop_reason": stop_reason(args, state),
+        "train_seconds": 0.0 if args.eval_only else round(train_clock(trainer).seconds(), 1),
+        "peak_gpu_memory_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1)
+        if torch.cuda.is_available() else None,
+        "device": device_description(trainer),
+        "resumed_from": str(checkpoint) if checkpoint else None, "eval_only": args.eval_only,
+        "command": shlex.join(["python", SCRIPT, *args.argv]), "versions": versions(),
+    }
 
 
-def push_to_hub(folder: Path, repo_id: str) -> None:
-    """Upload best_model/ (weights, config, vocabulary, code, card) as one commit."""
+# Copied from train_whisper.push_best_model
+def push_best_model(args: argparse.Namespace, best_dir: Path) -> None:
+    """Upload best_model/ (weights, processor or vocabulary, card) to the Hub, as one commit."""
     from huggingface_hub import HfApi
 
     api = HfApi()
-    api.create_repo(repo_id, exist_ok=True)
-    api.upload_folder(folder_path=str(folder), repo_id=repo_id, commit_message="DeepSpeech2 from train_deepspeech.py")
-    say(f"uploaded {folder} to https://huggingface.co/{repo_id}")
+    repo_id = api.create_repo(args.hub_model_id or args.output_dir.name, exist_ok=True).repo_id
+    api.upload_folder(folder_path=str(best_dir), repo_id=repo_id,
+                      commit_message=f"best_model/ of {args.output_dir.name} ({SCRIPT})")
+    say(f"Pushed {best_dir} to https://huggingface.co/{repo_id}")
+
+
+# Copied from train_whisper.write_json
+def write_json(path: Path, value: dict) -> None:
+    path.write_text(json.dumps(value, indent=2, ensure_ascii=False), encoding="utf-8")
+
+
+# Copied from train_whisper.write_run_files
+def write_run_files(trainer, rows: list[dict], metrics: dict, run_info: dict) -> Path:
+    """The run folder's files besides best_model/: trainer_state.json, history.csv, test_predictions.csv,
+    test_metrics.json and run_info.json (docs/FORMATS.md)."""
+    out = Path(trainer.args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    trainer.save_state()
+    write_csv(out / "history.csv", history_rows(trainer.state.log_history), HISTORY_COLUMNS)
+    write_csv(out / "test_predictions.csv", rows, PREDICTION_COLUMNS)
+    write_json(out / "test_metrics.json", metrics)
+    write_json(out / "run_info.json", run_info)
+    return out
+
+
+# Copied from train_whisper.finish_run_folder
+def finish_run_folder(args: argparse.Namespace, best_dir: Path, card: str, run_info: dict, metrics: dict) -> None:
+    """best_model/README.md, the upload when --push-to-hub asks for it, and the run in one line."""
+    (best_dir / "README.md").write_text(card, encoding="utf-8")
+    if args.push_to_hub:
+        push_best_model(args, best_dir)
+    say(final_line(run_info, metrics, best_dir.parent))
+
+
+# Copied from train_whisper.final_line
+def final_line(run_info: dict, metrics: dict, out: Path) -> str:
+    """The run in one line: how training ended, the test scores and where the run folder is."""
+    trained = ("evaluated as it is" if run_info["eval_only"] else
+               f"best epoch {run_info['best_epoch']} (step {run_info['best_step']}), validation WER "
+               f"{100 * (run_info['best_val_wer'] or 0):.2f} %, {run_info['stop_reason']}, "
+               f"{run_info['train_seconds'] / 60:.1f} min of training")
+    return (f"{out.name}: {trained}; test WER {100 * metrics['wer']:.2f} %, CER {100 * metrics['cer']:.2f} % "
+            f"on {metrics['num_utterances']} utterances (RTF {metrics['rtf']}). Run folder: {out}")
 
 
 # ----------------------------------------------------------------------------- main
 
 def main(argv: list[str] | None = None) -> dict:
-    # 1. parse arguments (+ --preset)
-    args = parse_args(argv)
-    output_dir = args.output_dir.expanduser().resolve()
-    data_path = args.data.expanduser().resolve()
-    precision = resolve_precision(args.precision)
-    optimizer = resolve_optimizer(args.optim)
-    set_seed(args.seed)
+    # 1. Settings.
+    args, precision, optim = settings(argv)
+    if args.eval_only and args.model == "scratch":
+        raise InputError("--eval-only scores a trained model, and --model is 'scratch' (an untrained one, whose "
+                         "scores mean nothing). Give --model a best_model/ folder written by train_deepspeech.py, "
+                         "or drop --eval-only to train.")
 
-    # 2. find the checkpoint to resume
-    resume_from = None
-    if not args.eval_only:
-        if args.resume:
-            resume_from = last_complete_checkpoint(output_dir) if output_dir.is_dir() else None
-        elif output_dir.is_dir() and any(output_dir.iterdir()):
-            raise InputError(f"--no-resume starts over only into an empty folder, and {output_dir} is not empty. "
-                             "Delete it, pick another --output-dir, or drop --no-resume to continue that run.")
-        if resume_from:
-            say(f"resuming from {resume_from}")
+    # 2. Checkpoint to resume.
+    checkpoint = checkpoint_to_resume(args)
 
-    # 3. load the prepared dataset and check it
-    dataset, summary = load_prepared_dataset(data_path)
+    # 3. Prepared dataset, checked.
+    dataset, summary = load_prepared_dataset(args.data, {"input_values", "sentence", "duration"}, args.eval_only)
     train_split, val_split, test_split = dataset["train"], dataset["validation"], dataset["test"]
-    say(f"dataset {data_path}: train {len(train_split)}, validation {len(val_split)}, test {len(test_split)}")
+    say(f"dataset {args.data}: train {len(train_split)}, validation {len(val_split)}, test {len(test_split)}")
 
-    # 4. load or build the model (and its vocabulary)
+    # 4. Model and vocabulary: a new model sized by the flags, or a saved one.
     if args.model == "scratch":
         vocab = build_vocab(list(train_split["sentence"]))
         config = model_config(args, vocab, [0.0] * args.n_mels, [1.0] * args.n_mels)
         mean, std = feature_statistics(train_split, config, limit=1000, seed=args.seed)
         model = DeepSpeech2({**config, "feature_mean": mean, "feature_std": std}, vocab)
-        base_model = "scratch"
-        if args.eval_only:
-            say("warning: --eval-only with --model scratch scores an untrained model (a baseline near CER 1)")
     else:
-        folder = Path(args.model).expanduser().resolve()
+        folder = Path(args.model)
         check_saved_model(folder)
         model = load_model(folder).train()
         model.settings.update(training_config(args))
         for module in model.modules():
             if isinstance(module, nn.Dropout):
                 module.p = args.dropout
-        base_model, vocab = str(folder), model.vocab
+        vocab = model.vocab
         say(f"loaded {folder} (its architecture and vocabulary; the model-size flags do not apply)")
     if model.lexicon is None or not args.eval_only:  # a saved model evaluated keeps its own lexicon
         model.lexicon = Lexicon(word_counts(list(train_split["sentence"])))
@@ -873,7 +1188,7 @@ def main(argv: list[str] | None = None) -> dict:
         if counts:
             say(f"{name}: {sum(counts.values())} characters not in the vocabulary ({counts}); they count as errors")
 
-    # 5. preprocess: drop unalignable train clips, fix the train subset, collator
+    # 5. Preprocessing: leave out unalignable train clips, fix the train subset; the collator pads.
     keep = alignable_indices(list(train_split["duration"]), list(train_split["sentence"]), model)
     if len(keep) < len(train_split):
         say(f"train: {len(train_split) - len(keep)} utterances left out, transcript longer than the audio allows")
@@ -887,56 +1202,39 @@ def main(argv: list[str] | None = None) -> dict:
     if len(train_subset):
         eval_sets["train_subset"] = train_subset.with_format("numpy", columns=columns)
 
-    # 6. metrics
+    # 6. Metrics.
     compute_metrics = make_compute_metrics(model)
 
-    # 7. train (Hugging Face Trainer; torchrun/accelerate launch gives DDP from the environment)
-    training_args = training_arguments(args, output_dir, precision, optimizer)
-    callbacks = [HistoryCallback(output_dir / "history.csv"), AugmentAfterWarmup()]
-    if args.patience > 0:
-        callbacks.append(ValidationEarlyStopping(early_stopping_patience=args.patience))
+    # 7. Training (torchrun / accelerate launch give DDP from the environment).
     trainer = SortaGradTrainer(
-        model=model, args=training_args, data_collator=CTCCollator(vocab), train_dataset=train_set,
-        eval_dataset=eval_sets, compute_metrics=compute_metrics, preprocess_logits_for_metrics=argmax_ids,
-        callbacks=callbacks, lengths=lengths,
-    )
-    began = time.time()
-    if args.eval_only:
-        trainer.evaluate()
-    else:
-        run_training(trainer, args, output_dir, resume_from)
-    train_seconds = time.time() - began
-
-    # 8. evaluate and transcribe test with the best model (loaded by the Trainer at the end of training)
+        model=model, args=training_arguments(args, precision, optim), data_collator=CTCCollator(vocab),
+        train_dataset=train_set, eval_dataset=eval_sets, compute_metrics=compute_metrics,
+        preprocess_logits_for_metrics=argmax_ids, callbacks=[*run_callbacks(args), AugmentAfterWarmup()],
+        lengths=lengths)
+    run_training(trainer, args, checkpoint)
     if not trainer.is_world_process_zero():
         return {}
-    model = trainer.model.float().eval()
-    rows, decode_seconds = transcribe_test_split(model, test_split, args.eval_batch_size)
-    metrics = compute_wer_cer([r["reference"] for r in rows], [r["prediction"] for r in rows])
-    audio_seconds = float(sum(r["duration"] for r in rows))
-    metrics.update({"num_utterances": len(rows), "audio_seconds": round(audio_seconds, 3),
-                    "decode_seconds": round(decode_seconds, 3),
-                    "rtf": round(decode_seconds / max(audio_seconds, 1e-9), 5)})
 
-    # 9. save the run folder
-    run_info = build_run_info(args, trainer, model, base_model=base_model, precision=precision,
-                              optimizer=optimizer, train_seconds=train_seconds, dataset=dataset, summary=summary,
-                              data_path=data_path, unknown=unknown)
-    state = trainer.state
-    best_dir = output_dir / "best_model"
+    # 8. Test: the best model (loaded by the Trainer at the end of training) transcribes the test split.
+    model = trainer.model.float().eval()
+    raw, decode_seconds = transcribe_in_chunks(model, test_split, args.eval_batch_size)
+    rows = test_predictions(test_split, raw)
+    metrics = test_metrics(rows, decode_seconds)
+
+    # 9. Run folder.
+    run_info = {
+        "family": "deepspeech2", **run_facts(args, trainer, checkpoint, precision, optim),
+        "architecture": architecture_facts(model), "loss": "ctc", "lora": None,
+        "decoder": model.settings["decoder"], "decoder_description": decoder_description(model),
+        "dataset": {"path": str(args.data), "features": summary.get("features"),
+                    "splits": {name: len(dataset[name]) for name in ("train", "validation", "test")}},
+        "unknown_characters": unknown,
+    }
+    out = write_run_files(trainer, rows, metrics, run_info)
+    best_dir = out / "best_model"
     save_best_model(model, best_dir)
-    (best_dir / "README.md").write_text(model_card(run_info, metrics, model.settings), encoding="utf-8")
-    state.save_to_json(str(output_dir / "trainer_state.json"))
-    write_csv(output_dir / "history.csv", HISTORY_COLUMNS, history_rows(state.log_history))
-    (output_dir / "run_info.json").write_text(json.dumps(run_info, ensure_ascii=False, indent=2), encoding="utf-8")
-    write_csv(output_dir / "test_predictions.csv", PREDICTION_COLUMNS, rows)
-    (output_dir / "test_metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
-    if args.push_to_hub:
-        push_to_hub(best_dir, args.hub_model_id or output_dir.name)
-    say(f"best epoch {run_info['best_epoch']}, validation WER {run_info['best_val_wer']}; test WER "
-        f"{metrics['wer']:.4f}, CER {metrics['cer']:.4f} on {len(rows)} utterances; {train_seconds:.0f} s; "
-        f"stop: {run_info['stop_reason']}; run folder {output_dir}")
-    return {"run_info": run_info, "test_metrics": metrics}
+    finish_run_folder(args, best_dir, model_card(args, run_info, metrics), run_info, metrics)
+    return run_info
 
 
 if __name__ == "__main__":

@@ -30,11 +30,13 @@ import json
 import math
 import os
 import platform
+import re
 import shlex
 import sys
 import tempfile
 import time
 import unicodedata
+import zipfile
 from collections import Counter
 from dataclasses import dataclass
 from importlib import metadata
@@ -43,7 +45,7 @@ from pathlib import Path
 import jiwer
 import numpy as np
 import torch
-from datasets import DatasetDict, load_from_disk
+from datasets import DatasetDict
 from torch.utils.data import SequentialSampler
 from transformers import (AutoConfig, AutoFeatureExtractor, AutoModelForCTC, AutoProcessor, EarlyStoppingCallback,
                           Trainer, TrainerCallback, TrainingArguments, Wav2Vec2CTCTokenizer,
@@ -51,14 +53,22 @@ from transformers import (AutoConfig, AutoFeatureExtractor, AutoModelForCTC, Aut
 from transformers.trainer_callback import ExportableState
 
 # torchrun / accelerate launch set RANK: only the first process prints and writes the run folder.
+# Copied from train_whisper.IS_MAIN_PROCESS
 IS_MAIN_PROCESS = int(os.environ.get("RANK", "0")) == 0
 SAMPLE_RATE = 16000  # every Wav2Vec2-family checkpoint is pre-trained on 16 kHz audio
 PAD, UNK, WORD_DELIMITER = "[PAD]", "[UNK]", "|"
 # A reference character the vocabulary lacks is scored as this letter, which no model can write: one error.
 UNKNOWN_LETTER = "\u0294"
-BEST_METRIC = "validation_wer"  # Trainer reads it as eval_validation_wer
+BEST_METRIC = "eval_validation_wer"  # the best checkpoint and early stopping follow it
+SCRIPT = "train_wav2vec2.py"  # as printed commands name it (a notebook cell has no __file__)
+FEATURES = "waveform"  # the prepared dataset this trainer reads (prepare_vivos.py --features)
+# The shared flags' defaults for Wav2Vec2: an effective batch of 16 and the usual CTC fine-tuning settings.
+DEFAULTS = {"model": "facebook/wav2vec2-xls-r-300m", "epochs": 20, "batch_size": 8, "eval_batch_size": 8,
+            "grad_accum": 2, "lr": 1e-4, "warmup_ratio": 0.1, "weight_decay": 0.005, "logging_steps": 25}
+# Copied from train_whisper.HISTORY_COLUMNS
 HISTORY_COLUMNS = ["epoch", "step", "train_loss", "val_loss", "val_wer", "val_cer", "train_wer", "train_cer",
                    "learning_rate"]
+# Copied from train_whisper.PREDICTION_COLUMNS
 PREDICTION_COLUMNS = ["id", "speaker", "duration", "reference", "prediction", "raw_prediction", "wer", "cer"]
 
 # Settings for a card; any flag given on the command line wins over its preset. Sized from the memory
@@ -78,6 +88,7 @@ PRESETS = {
 }
 
 
+# Copied from train_whisper.normalize_text
 def normalize_text(text: str) -> str:
     """NFC, lower case, punctuation and symbols to spaces, whitespace collapsed; tone marks kept."""
     text = unicodedata.normalize("NFC", text).lower()
@@ -85,6 +96,7 @@ def normalize_text(text: str) -> str:
     return " ".join(text.split())
 
 
+# Copied from train_whisper.compute_wer_cer
 def compute_wer_cer(references: list[str], predictions: list[str]) -> dict:
     """Corpus WER, CER, sentence error rate and word error counts (jiwer), on normalised text."""
     words = jiwer.process_words(references, predictions)
@@ -100,216 +112,396 @@ def compute_wer_cer(references: list[str], predictions: list[str]) -> dict:
     }
 
 
-def log(message: str) -> None:
+# Copied from train_whisper.InputError
+class InputError(SystemExit):
+    """Bad input: the message says what was expected, what was found and what to type next."""
+
+
+# Copied from train_whisper.say
+def say(message: str) -> None:
+    """Print once, not once per process, under torchrun."""
     if IS_MAIN_PROCESS:
         print(message, flush=True)
 
 
+# Copied from train_whisper.quoted
+def quoted(path) -> str:
+    """A path as the shell of this machine reads it back from a pasted command: POSIX quoting, or double
+    quotes on Windows (cmd.exe knows no single quotes; Windows paths hold no double quote)."""
+    text = str(path)
+    if os.name != "nt":
+        return shlex.quote(text)
+    return text if re.fullmatch(r"[\w@%+=:,./\\-]+", text, re.ASCII) else f'"{text}"'
+
+
 # ----------------------------------------------------------------------------- 1. settings
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    io = parser.add_argument_group("data, model, output")
+# Copied from train_whisper.add_shared_arguments
+def add_shared_arguments(parser: argparse.ArgumentParser, model_help: str, lr_help: str) -> dict:
+    """The flags every trainer takes, in the same words; their defaults are the trainer's DEFAULTS. Returns
+    the argument groups, for the trainer's own flags."""
+    groups = {name: parser.add_argument_group(name) for name in
+              ("data, model, output", "training", "regularisation", "memory", "evaluation and checkpoints", "sharing")}
+    io, train, memory, evaluation, hub = (groups[name] for name in ("data, model, output", "training", "memory",
+                                                                     "evaluation and checkpoints", "sharing"))
     io.add_argument("--data", type=Path, required=True,
-                    help="prepared dataset folder (prepare_vivos.py --features waveform)")
-    io.add_argument("--model", default="facebook/wav2vec2-xls-r-300m",
-                    help="any Wav2Vec2-family checkpoint: Hub id or local folder (default facebook/wav2vec2-xls-r-300m;"
-                         " on 4 GB a base-sized one such as nguyenvulebinh/wav2vec2-base-vi)")
+                    help=f"prepared dataset folder (prepare_vivos.py --features {FEATURES})")
+    io.add_argument("--model", help=f"{model_help} (default %(default)s)")
     io.add_argument("--output-dir", type=Path, required=True,
-                    help="run folder: checkpoints, best_model/, history.csv, test predictions")
-    io.add_argument("--reuse-vocab", choices=["auto", "never"], default="auto",
-                    help="auto: keep the checkpoint's CTC head when its vocabulary covers the train text; "
-                         "never: always a new character vocabulary and head")
-    io.add_argument("--max-duration", type=float, default=20.0,
-                    help="train clips longer than this many seconds are left out (memory; default 20)")
+                    help="run folder: checkpoints, best_model/, history.csv, test predictions (resumed if it exists)")
     io.add_argument("--preset", choices=sorted(PRESETS),
-                    help="settings for a card: low-vram (base-sized models on 4 GB), t4 (Colab), a100; flags win")
-
-    train = parser.add_argument_group("training")
-    train.add_argument("--epochs", type=float, default=20, help="training epochs (default 20)")
+                    help=f"a tested bundle of settings ({', '.join(PRESETS)}); flags given explicitly win over it")
+    train.add_argument("--epochs", type=float, help="training epochs (default %(default)s; early stopping may end "
+                                                    "sooner)")
     train.add_argument("--max-steps", type=int, default=-1, help="stop after this many optimizer steps instead")
-    train.add_argument("--batch-size", type=int, default=8, help="clips per step and device (default 8)")
-    train.add_argument("--eval-batch-size", type=int, default=8, help="clips per evaluation batch")
-    train.add_argument("--grad-accum", type=int, default=2,
-                       help="steps whose gradients are summed before an update (default 2: effective batch 16)")
-    train.add_argument("--lr", type=float, default=1e-4,
-                       help="peak learning rate (default 1e-4, the usual CTC fine-tuning rate; 3e-4 for XLS-R "
-                            "on tens of hours)")
-    train.add_argument("--warmup-ratio", type=float, default=0.1, help="share of steps for linear warm-up")
+    train.add_argument("--batch-size", type=int, help="utterances per step and device (default %(default)s)")
+    train.add_argument("--eval-batch-size", type=int,
+                       help="utterances per device when evaluating (default %(default)s)")
+    train.add_argument("--grad-accum", type=int,
+                       help="steps whose gradients are summed before an update (default %(default)s)")
+    train.add_argument("--lr", type=float, help=f"peak learning rate ({lr_help})")
+    train.add_argument("--warmup-ratio", type=float, help="share of steps for linear warm-up (default %(default)s)")
     train.add_argument("--scheduler", default="linear",
-                       choices=["linear", "cosine", "constant_with_warmup", "inverse_sqrt", "polynomial"])
+                       choices=["linear", "cosine", "constant_with_warmup", "inverse_sqrt", "polynomial"],
+                       help="learning-rate schedule after the warm-up (default %(default)s)")
     train.add_argument("--optim", default="adamw_torch",
                        choices=["adamw_torch", "adamw_torch_fused", "adamw_bnb_8bit", "adafactor"],
-                       help="optimizer; adamw_bnb_8bit needs bitsandbytes and a CUDA GPU")
+                       help="optimizer; adamw_bnb_8bit needs bitsandbytes and a CUDA GPU (default %(default)s)")
+    train.add_argument("--weight-decay", type=float, help="AdamW weight decay (default %(default)s)")
     train.add_argument("--seed", type=int, default=42)
     train.add_argument("--num-workers", type=int, default=0 if os.name == "nt" else 2,
-                       help="data loading processes (default 2; 0 on Windows, where each worker re-imports)")
-
-    regular = parser.add_argument_group("regularisation")
-    regular.add_argument("--dropout", type=float, default=0.1,
-                         help="transformer dropout: hidden, attention, activation, projection, CTC head (default 0.1)")
-    regular.add_argument("--layerdrop", type=float, default=0.05,
-                         help="probability of skipping a whole transformer layer in a step (default 0.05)")
-    regular.add_argument("--weight-decay", type=float, default=0.005)
-    regular.add_argument("--spec-augment", action=argparse.BooleanOptionalAction, default=True,
-                         help="SpecAugment: mask random time steps / feature channels while training (default on)")
-    regular.add_argument("--mask-time-prob", type=float, default=0.05, help="SpecAugment time masking")
-    regular.add_argument("--mask-feature-prob", type=float, default=0.0, help="SpecAugment feature-channel masking")
-    regular.add_argument("--freeze-feature-encoder", action=argparse.BooleanOptionalAction, default=True,
-                         help="keep the convolutional feature encoder fixed (default on, as in the wav2vec 2.0 paper)")
-
-    memory = parser.add_argument_group("memory")
+                       help="data loading processes (default %(default)s; 0 on Windows, where each worker re-imports)")
     memory.add_argument("--precision", choices=["auto", "fp32", "fp16", "bf16"], default="auto",
-                        help="auto: bf16 on GPUs from Ampere on, fp16 on older ones (T4), fp32 on CPU")
+                        help="auto: bf16 on GPUs that have it, else fp16; fp32 on CPU")
     memory.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=False,
-                        help="recompute activations in backward: much less memory, about 30%% slower")
-
-    evaluation = parser.add_argument_group("evaluation and checkpoints")
+                        help="recompute activations in backward: much less memory, slower steps")
     evaluation.add_argument("--eval-every", type=int, default=0,
                             help="evaluate and save every N steps (default 0: every epoch)")
     evaluation.add_argument("--patience", type=int, default=3,
-                            help="stop after N evaluations without a better validation WER (0: never)")
+                            help="stop after N evaluations without a better validation score (0: never)")
     evaluation.add_argument("--train-eval-size", type=int, default=200,
-                            help="fixed train clips scored at each evaluation, to show the overfitting gap")
-    evaluation.add_argument("--logging-steps", type=int, default=25)
+                            help="fixed train utterances scored at each evaluation, to show the overfitting gap")
+    evaluation.add_argument("--logging-steps", type=int,
+                            help="log the training loss every N steps (default %(default)s)")
     evaluation.add_argument("--save-total-limit", type=int, default=2,
                             help="checkpoints kept (the best one is always kept)")
     evaluation.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                             help="continue from the last complete checkpoint (default); --no-resume needs an "
                                  "empty --output-dir")
     evaluation.add_argument("--eval-only", action="store_true",
-                            help="no training: score --model as it is (baseline) and write the run folder")
-
-    hub = parser.add_argument_group("sharing")
+                            help="no training: score --model as it is, into a run folder of its own")
     hub.add_argument("--push-to-hub", action="store_true", help="upload best_model/ and its card to the Hub")
     hub.add_argument("--hub-model-id", help="Hub repository (default: the --output-dir name)")
+    parser.set_defaults(**DEFAULTS)
+    return groups
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    groups = add_shared_arguments(parser, "any Wav2Vec2-family checkpoint: Hub id or local folder (on 4 GB a "
+                                  "base-sized one such as nguyenvulebinh/wav2vec2-base-vi)",
+                                  "default 1e-4, the usual CTC fine-tuning rate; 3e-4 for XLS-R on tens of hours")
+    io = groups["data, model, output"]
+    io.add_argument("--reuse-vocab", choices=["auto", "never"], default="auto",
+                    help="auto: keep the checkpoint's CTC head when its vocabulary covers the train text; "
+                         "never: always a new character vocabulary and head")
+    io.add_argument("--max-duration", type=float, default=20.0,
+                    help="train clips longer than this many seconds are left out (memory; default 20)")
+
+    regular = groups["regularisation"]
+    regular.add_argument("--dropout", type=float, default=0.1,
+                         help="transformer dropout: hidden, attention, activation, projection, CTC head (default 0.1)")
+    regular.add_argument("--layerdrop", type=float, default=0.05,
+                         help="probability of skipping a whole transformer layer in a step (default 0.05)")
+    regular.add_argument("--spec-augment", action=argparse.BooleanOptionalAction, default=True,
+                         help="SpecAugment: mask random time steps / feature channels while training (default on)")
+    regular.add_argument("--mask-time-prob", type=float, default=0.05, help="SpecAugment time masking")
+    regular.add_argument("--mask-feature-prob", type=float, default=0.0, help="SpecAugment feature-channel masking")
+    regular.add_argument("--freeze-feature-encoder", action=argparse.BooleanOptionalAction, default=True,
+                         help="keep the convolutional feature encoder fixed (default on, as in the wav2vec 2.0 paper)")
     return parser
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
+# Copied from train_whisper.parse_args
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line flags over the chosen preset over the defaults."""
     parser = build_parser()
     preset = parser.parse_known_args(argv)[0].preset
     if preset:
         parser.set_defaults(**PRESETS[preset])
     args = parser.parse_args(argv)
-    if not 0 <= args.warmup_ratio < 1:
-        parser.error(f"--warmup-ratio must be in [0, 1), got {args.warmup_ratio}")
-    args.argv = sys.argv[1:] if argv is None else list(argv)
+    args.argv = sys.argv[1:] if argv is None else [str(arg) for arg in argv]
     return args
 
 
+# Copied from train_whisper.settings
+def settings(argv: list[str] | None) -> tuple[argparse.Namespace, str, str]:
+    """Step 1: the flags (over the preset, over DEFAULTS) checked, the seed set, and the precision and
+    optimizer this machine can run."""
+    args = parse_args(argv)
+    check_settings(args)
+    set_seed(args.seed)
+    return args, resolve_precision(args.precision), resolve_optimizer(args.optim)
+
+
+# Copied from train_whisper.check_settings
+def check_settings(args: argparse.Namespace) -> None:
+    """Refuse numbers no run can use, before anything is loaded or written."""
+    problems = []
+    if not args.eval_only and args.max_steps <= 0 and not args.epochs > 0:
+        problems.append(f"--epochs must be above 0 (got {args.epochs:g}), or give --max-steps")
+    for flag in ("batch_size", "eval_batch_size", "grad_accum"):
+        if getattr(args, flag) < 1:
+            problems.append(f"--{flag.replace('_', '-')} must be 1 or more (got {getattr(args, flag)})")
+    if args.lr is not None and not args.lr > 0:
+        problems.append(f"--lr must be above 0 (got {args.lr:g})")
+    if not 0 <= args.warmup_ratio < 1:
+        problems.append(f"--warmup-ratio must be in [0, 1) (got {args.warmup_ratio:g})")
+    if problems:
+        raise InputError("; ".join(problems) + ". Run it again with those corrected.")
+
+
+# Copied from train_whisper.resolve_precision
+def resolve_precision(choice: str) -> str:
+    """fp32 on CPU; on a GPU `auto` means bf16 where it has it (no loss scaling needed), else fp16."""
+    cuda = torch.cuda.is_available()
+    if choice == "auto":
+        # Compute capability >= 8 (A100, RTX 30xx) has bf16; is_bf16_supported() also says yes on a T4 (emulated).
+        return ("bf16" if torch.cuda.get_device_capability()[0] >= 8 else "fp16") if cuda else "fp32"
+    if choice in ("fp16", "bf16") and not cuda:
+        raise InputError(f"--precision {choice} needs a CUDA GPU and none is visible; use --precision auto "
+                         "(fp32 on CPU) or run on a GPU machine")
+    return choice
+
+
+# Copied from train_whisper.resolve_optimizer
 def resolve_optimizer(name: str) -> str:
-    """The optimizer to use: 8-bit AdamW only where bitsandbytes can run it, else adafactor."""
+    """The optimizer to use: 8-bit AdamW only where bitsandbytes loads and has a CUDA GPU, else adafactor."""
     if name != "adamw_bnb_8bit":
         return name
     if not torch.cuda.is_available():
         missing = "no CUDA GPU here"
-    elif importlib.util.find_spec("bitsandbytes") is None:
-        missing = "bitsandbytes is not installed: pip install bitsandbytes"
     else:
-        return name
-    log(f"--optim adamw_bnb_8bit needs bitsandbytes and a CUDA GPU ({missing}); using adafactor instead, "
-        "which also keeps almost no optimizer state")
+        try:
+            importlib.import_module("bitsandbytes")  # installed is not enough: its CUDA library must load
+            return name
+        except Exception as error:  # ImportError, or a missing/mismatched CUDA library
+            missing = f"bitsandbytes does not load ({error}): pip install -U bitsandbytes"
+    say(f"--optim adamw_bnb_8bit needs bitsandbytes and a CUDA GPU ({missing}); using adafactor instead, "
+        "which also keeps almost no optimizer state.")
     return "adafactor"
-
-
-def resolve_precision(choice: str) -> str:
-    """fp16/bf16 only on CUDA; auto picks bf16 on compute capability >= 8 (A100, RTX 30xx), else fp16."""
-    cuda = torch.cuda.is_available()
-    if choice == "auto":
-        if not cuda:
-            return "fp32"
-        return "bf16" if torch.cuda.get_device_capability()[0] >= 8 else "fp16"
-    if choice in ("fp16", "bf16") and not cuda:
-        raise SystemExit(f"--precision {choice} needs a CUDA GPU and none is visible; use --precision auto "
-                         f"(fp32 on CPU) or run on a GPU machine")
-    return choice
 
 
 # ----------------------------------------------------------------------------- 2. checkpoint to resume
 
+# Copied from train_whisper.checkpoint_folders
+def checkpoint_folders(output_dir: Path) -> list[Path]:
+    """The checkpoint-N folders of a run folder, newest first."""
+    numbered = [p for p in output_dir.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()]
+    return sorted(numbered, key=lambda folder: int(folder.name.split("-")[-1]), reverse=True)
+
+
+# Copied from train_whisper.cut_off
+def cut_off(path: Path) -> bool:
+    """Whether a torch or safetensors file ends before its format says it should (a full disk or a power cut
+    while it was written), checked cheaply: a torch file is a zip archive whose directory sits at its end, a
+    safetensors header gives the file's length."""
+    if path.suffix in (".pt", ".pth", ".bin"):
+        return not zipfile.is_zipfile(path)
+    if path.suffix != ".safetensors":
+        return False
+    with path.open("rb") as handle:
+        header_size = int.from_bytes(handle.read(8), "little")
+        try:
+            header = json.loads(handle.read(header_size))
+            end = max((entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"), default=0)
+        except (ValueError, KeyError, TypeError, AttributeError, IndexError):
+            return True
+    return path.stat().st_size < 8 + header_size + end
+
+
+# Copied from train_whisper.checkpoint_problem
+def checkpoint_problem(folder: Path) -> str | None:
+    """Why training cannot continue from this checkpoint (None: it can): Trainer writes trainer_state.json
+    last, and no file of it may be cut off."""
+    try:
+        json.loads((folder / "trainer_state.json").read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return "no trainer_state.json"
+    except ValueError:
+        return "trainer_state.json is cut off"
+    return next((f"{path.name} is cut off" for path in sorted(folder.iterdir()) if cut_off(path)), None)
+
+
+# Copied from train_whisper.last_complete_checkpoint
 def last_complete_checkpoint(output_dir: Path) -> Path | None:
-    """The newest checkpoint-N whose trainer_state.json (written last by Trainer) is there and readable."""
-    complete = []
-    for folder in output_dir.glob("checkpoint-*"):
-        state = folder / "trainer_state.json"
-        if not (folder.name.split("-")[-1].isdigit() and state.is_file()):
-            continue
-        with contextlib.suppress(ValueError):
-            json.loads(state.read_text(encoding="utf-8"))
-            complete.append(folder)
-    return max(complete, key=lambda folder: int(folder.name.split("-")[-1]), default=None)
+    """The newest checkpoint-N that training can continue from."""
+    return next((folder for folder in checkpoint_folders(output_dir) if checkpoint_problem(folder) is None), None)
 
 
+# Copied from train_whisper.training_run_evidence
+def training_run_evidence(folder: Path) -> str | None:
+    """What shows that `folder` holds a training run (None: nothing does): a checkpoint, a history.csv
+    with training rows, or a run_info.json of a run that trained."""
+    checkpoints = checkpoint_folders(folder) if folder.is_dir() else []
+    if checkpoints:
+        return f"{checkpoints[0].name}/"
+    run_info = folder / "run_info.json"
+    if run_info.is_file():
+        try:
+            trained = json.loads(run_info.read_text(encoding="utf-8")).get("eval_only") is not True
+        except (ValueError, AttributeError):
+            trained = True  # unreadable: it may be a training run's
+        if trained:
+            return "run_info.json of a training run"
+    history = folder / "history.csv"
+    if history.is_file():
+        with history.open(encoding="utf-8", newline="") as handle:
+            if any(row.get("step") not in (None, "", "0") for row in csv.DictReader(handle)):
+                return "history.csv with training rows"
+    return None
+
+
+# Copied from train_whisper.checkpoint_to_resume
 def checkpoint_to_resume(args: argparse.Namespace) -> Path | None:
-    """The checkpoint training continues from, or None for a fresh start (refused into a used folder)."""
+    """The checkpoint training continues from, or None for a fresh start; refuses --eval-only into the
+    folder of a training run and --no-resume into a used folder."""
+    folder = args.output_dir
     if args.eval_only:
+        evidence = training_run_evidence(folder)
+        if evidence:
+            instead = folder.parent / f"{folder.name}-eval"
+            raise InputError(f"--eval-only would overwrite the training run in {folder} (it holds {evidence}); "
+                             f"nothing was changed. Score the model into a folder of its own: "
+                             f"--output-dir {quoted(instead)}")
         return None
-    used = args.output_dir.is_dir() and any(args.output_dir.iterdir())
+    used = folder.is_dir() and any(folder.iterdir())
     if not args.resume:
         if used:
-            raise SystemExit(f"--no-resume starts over only into an empty folder, and {args.output_dir} is not "
-                             f"empty. Choose a new --output-dir, or delete that folder, or drop --no-resume to "
-                             f"continue from its last checkpoint.")
+            raise InputError(f"--no-resume starts over only into an empty folder, and {folder} is not empty. "
+                             "Choose a new --output-dir, or delete that folder, or drop --no-resume to continue "
+                             "from its last checkpoint.")
         return None
-    checkpoint = last_complete_checkpoint(args.output_dir) if used else None
+    checkpoints = checkpoint_folders(folder) if used else []
+    checkpoint = last_complete_checkpoint(folder) if used else None
+    if checkpoints and checkpoints[0] != checkpoint:
+        say(f"{checkpoints[0].name} is incomplete ({checkpoint_problem(checkpoints[0])}), cut off while it was "
+            f"written: {'continuing from ' + checkpoint.name if checkpoint else 'no complete checkpoint is left'}.")
     if checkpoint:
-        log(f"resuming from {checkpoint} (same optimizer, scheduler, random state and epoch counter)")
+        say(f"resuming from {checkpoint} (same optimizer, scheduler, random state and epoch counter)")
+    elif used:
+        say(f"No complete checkpoint in {folder}: training starts from the beginning.")
     return checkpoint
 
 
 # ----------------------------------------------------------------------------- 3. prepared dataset
 
-def prepare_command(source: str, out: Path) -> str:
-    """The prepare_vivos.py call that makes a waveform dataset from `source` ("VIVOS DIR" or "manifest CSV")."""
-    kind, _, where = source.partition(" ")
+# Copied from train_whisper.prepare_command
+def prepare_command(data: Path, summary: dict, n_mels: int = 80) -> str:
+    """A prepare_vivos.py call, safe to paste, that makes this trainer's dataset from the corpus behind --data:
+    the raw VIVOS folder it is, or the source its prepare_summary.json names. The output is a new folder
+    beside that corpus (prepare_vivos.py refuses the corpus itself, a folder inside it or above it)."""
+    suffix = "wave" if FEATURES == "waveform" else "whisper" if n_mels == 80 else f"whisper_{n_mels}mels"
+    kind, _, where = str(summary.get("source", "")).partition(" ")
+    if (data / "train" / "prompts.txt").is_file():
+        kind, source = "VIVOS", data
+    else:
+        source = Path(where or "PATH/TO/vivos")
+    out = source.parent / f"{source.stem if kind == 'manifest' else source.name}_{suffix}"
+    if not where and not data.exists():
+        out = data  # a folder still to be made is where the user wants the dataset
     flag = "--manifest" if kind == "manifest" else "--vivos-dir"
-    return (f"python prepare_vivos.py {flag} {shlex.quote(where or 'VIVOS_DIR')} --out {shlex.quote(str(out))} "
-            f"--features waveform")
+    mels = f" --n-mels {n_mels}" if FEATURES == "whisper" else ""
+    return (f"python prepare_vivos.py {flag} {quoted(source)} --out {quoted(out)} "
+            f"--features {FEATURES}{mels}")
 
 
-def load_prepared_dataset(path: Path) -> tuple[DatasetDict, dict]:
-    """The DatasetDict and its prepare_summary.json, refused unless it holds 16 kHz waveforms and all splits."""
-    if not (path / "dataset_dict.json").is_file():
-        if (path / "train" / "prompts.txt").is_file():
-            raise SystemExit(f"--data {path} is the raw VIVOS corpus; prepare it first:\n  "
-                             + prepare_command(f"VIVOS {path}", path.parent / f"{path.name}_wave"))
-        found = ", ".join(sorted(p.name for p in path.iterdir())[:10]) if path.is_dir() else "no such folder"
-        raise SystemExit(f"--data {path}: expected a dataset written by prepare_vivos.py (dataset_dict.json, "
-                         f"train/, validation/, test/), found: {found or 'an empty folder'}. Make one with:\n  "
-                         + prepare_command("VIVOS", path))
-    summary_path = path / "prepare_summary.json"
-    summary = json.loads(summary_path.read_text(encoding="utf-8")) if summary_path.is_file() else {}
-    again = prepare_command(summary.get("source", "VIVOS"), path)
-    data = load_from_disk(str(path))
-    missing = [split for split in ("train", "validation", "test") if split not in data]
+# Copied from train_whisper.read_prepare_summary
+def read_prepare_summary(data: Path) -> dict:
+    """prepare_summary.json of the prepared dataset in --data; a raw corpus, any other folder, the other
+    kind of features or another sampling rate are refused with the prepare_vivos.py call that makes the
+    right dataset."""
+    if (data / "train" / "prompts.txt").is_file():
+        raise InputError(f"--data {data} is the raw VIVOS corpus; prepare it first: "
+                         f"{prepare_command(data, {})}")
+    summary_path = data / "prepare_summary.json"
+    if not summary_path.is_file() or not (data / "dataset_dict.json").is_file():
+        found = ("no such folder" if not data.exists() else
+                 ", ".join(sorted(p.name for p in data.iterdir())[:8]) or "an empty folder")
+        raise InputError(f"--data {data}: expected a dataset made by prepare_vivos.py (dataset_dict.json and "
+                         f"prepare_summary.json inside), found: {found}. Make one with: "
+                         f"{prepare_command(data, {})}")
+    summary = json.loads(summary_path.read_text(encoding="utf-8"))
+    if summary.get("features") != FEATURES:
+        raise InputError(f"--data {data} holds {summary.get('features')!r} features and this trainer reads "
+                         f"{FEATURES!r} ones. Make them with: {prepare_command(data, summary)}")
+    if summary.get("sampling_rate", 16000) != 16000:
+        raise InputError(f"--data {data} is sampled at {summary['sampling_rate']} Hz, expected 16000; make it "
+                         f"again with: {prepare_command(data, summary)}")
+    return summary
+
+
+# Copied from train_whisper.load_prepared_dataset
+def load_prepared_dataset(data: Path, columns: set[str], eval_only: bool) -> tuple:
+    """Step 3: the prepared DatasetDict and its prepare_summary.json, refused before any training when a
+    split is missing, lacks a column the trainer reads, or is empty where the run needs it (validation
+    picks the best model)."""
+    from datasets import load_from_disk
+
+    summary = read_prepare_summary(data)
+    again = prepare_command(data, summary)
+    try:
+        dataset = load_from_disk(str(data))
+    except (IndexError, ValueError, OSError) as error:  # IndexError: a split saved empty, without a shard
+        raise InputError(f"--data {data}: the datasets library cannot read it ({type(error).__name__}: {error}); "
+                         f"a split may be empty or a file missing. Make it again with: {again}")
+    missing = [split for split in ("train", "validation", "test") if split not in dataset]
     if missing:
-        raise SystemExit(f"--data {path}: splits {missing} are missing (found {list(data)}); make the dataset "
-                         f"again with:\n  {again}")
-    columns = data["train"].column_names
-    if summary.get("features", "waveform") != "waveform" or "input_values" not in columns:
-        wave = prepare_command(summary.get("source", "VIVOS"), path.parent / f"{path.name}_wave")
-        raise SystemExit(f"--data {path} holds {summary.get('features', 'no waveform')} features (columns "
-                         f"{columns}); Wav2Vec2 reads the raw 16 kHz waveform (`input_values`). Make that dataset "
-                         f"with:\n  {wave}")
-    rate = summary.get("sampling_rate", SAMPLE_RATE)
-    if rate != SAMPLE_RATE:
-        raise SystemExit(f"--data {path} is sampled at {rate} Hz; Wav2Vec2 needs {SAMPLE_RATE} Hz. "
-                         f"Make the dataset again with:\n  {again}")
-    for needed in ("sentence", "duration"):
-        if needed not in columns:
-            raise SystemExit(f"--data {path}: column `{needed}` is missing (found {columns}); make the dataset "
-                             f"again with:\n  {again}")
-    return data, summary
+        raise InputError(f"--data {data} lacks the split(s) {', '.join(missing)} (found {', '.join(dataset)}); "
+                         f"make it again with: {again}")
+    for name, split in dataset.items():
+        absent = sorted(columns - set(split.column_names))
+        if absent:
+            raise InputError(f"--data {data}: split {name} lacks the column(s) {', '.join(absent)}; make it "
+                             f"again with: {again}")
+    empty = [name for name in ("validation", "test") + (() if eval_only else ("train",)) if not len(dataset[name])]
+    if empty:
+        raise InputError(f"--data {data}: the {' and '.join(empty)} split(s) are empty, and a run needs "
+                         f"utterances in each; make it again (with a --val-ratio above 0): {again}")
+    return dataset, summary
 
 
-# ----------------------------------------------------------------------------- 4. model and processor
+# ----------------------------------------------------------------------------- 4. model
 
-def build_vocabulary(sentences: list[str]) -> dict[str, int]:
-    """Characters of the normalised train text; `[PAD]` (the CTC blank) is 0, spaces become `|`."""
+# Copied from train_whisper.check_model_folder
+def check_model_folder(model: str) -> None:
+    """Refuse a local --model folder whose config.json does not parse or that holds no weights, in one line
+    instead of a library traceback (a Hub id is checked as it loads)."""
+    folder = Path(model)
+    if not folder.exists():
+        return
+    problem = None
+    try:
+        json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        problem = "no config.json"
+    except (ValueError, OSError) as error:
+        problem = f"a config.json that does not parse ({error})"
+    weights = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+    if problem is None and not any((folder / name).is_file() for name in weights):
+        problem = "no weights (model.safetensors)"
+    if problem is None and (folder / "model.safetensors").is_file() and cut_off(folder / "model.safetensors"):
+        problem = "a model.safetensors that is cut off"
+    if problem:
+        raise InputError(f"--model {model}: expected a model folder (config.json and model.safetensors, such as a "
+                         f"run's best_model/), found {problem}. Point --model at a complete folder or copy it again.")
+
+
+def build_vocab(sentences: list[str]) -> dict[str, int]:
+    """Characters of the normalised train text: `[PAD]` (the CTC blank) is 0, `[UNK]` 1, `|` (the space) 2,
+    then the characters in sorted order."""
     characters = sorted(set("".join(sentences)) - {" "})
-    return {PAD: 0, UNK: 1, WORD_DELIMITER: 2, **{ch: i for i, ch in enumerate(characters, start=3)}}
+    return {"[PAD]": 0, "[UNK]": 1, "|": 2, **{character: i for i, character in enumerate(characters, start=3)}}
 
 
 def tokenizer_from_vocabulary(vocab: dict[str, int]) -> Wav2Vec2CTCTokenizer:
@@ -325,7 +517,7 @@ def tokenizer_characters(tokenizer) -> set[str]:
     return {token for token in tokenizer.get_vocab() if len(token) == 1} | {" "}
 
 
-def unknown_characters(sentences: list[str], known: set[str]) -> dict[str, int]:
+def missing_characters(sentences: list[str], known: set[str]) -> dict[str, int]:
     """Characters the vocabulary lacks, with how often they occur (they become [UNK] in the labels)."""
     counts = Counter(ch for sentence in sentences for ch in sentence if ch not in known)
     return dict(counts.most_common())
@@ -343,7 +535,7 @@ def pretrained_ctc_processor(model_id: str) -> Wav2Vec2Processor | None:
     if not has_head or tokenizer is None:
         return None
     if len(tokenizer) != config.vocab_size:
-        log(f"{model_id}: its tokenizer has {len(tokenizer)} tokens but its CTC head {config.vocab_size} outputs; "
+        say(f"{model_id}: its tokenizer has {len(tokenizer)} tokens but its CTC head {config.vocab_size} outputs; "
             "the head is not reused")
         return None
     return processor
@@ -354,8 +546,13 @@ def feature_extractor_for(model_id: str) -> Wav2Vec2FeatureExtractor:
     try:
         return AutoFeatureExtractor.from_pretrained(model_id)
     except OSError:
-        config = AutoConfig.from_pretrained(model_id)
-        log(f"{model_id} has no preprocessor_config.json: using zero-mean unit-variance normalisation")
+        try:
+            config = AutoConfig.from_pretrained(model_id)
+        except (OSError, ValueError) as error:
+            raise InputError(f"--model {model_id}: could not load its config ({error}). Expected a Hub id such as "
+                             "facebook/wav2vec2-xls-r-300m (downloaded once, needs the network) or a folder with "
+                             "config.json.")
+        say(f"{model_id} has no preprocessor_config.json: using zero-mean unit-variance normalisation")
         return Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=SAMPLE_RATE, padding_value=0.0,
                                         do_normalize=True,
                                         return_attention_mask=getattr(config, "feat_extract_norm", "") == "layer")
@@ -368,23 +565,23 @@ def choose_processor(args, data: DatasetDict, checkpoint: Path | None) -> tuple[
     pretrained = pretrained_ctc_processor(args.model)
     if args.eval_only:
         if pretrained is None:
-            raise SystemExit(f"--eval-only needs a model with a CTC head and its tokenizer (a fine-tuned "
+            raise InputError(f"--eval-only needs a model with a CTC head and its tokenizer (a fine-tuned "
                              f"checkpoint such as nguyenvulebinh/wav2vec2-base-vietnamese-250h or a run's "
                              f"best_model/); {args.model} has none. Fine-tune it first without --eval-only.")
         return pretrained, "the checkpoint's own CTC head (--eval-only)"
     train_sentences = list(data["train"]["sentence"])
     if pretrained is not None and args.reuse_vocab == "auto":
-        missing = unknown_characters(train_sentences, tokenizer_characters(pretrained.tokenizer))
+        missing = missing_characters(train_sentences, tokenizer_characters(pretrained.tokenizer))
         if not missing:
             return pretrained, "the checkpoint's own CTC head (its vocabulary covers the train text)"
-        log(f"{args.model} has a CTC head, but its vocabulary lacks {''.join(missing)}: training a new head")
-    vocab = build_vocabulary(train_sentences)
+        say(f"{args.model} has a CTC head, but its vocabulary lacks {''.join(missing)}: training a new head")
+    vocab = build_vocab(train_sentences)
     processor = Wav2Vec2Processor(feature_extractor=feature_extractor_for(args.model),
                                   tokenizer=tokenizer_from_vocabulary(vocab))
     return processor, f"a new CTC head over {len(vocab)} tokens built from the train text"
 
 
-def load_model(args, processor: Wav2Vec2Processor):
+def load_ctc_model(args, processor: Wav2Vec2Processor):
     """The checkpoint with our CTC settings; a vocabulary of another size gets a freshly initialised head.
     --eval-only keeps the checkpoint's own regularisation settings (they do nothing at inference)."""
     tokenizer = processor.tokenizer
@@ -400,9 +597,14 @@ def load_model(args, processor: Wav2Vec2Processor):
             mask_feature_prob=args.mask_feature_prob if args.spec_augment else 0.0,
             **{name: args.dropout for name in ("hidden_dropout", "attention_dropout", "activation_dropout",
                                                "feat_proj_dropout", "final_dropout")})
-    # fp32 master weights whatever the checkpoint's dtype; fp16/bf16 come from autocast in the Trainer
-    model = AutoModelForCTC.from_pretrained(args.model, dtype=torch.float32, ignore_mismatched_sizes=True,
-                                            **overrides)
+    try:
+        # fp32 master weights whatever the checkpoint's dtype; fp16/bf16 come from autocast in the Trainer
+        model = AutoModelForCTC.from_pretrained(args.model, dtype=torch.float32, ignore_mismatched_sizes=True,
+                                                **overrides)
+    except (OSError, ValueError) as error:
+        raise InputError(f"--model {args.model}: could not load it ({error}). Expected a Hub id such as "
+                         "facebook/wav2vec2-xls-r-300m (downloaded once, needs the network) or a folder with "
+                         "config.json and model.safetensors.")
     if args.freeze_feature_encoder and not args.eval_only:
         model.freeze_feature_encoder()
     # Wav2Vec2's forward takes **kwargs but averages its CTC loss itself: without this, Trainer skips the
@@ -411,7 +613,8 @@ def load_model(args, processor: Wav2Vec2Processor):
     return model
 
 
-def architecture_facts(config, tokenizer) -> dict:
+def architecture_facts(model) -> dict:
+    config = model.config
     conv_dim = list(getattr(config, "conv_dim", []) or [])
     return {
         "model_type": config.model_type,
@@ -421,7 +624,7 @@ def architecture_facts(config, tokenizer) -> dict:
         "heads": config.num_attention_heads,
         "ffn_dim": config.intermediate_size,
         "activation": config.hidden_act,
-        "vocab_size": len(tokenizer),
+        "vocab_size": config.vocab_size,
         "conv_layers": len(conv_dim),
         "conv_channels": conv_dim[-1] if conv_dim else None,
         "feat_extract_norm": getattr(config, "feat_extract_norm", None),
@@ -430,7 +633,7 @@ def architecture_facts(config, tokenizer) -> dict:
     }
 
 
-# ----------------------------------------------------------------------------- 5. data for the Trainer
+# ----------------------------------------------------------------------------- 5. preprocessing
 
 def ctc_frames(model, durations: list[float]) -> list[int]:
     """Output frames of the convolutional encoder for clips of these durations."""
@@ -525,32 +728,32 @@ class CTCTrainer(Trainer):
 
 # ----------------------------------------------------------------------------- 7. training
 
+# Copied from train_whisper.history_rows
 def history_rows(log_history: list[dict]) -> list[dict]:
-    """One row per evaluation; train_loss is the step-weighted mean of the losses logged since the last one."""
-    rows: dict[int, dict] = {}
-    loss_sum = loss_steps = last_loss_step = 0
-    learning_rate = None
+    """One row per evaluation step: validation and train-subset scores, and the step-weighted mean of the
+    training losses logged since the previous evaluation ("" where a value does not exist)."""
+    evaluations: dict[int, dict] = {}
     for entry in log_history:
-        step = entry["step"]
-        if "loss" in entry:
-            loss_sum += entry["loss"] * (step - last_loss_step)
-            loss_steps += step - last_loss_step
-            last_loss_step, learning_rate = step, entry.get("learning_rate")
-        if not any(key in entry for key in ("eval_validation_loss", "eval_train_subset_wer")):
-            continue
-        row = rows.setdefault(step, {"epoch": round(entry.get("epoch", 0.0), 4), "step": step})
-        row["learning_rate"] = learning_rate
-        for ours, theirs in (("val_loss", "eval_validation_loss"), ("val_wer", "eval_validation_wer"),
-                             ("val_cer", "eval_validation_cer"), ("train_wer", "eval_train_subset_wer"),
-                             ("train_cer", "eval_train_subset_cer")):
-            if theirs in entry:
-                row[ours] = entry[theirs]
-        if "eval_validation_loss" in entry and loss_steps:
-            row["train_loss"] = loss_sum / loss_steps
-            loss_sum = loss_steps = 0
-    return [rows[step] for step in sorted(rows)]
+        if any(key.startswith("eval_") for key in entry):
+            evaluations.setdefault(entry["step"], {}).update(entry)
+    losses = [entry for entry in log_history if "loss" in entry]
+    rows, previous = [], 0
+    for step in sorted(evaluations):
+        entry = evaluations[step]
+        window = [e for e in losses if previous < e["step"] <= step]
+        spans = np.diff([previous] + [e["step"] for e in window])
+        rows.append({"epoch": round(entry.get("epoch", 0.0), 4), "step": step,
+                     "train_loss": float(np.average([e["loss"] for e in window], weights=spans)) if window else "",
+                     "val_loss": entry.get("eval_validation_loss", ""), "val_wer": entry.get("eval_validation_wer", ""),
+                     "val_cer": entry.get("eval_validation_cer", ""),
+                     "train_wer": entry.get("eval_train_subset_wer", ""),
+                     "train_cer": entry.get("eval_train_subset_cer", ""),
+                     "learning_rate": window[-1].get("learning_rate", "") if window else ""})
+        previous = step
+    return rows
 
 
+# Copied from train_whisper.write_csv
 def write_csv(path: Path, rows: list[dict], columns: list[str]) -> None:
     with path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns, restval="")
@@ -558,8 +761,10 @@ def write_csv(path: Path, rows: list[dict], columns: list[str]) -> None:
         writer.writerows({key: "" if value is None else value for key, value in row.items()} for row in rows)
 
 
+# Copied from train_whisper.HistoryCsvCallback
 class HistoryCsvCallback(TrainerCallback):
-    """Rewrites history.csv after every evaluation, so the curves exist even if the run is cut off."""
+    """Rewrites history.csv after every evaluation from the Trainer's log history (which a resume restores),
+    so the curves exist even if the run is cut off."""
 
     def __init__(self, path: Path):
         self.path = path
@@ -576,6 +781,7 @@ class HistoryCsvCallback(TrainerCallback):
             write_csv(self.path, history_rows(state.log_history), HISTORY_COLUMNS)
 
 
+# Copied from train_whisper.TrainClockCallback
 class TrainClockCallback(TrainerCallback, ExportableState):
     """Training seconds summed over every session of a resumed run (stored in each checkpoint)."""
 
@@ -593,51 +799,80 @@ class TrainClockCallback(TrainerCallback, ExportableState):
         return {"args": {}, "attributes": {"seconds_before": self.seconds()}}
 
 
+# Copied from train_whisper.ValidationEarlyStopping
 class ValidationEarlyStopping(EarlyStoppingCallback):
-    """Early stopping on validation WER; the train-subset evaluation (no such metric) is not a reason to warn."""
+    """Early stopping that reads only the validation evaluation: the train-subset evaluation that follows
+    it carries no validation score and is no reason to warn or to count."""
 
-    def on_evaluate(self, args, state, control, metrics, **kwargs):
-        if f"eval_{BEST_METRIC}" in metrics:
-            super().on_evaluate(args, state, control, metrics, **kwargs)
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        if metrics and args.metric_for_best_model in metrics:
+            super().on_evaluate(args, state, control, metrics=metrics, **kwargs)
 
 
-def training_arguments(args: argparse.Namespace, precision: str, optim: str) -> TrainingArguments:
-    """Trainer settings: evaluation and checkpoint together (epoch or --eval-every steps), best by WER."""
+# Copied from train_whisper.run_callbacks
+def run_callbacks(args: argparse.Namespace) -> list:
+    """history.csv, the training clock, early stopping, and TensorBoard logs in the run folder's runs/ in
+    every mode (by itself an evaluation without training writes them into ./runs of the current folder)."""
+    callbacks = [HistoryCsvCallback(args.output_dir / "history.csv"), TrainClockCallback()]
+    if importlib.util.find_spec("tensorboard"):
+        from transformers.integrations import TensorBoardCallback
+
+        tensorboard = TensorBoardCallback()
+        tensorboard.logging_dir = str(args.output_dir / "runs")
+        callbacks.append(tensorboard)
+    if args.patience > 0 and not args.eval_only:
+        callbacks.append(ValidationEarlyStopping(early_stopping_patience=args.patience))
+    return callbacks
+
+
+# Copied from train_whisper.train_clock
+def train_clock(trainer) -> TrainClockCallback:
+    """The clock the Trainer holds: a resume replaces it with the one restored from the checkpoint."""
+    return next(callback for callback in trainer.callback_handler.callbacks
+                if isinstance(callback, TrainClockCallback))
+
+
+# Copied from train_whisper.trainer_settings
+def trainer_settings(args: argparse.Namespace, precision: str, optim: str) -> dict:
+    """The TrainingArguments every trainer shares: evaluation and checkpoint together (each epoch or every
+    --eval-every steps), the best model by BEST_METRIC loaded at the end, resumable callback states."""
     every = {"eval_strategy": "steps", "eval_steps": args.eval_every, "save_strategy": "steps",
              "save_steps": args.eval_every} if args.eval_every else {"eval_strategy": "epoch", "save_strategy": "epoch"}
-    return TrainingArguments(
+    return dict(
         output_dir=str(args.output_dir), num_train_epochs=args.epochs, max_steps=args.max_steps,
         per_device_train_batch_size=args.batch_size, per_device_eval_batch_size=args.eval_batch_size,
-        gradient_accumulation_steps=args.grad_accum, learning_rate=args.lr, warmup_steps=args.warmup_ratio,
+        gradient_accumulation_steps=args.grad_accum, learning_rate=args.lr,
+        warmup_steps=args.warmup_ratio,  # a float below 1 is a share of the steps in transformers 5
         lr_scheduler_type=args.scheduler, weight_decay=args.weight_decay, optim=optim,
         fp16=precision == "fp16", bf16=precision == "bf16",
-        # Non-reentrant checkpointing: no "backward through the graph a second time" (PITFALLS 1).
-        activation_checkpointing=args.gradient_checkpointing,
-        activation_checkpointing_kwargs={"use_reentrant": False} if args.gradient_checkpointing else None,
         **every, load_best_model_at_end=True, metric_for_best_model=BEST_METRIC, greater_is_better=False,
         save_total_limit=args.save_total_limit, logging_steps=args.logging_steps,
         seed=args.seed, dataloader_num_workers=args.num_workers, dataloader_pin_memory=torch.cuda.is_available(),
-        # Batches of clips of similar length (little padding); lengths from `duration`, no pass over the audio.
-        train_sampling_strategy="group_by_length", length_column_name="duration",
-        # The collator reads `sentence` (PITFALLS 14).
+        # The collator reads `sentence`; peft wrappers hide the label name.
         remove_unused_columns=False, label_names=["labels"],
         # Early-stopping patience and the training clock continue across a resume.
         restore_callback_states_from_checkpoint=True,
         # Without CUDA, torchrun's processes only form a DDP group (gloo) when told they run on the CPU.
         use_cpu=not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1,
-        ddp_find_unused_parameters=args.layerdrop > 0,  # a skipped layer gets no gradient in that step
-        report_to=["tensorboard"] if importlib.util.find_spec("tensorboard") else "none",
+        report_to="none",  # TensorBoard comes from run_callbacks, with its logs in the run folder
         disable_tqdm=not IS_MAIN_PROCESS,
     )
 
 
-def next_setting_after_oom(args: argparse.Namespace) -> str:
-    """What to change after a CUDA out-of-memory error, cheapest loss of speed first."""
-    if args.batch_size > 1:
-        return (f"--batch-size {args.batch_size // 2} --grad-accum {args.grad_accum * 2} (same effective batch; "
-                f"if it ran out while evaluating: --eval-batch-size {max(args.eval_batch_size // 2, 1)})")
-    if not args.gradient_checkpointing:
-        return "--gradient-checkpointing"
+def training_arguments(args: argparse.Namespace, precision: str, optim: str) -> TrainingArguments:
+    """The shared settings, with batches of clips of similar length (little padding; lengths from `duration`,
+    no pass over the audio) and non-reentrant activation checkpointing (the reentrant kind fails with
+    "backward through the graph a second time")."""
+    return TrainingArguments(
+        **trainer_settings(args, precision, optim),
+        train_sampling_strategy="group_by_length", length_column_name="duration",
+        ddp_find_unused_parameters=args.layerdrop > 0,  # a skipped layer gets no gradient in that step
+        activation_checkpointing=args.gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False} if args.gradient_checkpointing else None)
+
+
+def memory_setting(args: argparse.Namespace) -> str:
+    """Wav2Vec2's next memory saving once the batch is 1 and activations are recomputed."""
     if args.optim not in ("adamw_bnb_8bit", "adafactor"):
         return "--optim adamw_bnb_8bit (pip install bitsandbytes) or --optim adafactor"
     if args.max_duration > 6:
@@ -645,24 +880,43 @@ def next_setting_after_oom(args: argparse.Namespace) -> str:
     return "a smaller --model (a base-sized checkpoint) or a GPU with more memory"
 
 
+# Copied from train_whisper.next_setting_after_oom
+def next_setting_after_oom(args: argparse.Namespace) -> str:
+    """What to change after a CUDA out-of-memory error, cheapest loss of speed first."""
+    if args.batch_size > 1:
+        return (f"--batch-size {args.batch_size // 2} --grad-accum {args.grad_accum * 2} (same effective batch; "
+                f"if it ran out while evaluating: --eval-batch-size {max(args.eval_batch_size // 2, 1)})")
+    if not args.gradient_checkpointing:
+        return "--gradient-checkpointing"
+    return memory_setting(args)
+
+
+# Copied from train_whisper.run_training
 def run_training(trainer, args: argparse.Namespace, checkpoint: Path | None) -> None:
-    """trainer.train(), turning an out-of-memory error or Ctrl-C into what to type next."""
+    """Step 7: trainer.train() (trainer.evaluate() with --eval-only), turning an out-of-memory error or Ctrl-C
+    into what to type next."""
+    if args.eval_only:
+        trainer.evaluate()
+        return
+    trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+    say(f"Training {trainable:,} parameters on {device_description(trainer)}, {trainer.args.num_train_epochs:g} "
+        f"epochs{f' or {args.max_steps} steps' if args.max_steps > 0 else ''}.")
     try:
         trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     except torch.cuda.OutOfMemoryError:
         kept = last_complete_checkpoint(args.output_dir)
-        raise SystemExit(f"CUDA out of memory. {'Kept ' + str(kept) if kept else 'No checkpoint was complete yet'}; "
-                         f"re-run the same command with {next_setting_after_oom(args)}"
-                         f"{'' if args.preset == 'low-vram' else ', or with --preset low-vram'}.")
+        low_vram = "" if "low-vram" not in PRESETS or args.preset == "low-vram" else ", or with --preset low-vram"
+        raise InputError(f"CUDA out of memory. {'Kept ' + str(kept) if kept else 'No checkpoint was complete yet'}; "
+                         f"re-run the same command with {next_setting_after_oom(args)}{low_vram}.")
     except KeyboardInterrupt:
         kept = last_complete_checkpoint(args.output_dir)
-        raise SystemExit(f"Stopped. Re-run the same command to continue from "
+        raise InputError(f"Stopped. Re-run the same command to continue from "
                          f"{kept if kept else 'the start (no checkpoint was complete yet)'}.")
 
 
-# ----------------------------------------------------------------------------- 8. test transcription
+# ----------------------------------------------------------------------------- 8. test
 
-def transcribe_split(trainer, split, tokenizer) -> tuple[list[str], float]:
+def transcribe_with_trainer(trainer, split, tokenizer) -> tuple[list[str], float]:
     """Batched greedy CTC decoding with the loaded (best) model: (raw transcripts, seconds it took).
     Clips go in order of length, so a batch pads little (models without an attention mask hear the padding)."""
     order = np.argsort([float(d) for d in split["duration"]], kind="stable")
@@ -675,6 +929,7 @@ def transcribe_split(trainer, split, tokenizer) -> tuple[list[str], float]:
     return texts, seconds
 
 
+# Copied from train_whisper.test_predictions
 def test_predictions(split, raw_predictions: list[str]) -> list[dict]:
     """Rows of test_predictions.csv: normalised reference and prediction, per-utterance WER and CER."""
     rows = []
@@ -687,6 +942,7 @@ def test_predictions(split, raw_predictions: list[str]) -> list[dict]:
     return rows
 
 
+# Copied from train_whisper.test_metrics
 def test_metrics(rows: list[dict], decode_seconds: float) -> dict:
     """test_metrics.json: corpus scores, amount of audio, decoding time and real-time factor."""
     metrics = compute_wer_cer([r["reference"] for r in rows], [r["prediction"] for r in rows])
@@ -699,6 +955,7 @@ def test_metrics(rows: list[dict], decode_seconds: float) -> dict:
 
 # ----------------------------------------------------------------------------- 9. run folder
 
+# Copied from train_whisper.stop_reason
 def stop_reason(args: argparse.Namespace, state) -> str:
     if args.eval_only:
         return "eval_only"
@@ -707,26 +964,81 @@ def stop_reason(args: argparse.Namespace, state) -> str:
     return "early_stopping" if state.global_step < state.max_steps else "completed"
 
 
-def best_epoch(state) -> float | None:
-    """The epoch of the evaluation that scored the best validation WER."""
-    return next((e["epoch"] for e in state.log_history
-                 if e.get("step") == state.best_global_step and "eval_validation_wer" in e), None)
+# Copied from train_whisper.best_evaluation
+def best_evaluation(state) -> dict | None:
+    """The validation log entry of the best checkpoint (the one the Trainer loaded at the end)."""
+    return next((entry for entry in state.log_history
+                 if entry.get("step") == state.best_global_step and BEST_METRIC in entry), None)
 
 
+# Copied from train_whisper.versions
 def versions() -> dict:
     """Versions of what produced the run (for the report's reproducibility table)."""
     found = {"python": platform.python_version()}
-    for package in ("torch", "transformers", "datasets", "accelerate", "jiwer", "bitsandbytes"):
+    for package in ("torch", "transformers", "datasets", "accelerate", "peft", "jiwer", "numpy", "bitsandbytes"):
         with contextlib.suppress(metadata.PackageNotFoundError):
             found[package] = metadata.version(package)
     return found
 
 
+# Copied from train_whisper.device_description
 def device_description(trainer) -> str:
     world = trainer.args.world_size
     if torch.cuda.is_available():
         return f"cuda ({torch.cuda.get_device_name(0)}) x{world}"
     return f"cpu x{world} process{'es' if world > 1 else ''}"
+
+
+# Copied from train_whisper.run_facts
+def run_facts(args: argparse.Namespace, trainer, checkpoint: Path | None, precision: str, optim: str) -> dict:
+    """The run_info.json entries every trainer writes (docs/FORMATS.md): the settings, how the run ended and
+    what it ran on; each trainer adds its model's and data's own."""
+    state = trainer.state
+    best = best_evaluation(state) or {}
+    return {
+        "base_model": args.model, "run_name": args.output_dir.name,
+        "params_total": sum(p.numel() for p in trainer.model.parameters()),
+        "params_trainable": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
+        "optimizer": optim, "learning_rate": args.lr, "scheduler": args.scheduler,
+        "warmup_steps": 0 if args.eval_only else trainer.args.get_warmup_steps(state.max_steps),
+        "weight_decay": args.weight_decay, "batch_size": args.batch_size, "grad_accum": args.grad_accum,
+        "effective_batch_size": args.batch_size * args.grad_accum * trainer.args.world_size,
+        "precision": precision, "gradient_checkpointing": args.gradient_checkpointing, "preset": args.preset,
+        "epochs_planned": args.epochs, "epochs_run": round(state.epoch or 0.0, 4),
+        "best_epoch": round(best["epoch"], 4) if best else None, "best_step": best.get("step"),
+        "best_val_wer": best.get("eval_validation_wer"), "best_val_cer": best.get("eval_validation_cer"),
+        "stop_reason": stop_reason(args, state),
+        "train_seconds": 0.0 if args.eval_only else round(train_clock(trainer).seconds(), 1),
+        "peak_gpu_memory_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1)
+        if torch.cuda.is_available() else None,
+        "device": device_description(trainer),
+        "resumed_from": str(checkpoint) if checkpoint else None, "eval_only": args.eval_only,
+        "command": shlex.join(["python", SCRIPT, *args.argv]), "versions": versions(),
+    }
+
+
+# Copied from train_whisper.card_usage_and_settings
+def card_usage_and_settings(name: str, run_info: dict) -> list[str]:
+    """The end of a card: how to transcribe with the model, the settings it was trained with, the command."""
+    lines = ["## Use", "", "```python", "from transformers import pipeline", "",
+             f'asr = pipeline("automatic-speech-recognition", model="{name}")',
+             'print(asr("audio.wav")["text"])  # 16 kHz mono', "```", "", "## Training settings", "",
+             "| setting | value |", "| --- | --- |"]
+    for key in ("learning_rate", "scheduler", "warmup_steps", "weight_decay", "batch_size", "grad_accum",
+                "effective_batch_size", "optimizer", "precision", "lora", "params_trainable", "train_seconds",
+                "device"):
+        lines.append(f"| {key} | {run_info[key]} |")
+    return lines + ["", f"Command: `{run_info['command']}`", ""]
+
+
+# Copied from train_whisper.model_index
+def model_index(name: str, metrics: dict) -> list[str]:
+    """The end of a card's Hub metadata: the test WER and CER the Hub shows on the model page."""
+    return ["model-index:", f"- name: {name}", "  results:", "  - task:", "      type: automatic-speech-recognition",
+            "      name: Automatic Speech Recognition", "    dataset:", "      name: VIVOS",
+            "      type: AILAB-VNUHCM/vivos", "      split: test", "    metrics:",
+            f"    - {{type: wer, value: {100 * metrics['wer']:.2f}, name: Test WER}}",
+            f"    - {{type: cer, value: {100 * metrics['cer']:.2f}, name: Test CER}}", "---", ""]
 
 
 def model_card(args: argparse.Namespace, run_info: dict, metrics: dict) -> str:
@@ -738,11 +1050,7 @@ def model_card(args: argparse.Namespace, run_info: dict, metrics: dict) -> str:
              "pipeline_tag: automatic-speech-recognition"]
     if base_on_hub:
         lines.append(f"base_model: {args.model}")
-    lines += ["model-index:", f"- name: {name}", "  results:", "  - task:", "      type: automatic-speech-recognition",
-              "      name: Automatic Speech Recognition", "    dataset:", "      name: VIVOS",
-              "      type: AILAB-VNUHCM/vivos", "      split: test", "    metrics:",
-              f"    - {{type: wer, value: {100 * metrics['wer']:.2f}, name: Test WER}}",
-              f"    - {{type: cer, value: {100 * metrics['cer']:.2f}, name: Test CER}}", "---", ""]
+    lines += model_index(name, metrics)
     trained = ("evaluated as it is (no fine-tuning)" if args.eval_only else
                f"fine-tuned with CTC for {run_info['epochs_run']:.2f} epochs (best epoch {run_info['best_epoch']}, "
                f"stopped: {run_info['stop_reason']})")
@@ -753,59 +1061,87 @@ def model_card(args: argparse.Namespace, run_info: dict, metrics: dict) -> str:
               f"Test WER **{100 * metrics['wer']:.2f} %**, CER **{100 * metrics['cer']:.2f} %** on "
               f"{metrics['num_utterances']} test utterances (greedy CTC decoding, real-time factor {metrics['rtf']}).",
               "", f"Output: {vocabulary['size']} character tokens (`{vocabulary['word_delimiter']}` between words, "
-              f"`{PAD}` as the CTC blank); {vocabulary['origin']}.", "",
-              "## Use", "", "```python", "from transformers import pipeline", "",
-              f'asr = pipeline("automatic-speech-recognition", model="{name}")',
-              'print(asr("audio.wav")["text"])  # 16 kHz mono', "```", "", "## Training settings", "",
-              "| setting | value |", "| --- | --- |"]
-    for key in ("learning_rate", "scheduler", "warmup_steps", "weight_decay", "batch_size", "grad_accum",
-                "effective_batch_size", "optimizer", "precision", "params_trainable", "train_seconds", "device"):
-        lines.append(f"| {key} | {run_info[key]} |")
-    lines += ["", f"Command: `{run_info['command']}`", "",
-              "VIVOS (AILAB, VNU-HCM) is licensed CC BY-NC-SA 4.0; check it before any commercial use.", ""]
+              f"`{PAD}` as the CTC blank); {vocabulary['origin']}.", ""]
+    lines += card_usage_and_settings(name, run_info)
+    lines += ["VIVOS (AILAB, VNU-HCM) is licensed CC BY-NC-SA 4.0; check it before any commercial use.", ""]
     return "\n".join(lines)
 
 
+# Copied from train_whisper.push_best_model
 def push_best_model(args: argparse.Namespace, best_dir: Path) -> None:
-    """Upload best_model/ (weights, processor, card) to the Hub, as one commit."""
+    """Upload best_model/ (weights, processor or vocabulary, card) to the Hub, as one commit."""
     from huggingface_hub import HfApi
 
     api = HfApi()
     repo_id = api.create_repo(args.hub_model_id or args.output_dir.name, exist_ok=True).repo_id
-    api.upload_folder(folder_path=str(best_dir), repo_id=repo_id, commit_message="Wav2Vec2 CTC fine-tuned on VIVOS")
-    log(f"Pushed {best_dir} to https://huggingface.co/{repo_id}")
+    api.upload_folder(folder_path=str(best_dir), repo_id=repo_id,
+                      commit_message=f"best_model/ of {args.output_dir.name} ({SCRIPT})")
+    say(f"Pushed {best_dir} to https://huggingface.co/{repo_id}")
 
 
+# Copied from train_whisper.write_json
 def write_json(path: Path, value: dict) -> None:
     path.write_text(json.dumps(value, indent=2, ensure_ascii=False), encoding="utf-8")
+
+
+# Copied from train_whisper.write_run_files
+def write_run_files(trainer, rows: list[dict], metrics: dict, run_info: dict) -> Path:
+    """The run folder's files besides best_model/: trainer_state.json, history.csv, test_predictions.csv,
+    test_metrics.json and run_info.json (docs/FORMATS.md)."""
+    out = Path(trainer.args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    trainer.save_state()
+    write_csv(out / "history.csv", history_rows(trainer.state.log_history), HISTORY_COLUMNS)
+    write_csv(out / "test_predictions.csv", rows, PREDICTION_COLUMNS)
+    write_json(out / "test_metrics.json", metrics)
+    write_json(out / "run_info.json", run_info)
+    return out
+
+
+# Copied from train_whisper.finish_run_folder
+def finish_run_folder(args: argparse.Namespace, best_dir: Path, card: str, run_info: dict, metrics: dict) -> None:
+    """best_model/README.md, the upload when --push-to-hub asks for it, and the run in one line."""
+    (best_dir / "README.md").write_text(card, encoding="utf-8")
+    if args.push_to_hub:
+        push_best_model(args, best_dir)
+    say(final_line(run_info, metrics, best_dir.parent))
+
+
+# Copied from train_whisper.final_line
+def final_line(run_info: dict, metrics: dict, out: Path) -> str:
+    """The run in one line: how training ended, the test scores and where the run folder is."""
+    trained = ("evaluated as it is" if run_info["eval_only"] else
+               f"best epoch {run_info['best_epoch']} (step {run_info['best_step']}), validation WER "
+               f"{100 * (run_info['best_val_wer'] or 0):.2f} %, {run_info['stop_reason']}, "
+               f"{run_info['train_seconds'] / 60:.1f} min of training")
+    return (f"{out.name}: {trained}; test WER {100 * metrics['wer']:.2f} %, CER {100 * metrics['cer']:.2f} % "
+            f"on {metrics['num_utterances']} utterances (RTF {metrics['rtf']}). Run folder: {out}")
 
 
 # ----------------------------------------------------------------------------- main
 
 def main(argv: list[str] | None = None) -> dict:
     # 1. Settings.
-    args = parse_args(argv)
-    set_seed(args.seed)
-    precision = resolve_precision(args.precision)
-    optim = resolve_optimizer(args.optim)
+    args, precision, optim = settings(argv)
 
-    # 2. Checkpoint to resume from.
+    # 2. Checkpoint to resume.
     checkpoint = checkpoint_to_resume(args)
 
     # 3. Prepared dataset, checked.
-    dataset, summary = load_prepared_dataset(args.data)
+    dataset, summary = load_prepared_dataset(args.data, {"input_values", "sentence", "duration"}, args.eval_only)
 
     # 4. Model and processor: the vocabulary decides the CTC head.
+    check_model_folder(args.model)
     processor, vocabulary_origin = choose_processor(args, dataset, checkpoint)
     tokenizer = processor.tokenizer
-    log(f"Vocabulary: {vocabulary_origin}.")
+    say(f"Vocabulary: {vocabulary_origin}.")
     known = tokenizer_characters(tokenizer)
-    unknown = {name: unknown_characters(list(dataset[name]["sentence"]), known) for name in ("validation", "test")}
+    unknown = {name: missing_characters(list(dataset[name]["sentence"]), known) for name in ("validation", "test")}
     for name, counts in unknown.items():
         if counts:
-            log(f"{name}: {sum(counts.values())} characters the vocabulary lacks, scored as errors: "
+            say(f"{name}: {sum(counts.values())} characters the vocabulary lacks, scored as errors: "
                 + ", ".join(f"{ch!r} x{n}" for ch, n in counts.items()))
-    model = load_model(args, processor)
+    model = load_ctc_model(args, processor)
 
     # 5. Preprocessing: leave out train clips CTC cannot learn from; the collator pads each batch.
     if args.eval_only:
@@ -813,9 +1149,9 @@ def main(argv: list[str] | None = None) -> dict:
     else:
         keep, dropped = trainable_rows(dataset["train"], tokenizer, model, args.max_duration)
         for reason, count in dropped.items():
-            log(f"train: left out {count} clips ({reason})")
+            say(f"train: left out {count} clips ({reason})")
         if not keep:
-            raise SystemExit(f"No train clip is usable ({dropped}); raise --max-duration or check the dataset.")
+            raise InputError(f"No train clip is usable ({dropped}); raise --max-duration or check the dataset.")
         train = dataset["train"].select(keep)
     subset_size = min(args.train_eval_size, len(train))
     train_subset = train.select(np.sort(np.random.default_rng(args.seed).choice(len(train), subset_size,
@@ -828,85 +1164,42 @@ def main(argv: list[str] | None = None) -> dict:
     compute_metrics = metrics_function(tokenizer)
 
     # 7. Training.
-    callbacks = [HistoryCsvCallback(args.output_dir / "history.csv"), TrainClockCallback()]
-    if args.patience > 0 and not args.eval_only:
-        callbacks.append(ValidationEarlyStopping(early_stopping_patience=args.patience))
     trainer = CTCTrainer(
         model=model, args=training_arguments(args, precision, optim),
         data_collator=DataCollatorCTCWithPadding(processor),
         train_dataset=None if args.eval_only else model_inputs(train), eval_dataset=eval_sets,
-        processing_class=processor, compute_metrics=compute_metrics, callbacks=callbacks)
-    if args.eval_only:
-        trainer.evaluate()
-    else:
-        log(f"Training {sum(p.numel() for p in model.parameters() if p.requires_grad):,} parameters on "
-            f"{device_description(trainer)}, {precision}, {len(train)} clips.")
-        run_training(trainer, args, checkpoint)
-    clock = next(cb for cb in trainer.callback_handler.callbacks if isinstance(cb, TrainClockCallback))
+        processing_class=processor, compute_metrics=compute_metrics, callbacks=run_callbacks(args))
+    run_training(trainer, args, checkpoint)
 
-    # 8. The best model (loaded by Trainer) transcribes the test split; every process takes part.
-    raw, decode_seconds = transcribe_split(trainer, dataset["test"], tokenizer)
+    # 8. Test: the best model (loaded by Trainer) transcribes the test split; every process takes part.
+    raw, decode_seconds = transcribe_with_trainer(trainer, dataset["test"], tokenizer)
     if not trainer.is_world_process_zero():
         return {}
     rows = test_predictions(dataset["test"], raw)
     metrics = test_metrics(rows, decode_seconds)
 
     # 9. Run folder.
-    out = args.output_dir
-    out.mkdir(parents=True, exist_ok=True)
-    trainer.save_state()
-    write_csv(out / "history.csv", history_rows(trainer.state.log_history), HISTORY_COLUMNS)
-    write_csv(out / "test_predictions.csv", rows, PREDICTION_COLUMNS)
-    write_json(out / "test_metrics.json", metrics)
-    state = trainer.state
     run_info = {
-        "family": "wav2vec2", "base_model": args.model, "run_name": out.name,
-        "params_total": sum(p.numel() for p in trainer.model.parameters()),
-        "params_trainable": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
-        "architecture": architecture_facts(trainer.model.config, tokenizer),
+        "family": "wav2vec2", **run_facts(args, trainer, checkpoint, precision, optim),
+        "architecture": architecture_facts(trainer.model),
         "loss": "CTC (blank = [PAD], mean over target lengths, zero_infinity)",
-        "optimizer": optim, "learning_rate": args.lr, "scheduler": args.scheduler,
-        "warmup_steps": trainer.args.get_warmup_steps(state.max_steps) if not args.eval_only else 0,
-        "weight_decay": args.weight_decay, "batch_size": args.batch_size, "grad_accum": args.grad_accum,
-        "effective_batch_size": args.batch_size * args.grad_accum * trainer.args.world_size,
-        "precision": precision, "gradient_checkpointing": args.gradient_checkpointing,
         "freeze_feature_encoder": args.freeze_feature_encoder,
         "regularisation": {"dropout": args.dropout, "layerdrop": args.layerdrop, "weight_decay": args.weight_decay,
                            "spec_augment": {"time_prob": args.mask_time_prob, "feature_prob": args.mask_feature_prob}
                            if args.spec_augment else None},
-        "lora": None, "preset": args.preset,
-        "epochs_planned": args.epochs, "epochs_run": round(state.epoch or 0.0, 4),
-        "best_epoch": best_epoch(state), "best_step": state.best_global_step,
-        "best_val_wer": state.best_metric, "stop_reason": stop_reason(args, state),
-        "train_seconds": 0.0 if args.eval_only else round(clock.seconds(), 1),
-        "peak_gpu_memory_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1)
-        if torch.cuda.is_available() else None,
-        "device": device_description(trainer),
+        "lora": None,
         "dataset": {"path": str(args.data), "features": summary.get("features", "waveform"),
                     "splits": {name: len(dataset[name]) for name in ("train", "validation", "test")},
                     "train_clips_left_out": dropped},
         "vocabulary": {"origin": vocabulary_origin, "size": len(tokenizer), "pad_token_id": tokenizer.pad_token_id,
                        "word_delimiter": tokenizer.word_delimiter_token, "unknown_characters": unknown},
         "decoding": "greedy CTC",
-        "resumed_from": str(checkpoint) if checkpoint else None,
-        "eval_only": args.eval_only,
-        "command": shlex.join(["python", "train_wav2vec2.py", *args.argv]),
-        "versions": versions(),
     }
-    write_json(out / "run_info.json", run_info)
+    out = write_run_files(trainer, rows, metrics, run_info)
     best_dir = out / "best_model"
     trainer.model.save_pretrained(best_dir)
     processor.save_pretrained(best_dir)
-    (best_dir / "README.md").write_text(model_card(args, run_info, metrics), encoding="utf-8")
-    if args.push_to_hub:
-        push_best_model(args, best_dir)
-
-    best_text = ("evaluated as it is" if args.eval_only else
-                 f"best epoch {run_info['best_epoch']} (step {run_info['best_step']}), validation WER "
-                 f"{100 * (state.best_metric or 0):.2f} %, {run_info['stop_reason']}, "
-                 f"{run_info['train_seconds'] / 60:.1f} min of training")
-    log(f"{out.name}: {best_text}; test WER {100 * metrics['wer']:.2f} %, CER {100 * metrics['cer']:.2f} % "
-        f"on {metrics['num_utterances']} utterances (RTF {metrics['rtf']}). Run folder: {out}")
+    finish_run_folder(args, best_dir, model_card(args, run_info, metrics), run_info, metrics)
     return run_info
 
 

@@ -23,10 +23,12 @@ import importlib.util
 import json
 import os
 import platform
+import re
 import shlex
 import sys
 import time
 import unicodedata
+import zipfile
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -55,6 +57,13 @@ PRESETS = {
     "a100": {"batch_size": 32, "grad_accum": 1, "eval_batch_size": 32, "gradient_checkpointing": False,
              "optim": "adamw_torch_fused", "num_workers": 4},
 }
+BEST_METRIC = "eval_validation_wer"  # the best checkpoint and early stopping follow it
+SCRIPT = "train_whisper.py"  # as printed commands name it (a notebook cell has no __file__)
+FEATURES = "whisper"  # the prepared dataset this trainer reads (prepare_vivos.py --features)
+# The shared flags' defaults for Whisper: an effective batch of 16, the fine-tuning settings of the Hugging
+# Face Whisper blog (the learning rate depends on --lora: see learning_rate).
+DEFAULTS = {"model": "openai/whisper-small", "epochs": 5, "batch_size": 8, "eval_batch_size": 8, "grad_accum": 2,
+            "lr": None, "warmup_ratio": 0.1, "weight_decay": 0.0, "logging_steps": 25}
 HISTORY_COLUMNS = ["epoch", "step", "train_loss", "val_loss", "val_wer", "val_cer", "train_wer", "train_cer",
                    "learning_rate"]
 PREDICTION_COLUMNS = ["id", "speaker", "duration", "reference", "prediction", "raw_prediction", "wer", "cer"]
@@ -82,6 +91,10 @@ def compute_wer_cer(references: list[str], predictions: list[str]) -> dict:
     }
 
 
+class InputError(SystemExit):
+    """Bad input: the message says what was expected, what was found and what to type next."""
+
+
 def say(message: str) -> None:
     """Print once, not once per process, under torchrun."""
     if IS_MAIN_PROCESS:
@@ -89,58 +102,91 @@ def say(message: str) -> None:
 
 
 def quoted(path) -> str:
-    """A path as it must be typed in a shell (Windows too: double quotes when it has spaces)."""
-    return f'"{path}"' if " " in str(path) else str(path)
+    """A path as the shell of this machine reads it back from a pasted command: POSIX quoting, or double
+    quotes on Windows (cmd.exe knows no single quotes; Windows paths hold no double quote)."""
+    text = str(path)
+    if os.name != "nt":
+        return shlex.quote(text)
+    return text if re.fullmatch(r"[\w@%+=:,./\\-]+", text, re.ASCII) else f'"{text}"'
 
 
 # ----------------------------------------------------------------------------- 1. settings
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    io = parser.add_argument_group("data, model, output")
+def add_shared_arguments(parser: argparse.ArgumentParser, model_help: str, lr_help: str) -> dict:
+    """The flags every trainer takes, in the same words; their defaults are the trainer's DEFAULTS. Returns
+    the argument groups, for the trainer's own flags."""
+    groups = {name: parser.add_argument_group(name) for name in
+              ("data, model, output", "training", "regularisation", "memory", "evaluation and checkpoints", "sharing")}
+    io, train, memory, evaluation, hub = (groups[name] for name in ("data, model, output", "training", "memory",
+                                                                     "evaluation and checkpoints", "sharing"))
     io.add_argument("--data", type=Path, required=True,
-                    help="prepared dataset folder (prepare_vivos.py --features whisper)")
-    io.add_argument("--model", default="openai/whisper-small",
-                    help="any Whisper checkpoint: Hub id (openai/whisper-tiny ... large-v3) or local folder")
+                    help=f"prepared dataset folder (prepare_vivos.py --features {FEATURES})")
+    io.add_argument("--model", help=f"{model_help} (default %(default)s)")
     io.add_argument("--output-dir", type=Path, required=True,
-                    help="run folder: checkpoints, best_model/, history.csv, test predictions")
-    io.add_argument("--language", default="vi", help="transcript language, Whisper code or name (default vi)")
-    io.add_argument("--task", choices=["transcribe", "translate"], default="transcribe")
+                    help="run folder: checkpoints, best_model/, history.csv, test predictions (resumed if it exists)")
     io.add_argument("--preset", choices=sorted(PRESETS),
-                    help="tested settings: low-vram (whisper-small on 4 GB), t4 (Colab), a100; flags win over it")
-
-    train = parser.add_argument_group("training")
-    train.add_argument("--epochs", type=float, default=5, help="training epochs (default 5)")
+                    help=f"a tested bundle of settings ({', '.join(PRESETS)}); flags given explicitly win over it")
+    train.add_argument("--epochs", type=float, help="training epochs (default %(default)s; early stopping may end "
+                                                    "sooner)")
     train.add_argument("--max-steps", type=int, default=-1, help="stop after this many optimizer steps instead")
-    train.add_argument("--batch-size", type=int, default=8, help="utterances per step and device (default 8)")
-    train.add_argument("--eval-batch-size", type=int, default=8, help="utterances per generate() batch")
-    train.add_argument("--grad-accum", type=int, default=2,
-                       help="steps whose gradients are summed before an update (default 2: effective batch 16)")
-    train.add_argument("--lr", type=float, default=None,
-                       help="peak learning rate (default 1e-5 full fine-tune, 1e-3 with --lora)")
-    train.add_argument("--warmup-ratio", type=float, default=0.1, help="share of steps for linear warm-up")
+    train.add_argument("--batch-size", type=int, help="utterances per step and device (default %(default)s)")
+    train.add_argument("--eval-batch-size", type=int,
+                       help="utterances per device when evaluating (default %(default)s)")
+    train.add_argument("--grad-accum", type=int,
+                       help="steps whose gradients are summed before an update (default %(default)s)")
+    train.add_argument("--lr", type=float, help=f"peak learning rate ({lr_help})")
+    train.add_argument("--warmup-ratio", type=float, help="share of steps for linear warm-up (default %(default)s)")
     train.add_argument("--scheduler", default="linear",
-                       choices=["linear", "cosine", "constant_with_warmup", "inverse_sqrt", "polynomial"])
+                       choices=["linear", "cosine", "constant_with_warmup", "inverse_sqrt", "polynomial"],
+                       help="learning-rate schedule after the warm-up (default %(default)s)")
     train.add_argument("--optim", default="adamw_torch",
                        choices=["adamw_torch", "adamw_torch_fused", "adamw_bnb_8bit", "adafactor"],
-                       help="optimizer; adamw_bnb_8bit needs bitsandbytes and a CUDA GPU")
+                       help="optimizer; adamw_bnb_8bit needs bitsandbytes and a CUDA GPU (default %(default)s)")
+    train.add_argument("--weight-decay", type=float, help="AdamW weight decay (default %(default)s)")
     train.add_argument("--seed", type=int, default=42)
     train.add_argument("--num-workers", type=int, default=0 if os.name == "nt" else 2,
-                       help="data loading processes (default 2; 0 on Windows, where each worker re-imports)")
+                       help="data loading processes (default %(default)s; 0 on Windows, where each worker re-imports)")
+    memory.add_argument("--precision", choices=["auto", "fp32", "fp16", "bf16"], default="auto",
+                        help="auto: bf16 on GPUs that have it, else fp16; fp32 on CPU")
+    memory.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=False,
+                        help="recompute activations in backward: much less memory, slower steps")
+    evaluation.add_argument("--eval-every", type=int, default=0,
+                            help="evaluate and save every N steps (default 0: every epoch)")
+    evaluation.add_argument("--patience", type=int, default=3,
+                            help="stop after N evaluations without a better validation score (0: never)")
+    evaluation.add_argument("--train-eval-size", type=int, default=200,
+                            help="fixed train utterances scored at each evaluation, to show the overfitting gap")
+    evaluation.add_argument("--logging-steps", type=int,
+                            help="log the training loss every N steps (default %(default)s)")
+    evaluation.add_argument("--save-total-limit", type=int, default=2,
+                            help="checkpoints kept (the best one is always kept)")
+    evaluation.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
+                            help="continue from the last complete checkpoint (default); --no-resume needs an "
+                                 "empty --output-dir")
+    evaluation.add_argument("--eval-only", action="store_true",
+                            help="no training: score --model as it is, into a run folder of its own")
+    hub.add_argument("--push-to-hub", action="store_true", help="upload best_model/ and its card to the Hub")
+    hub.add_argument("--hub-model-id", help="Hub repository (default: the --output-dir name)")
+    parser.set_defaults(**DEFAULTS)
+    return groups
 
-    regular = parser.add_argument_group("regularisation")
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    groups = add_shared_arguments(parser, "any Whisper checkpoint: Hub id (openai/whisper-tiny ... large-v3) or "
+                                  "local folder", "default 1e-5 for a full fine-tune, 1e-3 with --lora")
+    io = groups["data, model, output"]
+    io.add_argument("--language", default="vi", help="transcript language, Whisper code or name (default vi)")
+    io.add_argument("--task", choices=["transcribe", "translate"], default="transcribe")
+
+    regular = groups["regularisation"]
     regular.add_argument("--dropout", type=float, default=None, help="dropout (default: the model's own, 0.0)")
-    regular.add_argument("--weight-decay", type=float, default=0.0)
     regular.add_argument("--spec-augment", action=argparse.BooleanOptionalAction, default=True,
                          help="SpecAugment: mask random time steps / mel bins while training (default on)")
     regular.add_argument("--mask-time-prob", type=float, default=0.05, help="SpecAugment time masking")
     regular.add_argument("--mask-feature-prob", type=float, default=0.0, help="SpecAugment mel-bin masking")
 
-    memory = parser.add_argument_group("memory")
-    memory.add_argument("--precision", choices=["auto", "fp32", "fp16", "bf16"], default="auto",
-                        help="auto: bf16 on GPUs that have it, else fp16; fp32 on CPU")
-    memory.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=False,
-                        help="recompute activations in backward: much less memory, about 30%% slower")
+    memory = groups["memory"]
     memory.add_argument("--freeze-encoder", action="store_true", help="train the decoder only")
     memory.add_argument("--lora", action="store_true", help="train LoRA adapters (peft); best_model is merged")
     memory.add_argument("--lora-r", type=int, default=32, help="LoRA rank")
@@ -148,28 +194,10 @@ def build_parser() -> argparse.ArgumentParser:
     memory.add_argument("--lora-dropout", type=float, default=0.05)
     memory.add_argument("--lora-targets", default="q_proj,v_proj", help="comma-separated module names")
 
-    evaluation = parser.add_argument_group("evaluation and checkpoints")
-    evaluation.add_argument("--eval-every", type=int, default=0,
-                            help="evaluate and save every N steps (default 0: every epoch)")
-    evaluation.add_argument("--patience", type=int, default=3,
-                            help="stop after N evaluations without a better validation WER (0: never)")
-    evaluation.add_argument("--train-eval-size", type=int, default=200,
-                            help="fixed train utterances scored at each evaluation, to show the overfitting gap")
+    evaluation = groups["evaluation and checkpoints"]
     evaluation.add_argument("--generation-max-length", type=int, default=225,
                             help="most tokens of a generated transcript, prefix included")
     evaluation.add_argument("--num-beams", type=int, default=1, help="beam search width (1: greedy)")
-    evaluation.add_argument("--logging-steps", type=int, default=25)
-    evaluation.add_argument("--save-total-limit", type=int, default=2,
-                            help="checkpoints kept (the best one is always kept)")
-    evaluation.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
-                            help="continue from the last complete checkpoint (default); --no-resume needs an "
-                                 "empty --output-dir")
-    evaluation.add_argument("--eval-only", action="store_true",
-                            help="no training: score --model as it is (zero-shot baseline) and write the run folder")
-
-    hub = parser.add_argument_group("sharing")
-    hub.add_argument("--push-to-hub", action="store_true", help="upload best_model/ and its card to the Hub")
-    hub.add_argument("--hub-model-id", help="Hub repository (default: the --output-dir name)")
     return parser
 
 
@@ -180,22 +208,52 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if preset:
         parser.set_defaults(**PRESETS[preset])
     args = parser.parse_args(argv)
-    if not 0 <= args.warmup_ratio < 1:
-        parser.error(f"--warmup-ratio must be in [0, 1), got {args.warmup_ratio}")
-    if args.lr is None:
-        args.lr = 1e-3 if args.lora else 1e-5
-    args.argv = sys.argv[1:] if argv is None else list(argv)
+    args.argv = sys.argv[1:] if argv is None else [str(arg) for arg in argv]
     return args
 
 
+def learning_rate(args: argparse.Namespace) -> float:
+    """--lr, or the default for what is trained: adapters take a far larger step than full weights."""
+    if args.lr is not None:
+        return args.lr
+    return 1e-3 if args.lora else 1e-5
+
+
+def settings(argv: list[str] | None) -> tuple[argparse.Namespace, str, str]:
+    """Step 1: the flags (over the preset, over DEFAULTS) checked, the seed set, and the precision and
+    optimizer this machine can run."""
+    args = parse_args(argv)
+    check_settings(args)
+    set_seed(args.seed)
+    return args, resolve_precision(args.precision), resolve_optimizer(args.optim)
+
+
+def check_settings(args: argparse.Namespace) -> None:
+    """Refuse numbers no run can use, before anything is loaded or written."""
+    problems = []
+    if not args.eval_only and args.max_steps <= 0 and not args.epochs > 0:
+        problems.append(f"--epochs must be above 0 (got {args.epochs:g}), or give --max-steps")
+    for flag in ("batch_size", "eval_batch_size", "grad_accum"):
+        if getattr(args, flag) < 1:
+            problems.append(f"--{flag.replace('_', '-')} must be 1 or more (got {getattr(args, flag)})")
+    if args.lr is not None and not args.lr > 0:
+        problems.append(f"--lr must be above 0 (got {args.lr:g})")
+    if not 0 <= args.warmup_ratio < 1:
+        problems.append(f"--warmup-ratio must be in [0, 1) (got {args.warmup_ratio:g})")
+    if problems:
+        raise InputError("; ".join(problems) + ". Run it again with those corrected.")
+
+
 def resolve_precision(choice: str) -> str:
-    """fp32 on CPU; on a GPU bf16 when it has it (no loss scaling needed), else fp16."""
-    if choice != "auto":
-        return choice
-    if not torch.cuda.is_available():
-        return "fp32"
-    # Compute capability >= 8 (A100, RTX 30xx) has bf16; is_bf16_supported() also says yes on a T4 (emulated).
-    return "bf16" if torch.cuda.get_device_capability()[0] >= 8 else "fp16"
+    """fp32 on CPU; on a GPU `auto` means bf16 where it has it (no loss scaling needed), else fp16."""
+    cuda = torch.cuda.is_available()
+    if choice == "auto":
+        # Compute capability >= 8 (A100, RTX 30xx) has bf16; is_bf16_supported() also says yes on a T4 (emulated).
+        return ("bf16" if torch.cuda.get_device_capability()[0] >= 8 else "fp16") if cuda else "fp32"
+    if choice in ("fp16", "bf16") and not cuda:
+        raise InputError(f"--precision {choice} needs a CUDA GPU and none is visible; use --precision auto "
+                         "(fp32 on CPU) or run on a GPU machine")
+    return choice
 
 
 def resolve_optimizer(name: str) -> str:
@@ -217,80 +275,172 @@ def resolve_optimizer(name: str) -> str:
 
 # ----------------------------------------------------------------------------- 2. checkpoint to resume
 
+def checkpoint_folders(output_dir: Path) -> list[Path]:
+    """The checkpoint-N folders of a run folder, newest first."""
+    numbered = [p for p in output_dir.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()]
+    return sorted(numbered, key=lambda folder: int(folder.name.split("-")[-1]), reverse=True)
+
+
+def cut_off(path: Path) -> bool:
+    """Whether a torch or safetensors file ends before its format says it should (a full disk or a power cut
+    while it was written), checked cheaply: a torch file is a zip archive whose directory sits at its end, a
+    safetensors header gives the file's length."""
+    if path.suffix in (".pt", ".pth", ".bin"):
+        return not zipfile.is_zipfile(path)
+    if path.suffix != ".safetensors":
+        return False
+    with path.open("rb") as handle:
+        header_size = int.from_bytes(handle.read(8), "little")
+        try:
+            header = json.loads(handle.read(header_size))
+            end = max((entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"), default=0)
+        except (ValueError, KeyError, TypeError, AttributeError, IndexError):
+            return True
+    return path.stat().st_size < 8 + header_size + end
+
+
+def checkpoint_problem(folder: Path) -> str | None:
+    """Why training cannot continue from this checkpoint (None: it can): Trainer writes trainer_state.json
+    last, and no file of it may be cut off."""
+    try:
+        json.loads((folder / "trainer_state.json").read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return "no trainer_state.json"
+    except ValueError:
+        return "trainer_state.json is cut off"
+    return next((f"{path.name} is cut off" for path in sorted(folder.iterdir()) if cut_off(path)), None)
+
+
 def last_complete_checkpoint(output_dir: Path) -> Path | None:
-    """The newest checkpoint-N whose trainer_state.json (written last by Trainer) is there and readable."""
-    complete = []
-    for folder in output_dir.glob("checkpoint-*"):
-        state = folder / "trainer_state.json"
-        if not (folder.name.split("-")[-1].isdigit() and state.is_file()):
-            continue
-        with contextlib.suppress(ValueError):
-            json.loads(state.read_text(encoding="utf-8"))
-            complete.append(folder)
-    return max(complete, key=lambda folder: int(folder.name.split("-")[-1]), default=None)
+    """The newest checkpoint-N that training can continue from."""
+    return next((folder for folder in checkpoint_folders(output_dir) if checkpoint_problem(folder) is None), None)
+
+
+def training_run_evidence(folder: Path) -> str | None:
+    """What shows that `folder` holds a training run (None: nothing does): a checkpoint, a history.csv
+    with training rows, or a run_info.json of a run that trained."""
+    checkpoints = checkpoint_folders(folder) if folder.is_dir() else []
+    if checkpoints:
+        return f"{checkpoints[0].name}/"
+    run_info = folder / "run_info.json"
+    if run_info.is_file():
+        try:
+            trained = json.loads(run_info.read_text(encoding="utf-8")).get("eval_only") is not True
+        except (ValueError, AttributeError):
+            trained = True  # unreadable: it may be a training run's
+        if trained:
+            return "run_info.json of a training run"
+    history = folder / "history.csv"
+    if history.is_file():
+        with history.open(encoding="utf-8", newline="") as handle:
+            if any(row.get("step") not in (None, "", "0") for row in csv.DictReader(handle)):
+                return "history.csv with training rows"
+    return None
 
 
 def checkpoint_to_resume(args: argparse.Namespace) -> Path | None:
-    """The checkpoint training continues from, or None for a fresh start (refused into a used folder)."""
-    used = args.output_dir.is_dir() and any(args.output_dir.iterdir())
+    """The checkpoint training continues from, or None for a fresh start; refuses --eval-only into the
+    folder of a training run and --no-resume into a used folder."""
+    folder = args.output_dir
     if args.eval_only:
-        if used and last_complete_checkpoint(args.output_dir):
-            raise SystemExit(f"--eval-only would overwrite the results of the training run in {args.output_dir}: "
-                             "give it its own --output-dir (for example runs/whisper-small-zero-shot).")
+        evidence = training_run_evidence(folder)
+        if evidence:
+            instead = folder.parent / f"{folder.name}-eval"
+            raise InputError(f"--eval-only would overwrite the training run in {folder} (it holds {evidence}); "
+                             f"nothing was changed. Score the model into a folder of its own: "
+                             f"--output-dir {quoted(instead)}")
         return None
+    used = folder.is_dir() and any(folder.iterdir())
     if not args.resume:
         if used:
-            raise SystemExit(f"--no-resume starts over only into an empty folder, and {args.output_dir} is not "
-                             f"empty. Choose a new --output-dir, or delete that folder, or drop --no-resume to "
-                             f"continue from its last checkpoint.")
+            raise InputError(f"--no-resume starts over only into an empty folder, and {folder} is not empty. "
+                             "Choose a new --output-dir, or delete that folder, or drop --no-resume to continue "
+                             "from its last checkpoint.")
         return None
-    checkpoint = last_complete_checkpoint(args.output_dir) if used else None
+    checkpoints = checkpoint_folders(folder) if used else []
+    checkpoint = last_complete_checkpoint(folder) if used else None
+    if checkpoints and checkpoints[0] != checkpoint:
+        say(f"{checkpoints[0].name} is incomplete ({checkpoint_problem(checkpoints[0])}), cut off while it was "
+            f"written: {'continuing from ' + checkpoint.name if checkpoint else 'no complete checkpoint is left'}.")
     if checkpoint:
-        say(f"Resuming from {checkpoint} (same optimizer, scheduler, random state and epoch counter).")
+        say(f"resuming from {checkpoint} (same optimizer, scheduler, random state and epoch counter)")
     elif used:
-        say(f"No complete checkpoint in {args.output_dir}: training starts from the beginning.")
+        say(f"No complete checkpoint in {folder}: training starts from the beginning.")
     return checkpoint
 
 
 # ----------------------------------------------------------------------------- 3. prepared dataset
 
-def prepare_command(summary: dict, data: Path, n_mels: int) -> str:
-    """The prepare_vivos.py call that makes a Whisper dataset with `n_mels` mel bins from the same source."""
-    kind, _, source = summary.get("source", "VIVOS vivos").partition(" ")
-    source_flag = "--manifest" if kind == "manifest" else "--vivos-dir"
-    out = data.parent / f"{data.name}_whisper{'' if n_mels == 80 else f'_{n_mels}mels'}"
-    return (f"python prepare_vivos.py {source_flag} {quoted(source)} --out {quoted(out)} --features whisper"
-            f" --n-mels {n_mels}")
+def prepare_command(data: Path, summary: dict, n_mels: int = 80) -> str:
+    """A prepare_vivos.py call, safe to paste, that makes this trainer's dataset from the corpus behind --data:
+    the raw VIVOS folder it is, or the source its prepare_summary.json names. The output is a new folder
+    beside that corpus (prepare_vivos.py refuses the corpus itself, a folder inside it or above it)."""
+    suffix = "wave" if FEATURES == "waveform" else "whisper" if n_mels == 80 else f"whisper_{n_mels}mels"
+    kind, _, where = str(summary.get("source", "")).partition(" ")
+    if (data / "train" / "prompts.txt").is_file():
+        kind, source = "VIVOS", data
+    else:
+        source = Path(where or "PATH/TO/vivos")
+    out = source.parent / f"{source.stem if kind == 'manifest' else source.name}_{suffix}"
+    if not where and not data.exists():
+        out = data  # a folder still to be made is where the user wants the dataset
+    flag = "--manifest" if kind == "manifest" else "--vivos-dir"
+    mels = f" --n-mels {n_mels}" if FEATURES == "whisper" else ""
+    return (f"python prepare_vivos.py {flag} {quoted(source)} --out {quoted(out)} "
+            f"--features {FEATURES}{mels}")
 
 
 def read_prepare_summary(data: Path) -> dict:
-    """prepare_summary.json of a prepared Whisper dataset; refuses anything else with the command to run."""
+    """prepare_summary.json of the prepared dataset in --data; a raw corpus, any other folder, the other
+    kind of features or another sampling rate are refused with the prepare_vivos.py call that makes the
+    right dataset."""
+    if (data / "train" / "prompts.txt").is_file():
+        raise InputError(f"--data {data} is the raw VIVOS corpus; prepare it first: "
+                         f"{prepare_command(data, {})}")
     summary_path = data / "prepare_summary.json"
     if not summary_path.is_file() or not (data / "dataset_dict.json").is_file():
-        raise SystemExit(f"--data {data}: expected a folder made by prepare_vivos.py (dataset_dict.json and "
-                         f"prepare_summary.json inside); found {'no such folder' if not data.is_dir() else 'neither'}. "
-                         f"Make one with: python prepare_vivos.py --vivos-dir vivos --out {quoted(data)}")
+        found = ("no such folder" if not data.exists() else
+                 ", ".join(sorted(p.name for p in data.iterdir())[:8]) or "an empty folder")
+        raise InputError(f"--data {data}: expected a dataset made by prepare_vivos.py (dataset_dict.json and "
+                         f"prepare_summary.json inside), found: {found}. Make one with: "
+                         f"{prepare_command(data, {})}")
     summary = json.loads(summary_path.read_text(encoding="utf-8"))
-    if summary.get("features") != "whisper":
-        raise SystemExit(f"--data {data} holds {summary.get('features')!r} features (for Wav2Vec2 / DeepSpeech2); "
-                         f"Whisper needs log-Mel features. Make them with: "
-                         f"{prepare_command(summary, data, 80)}")
+    if summary.get("features") != FEATURES:
+        raise InputError(f"--data {data} holds {summary.get('features')!r} features and this trainer reads "
+                         f"{FEATURES!r} ones. Make them with: {prepare_command(data, summary)}")
+    if summary.get("sampling_rate", 16000) != 16000:
+        raise InputError(f"--data {data} is sampled at {summary['sampling_rate']} Hz, expected 16000; make it "
+                         f"again with: {prepare_command(data, summary)}")
     return summary
 
 
-def load_prepared_dataset(data: Path, need: tuple[str, ...]):
-    """The DatasetDict, checked to have the splits this run needs and Whisper input features."""
+def load_prepared_dataset(data: Path, columns: set[str], eval_only: bool) -> tuple:
+    """Step 3: the prepared DatasetDict and its prepare_summary.json, refused before any training when a
+    split is missing, lacks a column the trainer reads, or is empty where the run needs it (validation
+    picks the best model)."""
     from datasets import load_from_disk
 
-    dataset = load_from_disk(str(data))
-    missing = [split for split in need if split not in dataset]
+    summary = read_prepare_summary(data)
+    again = prepare_command(data, summary)
+    try:
+        dataset = load_from_disk(str(data))
+    except (IndexError, ValueError, OSError) as error:  # IndexError: a split saved empty, without a shard
+        raise InputError(f"--data {data}: the datasets library cannot read it ({type(error).__name__}: {error}); "
+                         f"a split may be empty or a file missing. Make it again with: {again}")
+    missing = [split for split in ("train", "validation", "test") if split not in dataset]
     if missing:
-        raise SystemExit(f"--data {data} has splits {sorted(dataset)}, this run needs {list(need)}: "
-                         "re-make it with prepare_vivos.py")
-    if "input_features" not in dataset[need[0]].column_names:
-        raise SystemExit(f"--data {data} has no input_features column: re-make it with prepare_vivos.py "
-                         "--features whisper")
-    return dataset
+        raise InputError(f"--data {data} lacks the split(s) {', '.join(missing)} (found {', '.join(dataset)}); "
+                         f"make it again with: {again}")
+    for name, split in dataset.items():
+        absent = sorted(columns - set(split.column_names))
+        if absent:
+            raise InputError(f"--data {data}: split {name} lacks the column(s) {', '.join(absent)}; make it "
+                             f"again with: {again}")
+    empty = [name for name in ("validation", "test") + (() if eval_only else ("train",)) if not len(dataset[name])]
+    if empty:
+        raise InputError(f"--data {data}: the {' and '.join(empty)} split(s) are empty, and a run needs "
+                         f"utterances in each; make it again (with a --val-ratio above 0): {again}")
+    return dataset, summary
 
 
 def dataset_mel_count(dataset, summary: dict) -> int:
@@ -298,27 +448,51 @@ def dataset_mel_count(dataset, summary: dict) -> int:
     split = next(iter(dataset.values()))
     n_mels = split.features["input_features"].shape[1]
     if summary.get("n_mels", n_mels) != n_mels:
-        raise SystemExit(f"prepare_summary.json says {summary['n_mels']} mels but the features have {n_mels}: "
+        raise InputError(f"prepare_summary.json says {summary['n_mels']} mels but the features have {n_mels}: "
                          "the dataset folder is inconsistent, re-make it with prepare_vivos.py")
     return n_mels
 
 
-# ----------------------------------------------------------------------------- 4. model and processor
+# ----------------------------------------------------------------------------- 4. model
+
+def check_model_folder(model: str) -> None:
+    """Refuse a local --model folder whose config.json does not parse or that holds no weights, in one line
+    instead of a library traceback (a Hub id is checked as it loads)."""
+    folder = Path(model)
+    if not folder.exists():
+        return
+    problem = None
+    try:
+        json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        problem = "no config.json"
+    except (ValueError, OSError) as error:
+        problem = f"a config.json that does not parse ({error})"
+    weights = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+    if problem is None and not any((folder / name).is_file() for name in weights):
+        problem = "no weights (model.safetensors)"
+    if problem is None and (folder / "model.safetensors").is_file() and cut_off(folder / "model.safetensors"):
+        problem = "a model.safetensors that is cut off"
+    if problem:
+        raise InputError(f"--model {model}: expected a model folder (config.json and model.safetensors, such as a "
+                         f"run's best_model/), found {problem}. Point --model at a complete folder or copy it again.")
+
 
 def whisper_config(args: argparse.Namespace, summary: dict, data_mels: int):
     """The model's config with our training changes, after refusing a non-Whisper or mel-mismatched model."""
+    check_model_folder(args.model)
     try:
         config = AutoConfig.from_pretrained(args.model)
-    except OSError as error:
-        raise SystemExit(f"--model {args.model}: could not load it ({error}). Expected a Hub id such as "
+    except (OSError, ValueError) as error:
+        raise InputError(f"--model {args.model}: could not load it ({error}). Expected a Hub id such as "
                          "openai/whisper-small (downloaded once, needs the network) or a folder with config.json.")
     if config.model_type != "whisper":
-        raise SystemExit(f"--model {args.model} is a {config.model_type!r} model; train_whisper.py needs a Whisper "
+        raise InputError(f"--model {args.model} is a {config.model_type!r} model; train_whisper.py needs a Whisper "
                          "checkpoint (openai/whisper-small, ...). Use train_wav2vec2.py for Wav2Vec2.")
     if config.num_mel_bins != data_mels:
-        raise SystemExit(f"--model {args.model} expects {config.num_mel_bins} mel bins but --data {args.data} has "
+        raise InputError(f"--model {args.model} expects {config.num_mel_bins} mel bins but --data {args.data} has "
                          f"{data_mels}. Make matching features with: "
-                         f"{prepare_command(summary, args.data, config.num_mel_bins)}")
+                         f"{prepare_command(args.data, summary, config.num_mel_bins)}")
     if args.dropout is not None:
         config.dropout = args.dropout
     config.apply_spec_augment = args.spec_augment
@@ -341,16 +515,16 @@ def load_whisper(args: argparse.Namespace, config) -> tuple[WhisperProcessor, Wh
     generation = model.generation_config
     code = language_code(args.language)
     if not getattr(generation, "is_multilingual", False) or f"<|{code}|>" not in getattr(generation, "lang_to_id", {}):
-        raise SystemExit(f"--model {args.model} cannot transcribe --language {args.language}: it is English-only "
+        raise InputError(f"--model {args.model} cannot transcribe --language {args.language}: it is English-only "
                          "or its generation_config has no language tokens. Use a multilingual checkpoint such as "
                          "openai/whisper-small (not *.en).")
     processor.tokenizer.set_prefix_tokens(language=code, task=args.task)
-    # generate() reads language/task here; forced_decoder_ids is deprecated (PITFALLS 13).
+    # generate() reads language/task here; forced_decoder_ids is deprecated and would override them.
     generation.language, generation.task, generation.forced_decoder_ids = code, args.task, None
     generation.max_length = min(args.generation_max_length, config.max_target_positions)
     generation.num_beams = args.num_beams
     # Whisper's forward takes **kwargs but averages its loss itself: without this, Trainer skips the division
-    # by --grad-accum (and multiplies by the process count), inflating loss and gradients (transformers #47688).
+    # by --grad-accum (and multiplies by the process count), inflating loss and gradients.
     model.accepts_loss_kwargs = False
     return processor, model
 
@@ -362,12 +536,12 @@ def prepare_for_training(model, args: argparse.Namespace):
     if not args.lora:
         return model
     if importlib.util.find_spec("peft") is None:
-        raise SystemExit("--lora needs peft: pip install peft")
+        raise InputError("--lora needs peft: pip install peft")
     from peft import LoraConfig, get_peft_model
 
-    # Checkpointed blocks need an input that requires grad when every base weight is frozen (PITFALLS 2).
+    # Checkpointed blocks need an input that requires grad when every base weight is frozen.
     model.enable_input_require_grads()
-    # No task_type: the seq2seq wrapper would pass input_ids, which Whisper does not take (PITFALLS 20).
+    # No task_type: the seq2seq wrapper would pass input_ids, which Whisper does not take.
     lora = LoraConfig(r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
                       target_modules=[name.strip() for name in args.lora_targets.split(",")])
     return get_peft_model(model, lora)
@@ -426,41 +600,39 @@ def wer_cer_metrics(tokenizer):
 # ----------------------------------------------------------------------------- 7. training
 
 def history_rows(log_history: list[dict]) -> list[dict]:
-    """One row per evaluation step: validation and train-subset scores, mean train loss since the last one."""
-    rows: dict[int, dict] = {}
+    """One row per evaluation step: validation and train-subset scores, and the step-weighted mean of the
+    training losses logged since the previous evaluation ("" where a value does not exist)."""
+    evaluations: dict[int, dict] = {}
     for entry in log_history:
         if any(key.startswith("eval_") for key in entry):
-            row = rows.setdefault(entry["step"], {"epoch": round(entry.get("epoch", 0.0), 4), "step": entry["step"]})
-            for ours, theirs in (("val_loss", "eval_validation_loss"), ("val_wer", "eval_validation_wer"),
-                                 ("val_cer", "eval_validation_cer"), ("train_wer", "eval_train_subset_wer"),
-                                 ("train_cer", "eval_train_subset_cer")):
-                if theirs in entry:
-                    row[ours] = entry[theirs]
-    # HistoryCsvCallback forces a training-loss log at every evaluation step, so the logs split exactly.
-    losses = [(e["step"], e["loss"], e.get("learning_rate")) for e in log_history if "loss" in e]
-    previous_log, previous_eval = 0, 0
-    for step in sorted(rows):
-        total = 0.0
-        for logged_at, loss, learning_rate in losses:
-            if previous_eval < logged_at <= step:
-                total += loss * (logged_at - previous_log)  # a logged loss is the mean since the previous log
-                previous_log = logged_at
-                rows[step]["learning_rate"] = learning_rate
-        if previous_log > previous_eval:
-            rows[step]["train_loss"] = total / (previous_log - previous_eval)
-        previous_eval = step
-    return [rows[step] for step in sorted(rows)]
+            evaluations.setdefault(entry["step"], {}).update(entry)
+    losses = [entry for entry in log_history if "loss" in entry]
+    rows, previous = [], 0
+    for step in sorted(evaluations):
+        entry = evaluations[step]
+        window = [e for e in losses if previous < e["step"] <= step]
+        spans = np.diff([previous] + [e["step"] for e in window])
+        rows.append({"epoch": round(entry.get("epoch", 0.0), 4), "step": step,
+                     "train_loss": float(np.average([e["loss"] for e in window], weights=spans)) if window else "",
+                     "val_loss": entry.get("eval_validation_loss", ""), "val_wer": entry.get("eval_validation_wer", ""),
+                     "val_cer": entry.get("eval_validation_cer", ""),
+                     "train_wer": entry.get("eval_train_subset_wer", ""),
+                     "train_cer": entry.get("eval_train_subset_cer", ""),
+                     "learning_rate": window[-1].get("learning_rate", "") if window else ""})
+        previous = step
+    return rows
 
 
-def write_history_csv(path: Path, log_history: list[dict]) -> None:
+def write_csv(path: Path, rows: list[dict], columns: list[str]) -> None:
     with path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=HISTORY_COLUMNS, restval="")
+        writer = csv.DictWriter(handle, fieldnames=columns, restval="")
         writer.writeheader()
-        writer.writerows(history_rows(log_history))
+        writer.writerows({key: "" if value is None else value for key, value in row.items()} for row in rows)
 
 
 class HistoryCsvCallback(TrainerCallback):
-    """Rewrites history.csv after every evaluation, so the curves exist even if the run is cut off."""
+    """Rewrites history.csv after every evaluation from the Trainer's log history (which a resume restores),
+    so the curves exist even if the run is cut off."""
 
     def __init__(self, path: Path):
         self.path = path
@@ -474,14 +646,14 @@ class HistoryCsvCallback(TrainerCallback):
 
     def on_evaluate(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
-            write_history_csv(self.path, state.log_history)
+            write_csv(self.path, history_rows(state.log_history), HISTORY_COLUMNS)
 
 
 class TrainClockCallback(TrainerCallback, ExportableState):
     """Training seconds summed over every session of a resumed run (stored in each checkpoint)."""
 
-    def __init__(self):
-        self.seconds_before = 0.0
+    def __init__(self, seconds_before: float = 0.0):
+        self.seconds_before = seconds_before
         self.started = None
 
     def on_train_begin(self, args, state, control, **kwargs):
@@ -494,31 +666,79 @@ class TrainClockCallback(TrainerCallback, ExportableState):
         return {"args": {}, "attributes": {"seconds_before": self.seconds()}}
 
 
-def training_arguments(args: argparse.Namespace, precision: str, optim: str) -> Seq2SeqTrainingArguments:
-    """Trainer settings: evaluation and checkpoint together (epoch or --eval-every steps), best by WER."""
+class ValidationEarlyStopping(EarlyStoppingCallback):
+    """Early stopping that reads only the validation evaluation: the train-subset evaluation that follows
+    it carries no validation score and is no reason to warn or to count."""
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        if metrics and args.metric_for_best_model in metrics:
+            super().on_evaluate(args, state, control, metrics=metrics, **kwargs)
+
+
+def run_callbacks(args: argparse.Namespace) -> list:
+    """history.csv, the training clock, early stopping, and TensorBoard logs in the run folder's runs/ in
+    every mode (by itself an evaluation without training writes them into ./runs of the current folder)."""
+    callbacks = [HistoryCsvCallback(args.output_dir / "history.csv"), TrainClockCallback()]
+    if importlib.util.find_spec("tensorboard"):
+        from transformers.integrations import TensorBoardCallback
+
+        tensorboard = TensorBoardCallback()
+        tensorboard.logging_dir = str(args.output_dir / "runs")
+        callbacks.append(tensorboard)
+    if args.patience > 0 and not args.eval_only:
+        callbacks.append(ValidationEarlyStopping(early_stopping_patience=args.patience))
+    return callbacks
+
+
+def train_clock(trainer) -> TrainClockCallback:
+    """The clock the Trainer holds: a resume replaces it with the one restored from the checkpoint."""
+    return next(callback for callback in trainer.callback_handler.callbacks
+                if isinstance(callback, TrainClockCallback))
+
+
+def trainer_settings(args: argparse.Namespace, precision: str, optim: str) -> dict:
+    """The TrainingArguments every trainer shares: evaluation and checkpoint together (each epoch or every
+    --eval-every steps), the best model by BEST_METRIC loaded at the end, resumable callback states."""
     every = {"eval_strategy": "steps", "eval_steps": args.eval_every, "save_strategy": "steps",
              "save_steps": args.eval_every} if args.eval_every else {"eval_strategy": "epoch", "save_strategy": "epoch"}
-    return Seq2SeqTrainingArguments(
+    return dict(
         output_dir=str(args.output_dir), num_train_epochs=args.epochs, max_steps=args.max_steps,
         per_device_train_batch_size=args.batch_size, per_device_eval_batch_size=args.eval_batch_size,
-        gradient_accumulation_steps=args.grad_accum, learning_rate=args.lr, warmup_steps=args.warmup_ratio,
+        gradient_accumulation_steps=args.grad_accum, learning_rate=args.lr,
+        warmup_steps=args.warmup_ratio,  # a float below 1 is a share of the steps in transformers 5
         lr_scheduler_type=args.scheduler, weight_decay=args.weight_decay, optim=optim,
         fp16=precision == "fp16", bf16=precision == "bf16",
-        # Non-reentrant checkpointing: no "backward through the graph a second time" (PITFALLS 1).
-        activation_checkpointing=args.gradient_checkpointing,
-        activation_checkpointing_kwargs={"use_reentrant": False} if args.gradient_checkpointing else None,
-        **every, load_best_model_at_end=True, metric_for_best_model="validation_wer", greater_is_better=False,
+        **every, load_best_model_at_end=True, metric_for_best_model=BEST_METRIC, greater_is_better=False,
         save_total_limit=args.save_total_limit, logging_steps=args.logging_steps,
-        predict_with_generate=True, seed=args.seed, dataloader_num_workers=args.num_workers,
-        # The collator reads `sentence`; peft wrappers hide the label name (PITFALLS 14).
+        seed=args.seed, dataloader_num_workers=args.num_workers, dataloader_pin_memory=torch.cuda.is_available(),
+        # The collator reads `sentence`; peft wrappers hide the label name.
         remove_unused_columns=False, label_names=["labels"],
         # Early-stopping patience and the training clock continue across a resume.
         restore_callback_states_from_checkpoint=True,
-        ddp_find_unused_parameters=False,
-        # Several processes without a GPU (torchrun on CPU): accelerate sets up gloo DDP only when told "cpu".
+        # Without CUDA, torchrun's processes only form a DDP group (gloo) when told they run on the CPU.
         use_cpu=not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1,
-        report_to=["tensorboard"] if importlib.util.find_spec("tensorboard") else "none",
+        report_to="none",  # TensorBoard comes from run_callbacks, with its logs in the run folder
+        disable_tqdm=not IS_MAIN_PROCESS,
     )
+
+
+def training_arguments(args: argparse.Namespace, precision: str, optim: str) -> Seq2SeqTrainingArguments:
+    """The shared settings, with generate() for the validation WER and non-reentrant activation
+    checkpointing (the reentrant kind fails with "backward through the graph a second time")."""
+    shared = {**trainer_settings(args, precision, optim), "learning_rate": learning_rate(args)}
+    return Seq2SeqTrainingArguments(
+        **shared, predict_with_generate=True, ddp_find_unused_parameters=False,
+        activation_checkpointing=args.gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False} if args.gradient_checkpointing else None)
+
+
+def memory_setting(args: argparse.Namespace) -> str:
+    """Whisper's next memory saving once the batch is 1 and activations are recomputed."""
+    if args.optim not in ("adamw_bnb_8bit", "adafactor") and not args.lora:
+        return "--optim adamw_bnb_8bit (pip install bitsandbytes) or --optim adafactor"
+    if not args.lora:
+        return "--lora (or --freeze-encoder)"
+    return "a smaller --model (openai/whisper-base) or a GPU with more memory"
 
 
 def next_setting_after_oom(args: argparse.Namespace) -> str:
@@ -528,31 +748,35 @@ def next_setting_after_oom(args: argparse.Namespace) -> str:
                 f"if it ran out while evaluating: --eval-batch-size {max(args.eval_batch_size // 2, 1)})")
     if not args.gradient_checkpointing:
         return "--gradient-checkpointing"
-    if args.optim not in ("adamw_bnb_8bit", "adafactor") and not args.lora:
-        return "--optim adamw_bnb_8bit (pip install bitsandbytes) or --optim adafactor"
-    if not args.lora:
-        return "--lora (or --freeze-encoder)"
-    return "a smaller --model (openai/whisper-base) or a GPU with more memory"
+    return memory_setting(args)
 
 
 def run_training(trainer, args: argparse.Namespace, checkpoint: Path | None) -> None:
-    """trainer.train(), turning an out-of-memory error or Ctrl-C into what to type next."""
+    """Step 7: trainer.train() (trainer.evaluate() with --eval-only), turning an out-of-memory error or Ctrl-C
+    into what to type next."""
+    if args.eval_only:
+        trainer.evaluate()
+        return
+    trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+    say(f"Training {trainable:,} parameters on {device_description(trainer)}, {trainer.args.num_train_epochs:g} "
+        f"epochs{f' or {args.max_steps} steps' if args.max_steps > 0 else ''}.")
     try:
         trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     except torch.cuda.OutOfMemoryError:
         kept = last_complete_checkpoint(args.output_dir)
-        raise SystemExit(f"CUDA out of memory. {'Kept ' + str(kept) if kept else 'No checkpoint was complete yet'}; "
-                         f"re-run the same command with {next_setting_after_oom(args)}"
-                         f"{'' if args.preset == 'low-vram' else ', or with --preset low-vram'}.")
+        low_vram = "" if "low-vram" not in PRESETS or args.preset == "low-vram" else ", or with --preset low-vram"
+        raise InputError(f"CUDA out of memory. {'Kept ' + str(kept) if kept else 'No checkpoint was complete yet'}; "
+                         f"re-run the same command with {next_setting_after_oom(args)}{low_vram}.")
     except KeyboardInterrupt:
         kept = last_complete_checkpoint(args.output_dir)
-        raise SystemExit(f"Stopped. Re-run the same command to continue from "
+        raise InputError(f"Stopped. Re-run the same command to continue from "
                          f"{kept if kept else 'the start (no checkpoint was complete yet)'}.")
 
 
-# ----------------------------------------------------------------------------- 8. test transcription
+# ----------------------------------------------------------------------------- 8. test
 
-def transcribe_split(model, processor, split, batch_size: int, n_frames: int, precision: str) -> tuple[list, float]:
+def transcribe_with_generate(model, processor, split, batch_size: int, n_frames: int,
+                             precision: str) -> tuple[list, float]:
     """Batched generate() over a split: (raw transcripts, seconds it took)."""
     model.eval()
     autocast = (torch.autocast("cuda", dtype=torch.float16 if precision == "fp16" else torch.bfloat16)
@@ -595,7 +819,8 @@ def test_metrics(rows: list[dict], decode_seconds: float) -> dict:
 
 # ----------------------------------------------------------------------------- 9. run folder
 
-def architecture_facts(config) -> dict:
+def architecture_facts(model) -> dict:
+    config = model.config
     return {"encoder_layers": config.encoder_layers, "decoder_layers": config.decoder_layers,
             "d_model": config.d_model, "heads": config.encoder_attention_heads, "ffn_dim": config.encoder_ffn_dim,
             "activation": config.activation_function, "vocab_size": config.vocab_size,
@@ -613,16 +838,16 @@ def stop_reason(args: argparse.Namespace, state) -> str:
     return "early_stopping" if state.global_step < state.max_steps else "completed"
 
 
-def best_epoch(state) -> float | None:
-    """The epoch of the evaluation that scored the best validation WER."""
-    return next((e["epoch"] for e in state.log_history
-                 if e.get("step") == state.best_global_step and "eval_validation_wer" in e), None)
+def best_evaluation(state) -> dict | None:
+    """The validation log entry of the best checkpoint (the one the Trainer loaded at the end)."""
+    return next((entry for entry in state.log_history
+                 if entry.get("step") == state.best_global_step and BEST_METRIC in entry), None)
 
 
 def versions() -> dict:
     """Versions of what produced the run (for the report's reproducibility table)."""
     found = {"python": platform.python_version()}
-    for package in ("torch", "transformers", "datasets", "accelerate", "peft", "jiwer", "bitsandbytes"):
+    for package in ("torch", "transformers", "datasets", "accelerate", "peft", "jiwer", "numpy", "bitsandbytes"):
         with contextlib.suppress(metadata.PackageNotFoundError):
             found[package] = metadata.version(package)
     return found
@@ -633,6 +858,55 @@ def device_description(trainer) -> str:
     if torch.cuda.is_available():
         return f"cuda ({torch.cuda.get_device_name(0)}) x{world}"
     return f"cpu x{world} process{'es' if world > 1 else ''}"
+
+
+def run_facts(args: argparse.Namespace, trainer, checkpoint: Path | None, precision: str, optim: str) -> dict:
+    """The run_info.json entries every trainer writes (docs/FORMATS.md): the settings, how the run ended and
+    what it ran on; each trainer adds its model's and data's own."""
+    state = trainer.state
+    best = best_evaluation(state) or {}
+    return {
+        "base_model": args.model, "run_name": args.output_dir.name,
+        "params_total": sum(p.numel() for p in trainer.model.parameters()),
+        "params_trainable": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
+        "optimizer": optim, "learning_rate": args.lr, "scheduler": args.scheduler,
+        "warmup_steps": 0 if args.eval_only else trainer.args.get_warmup_steps(state.max_steps),
+        "weight_decay": args.weight_decay, "batch_size": args.batch_size, "grad_accum": args.grad_accum,
+        "effective_batch_size": args.batch_size * args.grad_accum * trainer.args.world_size,
+        "precision": precision, "gradient_checkpointing": args.gradient_checkpointing, "preset": args.preset,
+        "epochs_planned": args.epochs, "epochs_run": round(state.epoch or 0.0, 4),
+        "best_epoch": round(best["epoch"], 4) if best else None, "best_step": best.get("step"),
+        "best_val_wer": best.get("eval_validation_wer"), "best_val_cer": best.get("eval_validation_cer"),
+        "stop_reason": stop_reason(args, state),
+        "train_seconds": 0.0 if args.eval_only else round(train_clock(trainer).seconds(), 1),
+        "peak_gpu_memory_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1)
+        if torch.cuda.is_available() else None,
+        "device": device_description(trainer),
+        "resumed_from": str(checkpoint) if checkpoint else None, "eval_only": args.eval_only,
+        "command": shlex.join(["python", SCRIPT, *args.argv]), "versions": versions(),
+    }
+
+
+def model_index(name: str, metrics: dict) -> list[str]:
+    """The end of a card's Hub metadata: the test WER and CER the Hub shows on the model page."""
+    return ["model-index:", f"- name: {name}", "  results:", "  - task:", "      type: automatic-speech-recognition",
+            "      name: Automatic Speech Recognition", "    dataset:", "      name: VIVOS",
+            "      type: AILAB-VNUHCM/vivos", "      split: test", "    metrics:",
+            f"    - {{type: wer, value: {100 * metrics['wer']:.2f}, name: Test WER}}",
+            f"    - {{type: cer, value: {100 * metrics['cer']:.2f}, name: Test CER}}", "---", ""]
+
+
+def card_usage_and_settings(name: str, run_info: dict) -> list[str]:
+    """The end of a card: how to transcribe with the model, the settings it was trained with, the command."""
+    lines = ["## Use", "", "```python", "from transformers import pipeline", "",
+             f'asr = pipeline("automatic-speech-recognition", model="{name}")',
+             'print(asr("audio.wav")["text"])  # 16 kHz mono', "```", "", "## Training settings", "",
+             "| setting | value |", "| --- | --- |"]
+    for key in ("learning_rate", "scheduler", "warmup_steps", "weight_decay", "batch_size", "grad_accum",
+                "effective_batch_size", "optimizer", "precision", "lora", "params_trainable", "train_seconds",
+                "device"):
+        lines.append(f"| {key} | {run_info[key]} |")
+    return lines + ["", f"Command: `{run_info['command']}`", ""]
 
 
 def model_card(args: argparse.Namespace, run_info: dict, metrics: dict) -> str:
@@ -646,11 +920,7 @@ def model_card(args: argparse.Namespace, run_info: dict, metrics: dict) -> str:
         lines.append(f"base_model: {args.model}")
     if args.model.startswith("openai/"):
         lines.append("license: apache-2.0")
-    lines += ["model-index:", f"- name: {name}", "  results:", "  - task:", "      type: automatic-speech-recognition",
-              "      name: Automatic Speech Recognition", "    dataset:", "      name: VIVOS",
-              "      type: AILAB-VNUHCM/vivos", "      split: test", "    metrics:",
-              f"    - {{type: wer, value: {100 * metrics['wer']:.2f}, name: Test WER}}",
-              f"    - {{type: cer, value: {100 * metrics['cer']:.2f}, name: Test CER}}", "---", ""]
+    lines += model_index(name, metrics)
     trained = ("evaluated as it is (no fine-tuning)" if args.eval_only else
                f"fine-tuned for {run_info['epochs_run']:.2f} epochs (best epoch {run_info['best_epoch']}, "
                f"stopped: {run_info['stop_reason']})")
@@ -658,26 +928,18 @@ def model_card(args: argparse.Namespace, run_info: dict, metrics: dict) -> str:
               f"`{args.data.name}` ({run_info['dataset']['splits']['train']} train utterances), text normalised "
               "(lower case, punctuation removed, tone marks kept).", "",
               f"Test WER **{100 * metrics['wer']:.2f} %**, CER **{100 * metrics['cer']:.2f} %** on "
-              f"{metrics['num_utterances']} test utterances (real-time factor {metrics['rtf']}).", "",
-              "## Use", "", "```python", "from transformers import pipeline", "",
-              f'asr = pipeline("automatic-speech-recognition", model="{name}")',
-              'print(asr("audio.wav")["text"])', "```", "", "## Training settings", "",
-              "| setting | value |", "| --- | --- |"]
-    for key in ("learning_rate", "scheduler", "warmup_steps", "weight_decay", "batch_size", "grad_accum",
-                "effective_batch_size", "optimizer", "precision", "lora", "params_trainable", "train_seconds",
-                "device"):
-        lines.append(f"| {key} | {run_info[key]} |")
-    lines += ["", f"Command: `{run_info['command']}`", ""]
-    return "\n".join(lines)
+              f"{metrics['num_utterances']} test utterances (real-time factor {metrics['rtf']}).", ""]
+    return "\n".join(lines + card_usage_and_settings(name, run_info))
 
 
 def push_best_model(args: argparse.Namespace, best_dir: Path) -> None:
-    """Upload best_model/ (weights, processor, card) to the Hub, as one commit."""
+    """Upload best_model/ (weights, processor or vocabulary, card) to the Hub, as one commit."""
     from huggingface_hub import HfApi
 
     api = HfApi()
     repo_id = api.create_repo(args.hub_model_id or args.output_dir.name, exist_ok=True).repo_id
-    api.upload_folder(folder_path=str(best_dir), repo_id=repo_id, commit_message="Whisper fine-tuned on VIVOS")
+    api.upload_folder(folder_path=str(best_dir), repo_id=repo_id,
+                      commit_message=f"best_model/ of {args.output_dir.name} ({SCRIPT})")
     say(f"Pushed {best_dir} to https://huggingface.co/{repo_id}")
 
 
@@ -685,29 +947,49 @@ def write_json(path: Path, value: dict) -> None:
     path.write_text(json.dumps(value, indent=2, ensure_ascii=False), encoding="utf-8")
 
 
-def write_predictions_csv(path: Path, rows: list[dict]) -> None:
-    with path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=PREDICTION_COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
+def write_run_files(trainer, rows: list[dict], metrics: dict, run_info: dict) -> Path:
+    """The run folder's files besides best_model/: trainer_state.json, history.csv, test_predictions.csv,
+    test_metrics.json and run_info.json (docs/FORMATS.md)."""
+    out = Path(trainer.args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    trainer.save_state()
+    write_csv(out / "history.csv", history_rows(trainer.state.log_history), HISTORY_COLUMNS)
+    write_csv(out / "test_predictions.csv", rows, PREDICTION_COLUMNS)
+    write_json(out / "test_metrics.json", metrics)
+    write_json(out / "run_info.json", run_info)
+    return out
+
+
+def finish_run_folder(args: argparse.Namespace, best_dir: Path, card: str, run_info: dict, metrics: dict) -> None:
+    """best_model/README.md, the upload when --push-to-hub asks for it, and the run in one line."""
+    (best_dir / "README.md").write_text(card, encoding="utf-8")
+    if args.push_to_hub:
+        push_best_model(args, best_dir)
+    say(final_line(run_info, metrics, best_dir.parent))
+
+
+def final_line(run_info: dict, metrics: dict, out: Path) -> str:
+    """The run in one line: how training ended, the test scores and where the run folder is."""
+    trained = ("evaluated as it is" if run_info["eval_only"] else
+               f"best epoch {run_info['best_epoch']} (step {run_info['best_step']}), validation WER "
+               f"{100 * (run_info['best_val_wer'] or 0):.2f} %, {run_info['stop_reason']}, "
+               f"{run_info['train_seconds'] / 60:.1f} min of training")
+    return (f"{out.name}: {trained}; test WER {100 * metrics['wer']:.2f} %, CER {100 * metrics['cer']:.2f} % "
+            f"on {metrics['num_utterances']} utterances (RTF {metrics['rtf']}). Run folder: {out}")
 
 
 # ----------------------------------------------------------------------------- main
 
 def main(argv: list[str] | None = None) -> dict:
     # 1. Settings.
-    args = parse_args(argv)
-    set_seed(args.seed)
-    precision = resolve_precision(args.precision)
-    optim = resolve_optimizer(args.optim)
+    args, precision, optim = settings(argv)
+    args.lr = learning_rate(args)
 
-    # 2. Checkpoint to resume from.
+    # 2. Checkpoint to resume.
     checkpoint = checkpoint_to_resume(args)
 
     # 3. Prepared dataset, checked.
-    summary = read_prepare_summary(args.data)
-    dataset = load_prepared_dataset(args.data, ("validation", "test") if args.eval_only else
-                                    ("train", "validation", "test"))
+    dataset, summary = load_prepared_dataset(args.data, {"input_features", "sentence"}, args.eval_only)
     data_mels = dataset_mel_count(dataset, summary)
 
     # 4. Model and processor.
@@ -725,10 +1007,9 @@ def main(argv: list[str] | None = None) -> dict:
         if dropped[name]:
             say(f"{name}: dropped {dropped[name]} utterances whose transcript is longer than "
                 f"{config.max_target_positions} tokens")
-    train_pool = splits.get("train", splits["validation"])
-    subset_size = min(args.train_eval_size, len(train_pool))
-    train_subset = train_pool.select(np.sort(np.random.default_rng(args.seed).choice(
-        len(train_pool), subset_size, replace=False)))
+    subset_size = min(args.train_eval_size, len(splits["train"]))
+    train_subset = splits["train"].select(np.sort(np.random.default_rng(args.seed).choice(
+        len(splits["train"]), subset_size, replace=False)))
     columns = ["input_features", "sentence"]
     eval_sets = {"validation": splits["validation"].with_format("numpy", columns=columns)}
     if subset_size:
@@ -739,81 +1020,41 @@ def main(argv: list[str] | None = None) -> dict:
     compute_metrics = wer_cer_metrics(processor.tokenizer)
 
     # 7. Training.
-    clock = TrainClockCallback()
-    callbacks = [HistoryCsvCallback(args.output_dir / "history.csv"), clock]
-    if args.patience > 0 and not args.eval_only:
-        callbacks.append(EarlyStoppingCallback(early_stopping_patience=args.patience))
     trainer = Seq2SeqTrainer(
         model=model, args=training_arguments(args, precision, optim), data_collator=collator,
         train_dataset=None if args.eval_only else splits["train"].with_format("numpy", columns=columns),
-        eval_dataset=eval_sets, processing_class=processor, compute_metrics=compute_metrics, callbacks=callbacks)
-    if args.eval_only:
-        trainer.evaluate()
-    else:
-        run_training(trainer, args, checkpoint)
-    clock = next(cb for cb in trainer.callback_handler.callbacks if isinstance(cb, TrainClockCallback))
+        eval_dataset=eval_sets, processing_class=processor, compute_metrics=compute_metrics,
+        callbacks=run_callbacks(args))
+    run_training(trainer, args, checkpoint)
     if not trainer.is_world_process_zero():
         return {}
-    params_total = sum(p.numel() for p in trainer.model.parameters())
-    params_trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+    facts = run_facts(args, trainer, checkpoint, precision, optim)
 
-    # 8. The best model (loaded by Trainer; LoRA merged in) transcribes the test split.
+    # 8. Test: the best model (loaded by Trainer; LoRA merged in) transcribes the test split.
     best = trainer.model.merge_and_unload() if args.lora and not args.eval_only else trainer.model
-    raw, decode_seconds = transcribe_split(best, processor, splits["test"], args.eval_batch_size, n_frames, precision)
+    raw, decode_seconds = transcribe_with_generate(best, processor, splits["test"], args.eval_batch_size, n_frames,
+                                                   precision)
     rows = test_predictions(splits["test"], raw)
     metrics = test_metrics(rows, decode_seconds)
 
     # 9. Run folder.
-    out = args.output_dir
-    out.mkdir(parents=True, exist_ok=True)
-    trainer.save_state()
-    write_history_csv(out / "history.csv", trainer.state.log_history)
-    write_predictions_csv(out / "test_predictions.csv", rows)
-    write_json(out / "test_metrics.json", metrics)
-    state = trainer.state
     run_info = {
-        "family": "whisper", "base_model": args.model, "run_name": out.name,
-        "params_total": params_total, "params_trainable": params_trainable,
-        "architecture": architecture_facts(config),
+        "family": "whisper", **facts, "architecture": architecture_facts(best),
         "loss": "cross-entropy over transcript tokens (teacher forcing, padding ignored)",
-        "optimizer": optim, "learning_rate": args.lr, "scheduler": args.scheduler,
-        "warmup_steps": trainer.args.get_warmup_steps(state.max_steps) if not args.eval_only else 0,
-        "weight_decay": args.weight_decay, "batch_size": args.batch_size, "grad_accum": args.grad_accum,
-        "effective_batch_size": args.batch_size * args.grad_accum * trainer.args.world_size,
-        "precision": precision,
-        "gradient_checkpointing": args.gradient_checkpointing, "freeze_encoder": args.freeze_encoder,
+        "freeze_encoder": args.freeze_encoder,
         "lora": {"r": args.lora_r, "alpha": args.lora_alpha, "dropout": args.lora_dropout,
                  "targets": args.lora_targets.split(",")} if args.lora else None,
-        "preset": args.preset, "language": language_code(args.language), "task": args.task,
-        "epochs_planned": args.epochs, "epochs_run": round(state.epoch or 0.0, 4),
-        "best_epoch": best_epoch(state), "best_step": state.best_global_step,
-        "best_val_wer": state.best_metric, "stop_reason": stop_reason(args, state),
-        "train_seconds": 0.0 if args.eval_only else round(clock.seconds(), 1),
-        "peak_gpu_memory_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1)
-        if torch.cuda.is_available() else None,
-        "device": device_description(trainer),
+        "language": language_code(args.language), "task": args.task,
         "dataset": {"path": str(args.data), "features": "whisper", "n_mels": data_mels,
                     "splits": {name: len(split) for name, split in splits.items()},
                     "dropped_long_transcripts": dropped},
-        "eval_only": args.eval_only,
-        "command": shlex.join(["python", "train_whisper.py", *args.argv]),
-        "versions": versions(),
     }
-    write_json(out / "run_info.json", run_info)
+    out = write_run_files(trainer, rows, metrics, run_info)
     best_dir = out / "best_model"
     best.config.use_cache = True  # generation wants the KV cache back
     best.save_pretrained(best_dir)
     processor.save_pretrained(best_dir)
-    (best_dir / "README.md").write_text(model_card(args, run_info, metrics), encoding="utf-8")
-    if args.push_to_hub:
-        push_best_model(args, best_dir)
-
-    best_text = ("evaluated as it is" if args.eval_only else
-                 f"best epoch {run_info['best_epoch']} (step {run_info['best_step']}), validation WER "
-                 f"{100 * (state.best_metric or 0):.2f} %, {run_info['stop_reason']}, "
-                 f"{run_info['train_seconds'] / 60:.1f} min of training")
-    say(f"{out.name}: {best_text}; test WER {100 * metrics['wer']:.2f} %, CER {100 * metrics['cer']:.2f} % "
-        f"on {metrics['num_utterances']} utterances (RTF {metrics['rtf']}). Run folder: {out}")
+    finish_run_folder(args, best_dir, model_card(args, run_info, metrics), run_info, metrics)
     return run_info
 
 

@@ -1,5 +1,6 @@
-"""train_whisper.py, tested on what a student relies on: a model that learns its transcripts, a run folder
-the other tools read, resuming after a crash, LoRA, two processes, and refusals that say what to do.
+"""train_whisper.py, tested on what a student relies on: a model that learns its transcripts, a best_model
+that transformers.pipeline loads, LoRA, two processes, and the refusals only Whisper has. What the three
+trainers promise alike (run folder, resume, --eval-only, refusals) is tests/test_trainer_contract.py.
 A tiny Whisper (tests/tiny_whisper.py) on the espeak-ng corpus; offline, CPU."""
 from __future__ import annotations
 
@@ -17,16 +18,12 @@ import pytest
 import soundfile as sf
 import torch
 from datasets import DatasetDict, load_from_disk
+from safetensors.torch import save_file
 
 import train_whisper
 from conftest import REPO
 from tiny_whisper import make_tiny_whisper, one_thread, tiny_train_args
 
-RUN_INFO_KEYS = {"family", "base_model", "run_name", "params_total", "params_trainable", "architecture", "loss",
-                 "optimizer", "learning_rate", "scheduler", "warmup_steps", "weight_decay", "batch_size",
-                 "grad_accum", "effective_batch_size", "precision", "lora", "epochs_planned", "epochs_run",
-                 "best_epoch", "best_step", "best_val_wer", "stop_reason", "train_seconds", "peak_gpu_memory_mb",
-                 "device", "dataset", "eval_only", "command", "versions"}
 QUICK = ("--generation-max-length", "16", "--train-eval-size", "4")  # short evaluations for runs that learn little
 
 
@@ -99,17 +96,14 @@ def test_collator_restores_the_30_s_input_and_never_targets_the_start_token(whis
 
 @pytest.mark.slow
 def test_run_folder_is_what_report_transcribe_and_demo_read(whisper_run, whisper_data, vivos_dir):
-    """Every file of docs/FORMATS.md §4, with the columns and keys the other tools read."""
+    """What Whisper adds to the shared run-folder contract (tests/test_trainer_contract.py): its history,
+    settings, test scores and a best_model that transformers.pipeline loads with the language and task."""
     test_ids = list(load_from_disk(str(whisper_data))["test"]["id"])
     history = read_csv(whisper_run / "history.csv")
-    assert list(history[0]) == train_whisper.HISTORY_COLUMNS
     assert [(float(r["epoch"]), int(r["step"])) for r in history] == [(1.0, 9), (2.0, 18), (3.0, 27)]
-    for row in history:
-        assert all(row[key] != "" for key in train_whisper.HISTORY_COLUMNS)
     assert float(history[0]["train_loss"]) > float(history[-1]["train_loss"])  # it learns
 
     info = read_json(whisper_run / "run_info.json")
-    assert RUN_INFO_KEYS <= set(info)
     assert info["family"] == "whisper" and info["stop_reason"] == "completed" and info["epochs_run"] == 3.0
     assert info["dataset"]["splits"] == {"train": 72, "validation": 24, "test": 24}
     assert info["architecture"]["d_model"] == 128 and info["architecture"]["encoder_layers"] == 2
@@ -119,7 +113,6 @@ def test_run_folder_is_what_report_transcribe_and_demo_read(whisper_run, whisper
     assert read_json(whisper_run / "trainer_state.json")["global_step"] == 27
 
     predictions = read_csv(whisper_run / "test_predictions.csv")
-    assert list(predictions[0]) == train_whisper.PREDICTION_COLUMNS
     assert [r["id"] for r in predictions] == test_ids
     metrics = read_json(whisper_run / "test_metrics.json")
     scores = train_whisper.compute_wer_cer([r["reference"] for r in predictions],
@@ -137,8 +130,6 @@ def test_run_folder_is_what_report_transcribe_and_demo_read(whisper_run, whisper
     assert generation.get("forced_decoder_ids") is None  # deprecated: language and task do it
     card = (whisper_run / "best_model" / "README.md").read_text(encoding="utf-8")
     assert card.startswith("---\nlanguage:\n- vi") and "type: wer" in card and "Test WER" in card
-    if importlib.util.find_spec("tensorboard"):
-        assert list((whisper_run / "runs").rglob("events.out.tfevents.*"))
 
 
 @pytest.mark.slow
@@ -165,54 +156,6 @@ def test_early_stopping_ends_a_run_that_stops_improving(eight_data, tiny_model, 
                                               "--patience", "1", *QUICK))
     assert info["stop_reason"] == "early_stopping" and info["epochs_run"] == 2.0 and info["best_epoch"] == 1.0
     assert len(read_csv(out / "history.csv")) == 2
-
-
-@pytest.mark.slow
-def test_resume_after_a_crash_continues_exactly_where_it_stopped(eight_data, tiny_model, tmp_path, monkeypatch):
-    """Killed in epoch 2 while checkpoint-4 was being written: the same command resumes from checkpoint-2
-    (the half-written one is never chosen) and ends like an uninterrupted run, no step lost or repeated."""
-    def run(out: Path) -> list[str]:
-        return tiny_train_args(eight_data, tiny_model, out, "--epochs", "3", "--batch-size", "4",
-                               "--gradient-checkpointing", *QUICK)
-
-    train_whisper.main(run(tmp_path / "không ngắt"))
-    out = tmp_path / "bị ngắt"
-    original = train_whisper.Seq2SeqTrainer.training_step
-
-    def crash_at_step_4(self, *args, **kwargs):
-        if self.state.global_step == 3:
-            raise KeyboardInterrupt
-        return original(self, *args, **kwargs)
-
-    with monkeypatch.context() as patch:
-        patch.setattr(train_whisper.Seq2SeqTrainer, "training_step", crash_at_step_4)
-        with pytest.raises(SystemExit, match="Re-run the same command to continue from .*checkpoint-2"):
-            train_whisper.main(run(out))
-    (out / "checkpoint-4").mkdir()
-    (out / "checkpoint-4" / "model.safetensors").write_bytes(b"cut off")
-    assert train_whisper.last_complete_checkpoint(out) == out / "checkpoint-2"
-
-    before_crash = read_json(out / "checkpoint-2" / "trainer_state.json")["stateful_callbacks"]
-    seconds_before = before_crash["TrainClockCallback"]["attributes"]["seconds_before"]
-    info = train_whisper.main(run(out))
-    assert info["train_seconds"] > seconds_before > 0  # training time adds up over the sessions
-    state = read_json(out / "trainer_state.json")
-    assert state["global_step"] == 6 and info["epochs_run"] == 3.0
-    assert [e["step"] for e in state["log_history"] if "loss" in e] == [1, 2, 3, 4, 5, 6]
-    resumed, straight = read_csv(out / "history.csv"), read_csv(tmp_path / "không ngắt" / "history.csv")
-    assert [r["step"] for r in resumed] == ["2", "4", "6"]
-    for a, b in zip(resumed, straight):
-        for key in ("train_loss", "val_loss", "learning_rate"):
-            assert float(a[key]) == pytest.approx(float(b[key]), rel=1e-4), key
-
-
-def test_last_complete_checkpoint_skips_unfinished_ones(tmp_path):
-    for step, state in ((10, "{}"), (20, '{"global_step": 2'), (30, None)):
-        (tmp_path / f"checkpoint-{step}").mkdir()
-        if state is not None:
-            (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text(state)
-    assert train_whisper.last_complete_checkpoint(tmp_path) == tmp_path / "checkpoint-10"
-    assert train_whisper.last_complete_checkpoint(tmp_path / "nothing here") is None
 
 
 @pytest.mark.slow
@@ -287,27 +230,20 @@ def test_torchrun_two_cpu_processes_share_the_epoch(eight_data, tiny_model, tmp_
     assert done.stdout.count("Run folder:") == 1
 
 
-def test_refusals_say_what_was_expected_and_what_to_type(whisper_data, waveform_data, tmp_path):
-    base = ["--output-dir", str(tmp_path / "out")]
-    with pytest.raises(SystemExit, match=r"holds 'waveform' features.*prepare_vivos\.py --vivos-dir .* --features "
-                                         r"whisper --n-mels 80"):
-        train_whisper.main(["--data", str(waveform_data), *base])
-    with pytest.raises(SystemExit, match="expected a folder made by prepare_vivos.py"):
-        train_whisper.main(["--data", str(tmp_path / "không có"), *base])
+def test_a_model_with_other_mel_bins_gets_the_command_for_matching_features(whisper_data, vivos_dir, tmp_path):
     big = make_tiny_whisper(tmp_path / "128 mels", num_mel_bins=128)
     with pytest.raises(SystemExit, match=r"expects 128 mel bins but --data .* has 80.*--features whisper --n-mels 128"):
-        train_whisper.main(["--data", str(whisper_data), "--model", str(big), *base])
+        train_whisper.main(["--data", str(whisper_data), "--model", str(big), "--output-dir", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_model_of_another_family_is_refused_naming_its_trainer(whisper_data, tmp_path):
     other = tmp_path / "wav2vec2"
     other.mkdir()
     (other / "config.json").write_text(json.dumps({"model_type": "wav2vec2"}))
+    save_file({"weight": torch.zeros(1)}, str(other / "model.safetensors"))
     with pytest.raises(SystemExit, match="is a 'wav2vec2' model; train_whisper.py needs a Whisper checkpoint"):
-        train_whisper.main(["--data", str(whisper_data), "--model", str(other), *base])
-    (tmp_path / "out" / "checkpoint-3").mkdir(parents=True)
-    (tmp_path / "out" / "checkpoint-3" / "trainer_state.json").write_text("{}")
-    with pytest.raises(SystemExit, match="--no-resume starts over only into an empty folder"):
-        train_whisper.main(["--data", str(whisper_data), "--no-resume", *base])
-    with pytest.raises(SystemExit, match="--eval-only would overwrite the results of the training run"):
-        train_whisper.main(["--data", str(whisper_data), "--eval-only", *base])
+        train_whisper.main(["--data", str(whisper_data), "--model", str(other), "--output-dir", str(tmp_path / "out")])
 
 
 def test_out_of_memory_keeps_checkpoints_and_names_the_next_setting(tmp_path):
@@ -315,6 +251,9 @@ def test_out_of_memory_keeps_checkpoints_and_names_the_next_setting(tmp_path):
     (tmp_path / "checkpoint-50" / "trainer_state.json").write_text("{}")
 
     class OutOfMemoryTrainer:
+        model = torch.nn.Linear(2, 2)
+        args = SimpleNamespace(world_size=1, num_train_epochs=5)
+
         def train(self, resume_from_checkpoint=None):
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 MiB")
 
@@ -328,19 +267,27 @@ def test_out_of_memory_keeps_checkpoints_and_names_the_next_setting(tmp_path):
     assert train_whisper.next_setting_after_oom(args) == "--lora (or --freeze-encoder)"
 
 
-def test_presets_set_a_bundle_that_flags_override(capsys):
+def test_a_preset_sets_its_bundle_and_a_flag_given_wins():
     args = train_whisper.parse_args(["--data", "d", "--output-dir", "o", "--preset", "low-vram", "--batch-size", "2"])
-    settings = (args.batch_size, args.grad_accum, args.gradient_checkpointing, args.optim)
-    assert settings == (2, 4, True, "adamw_bnb_8bit")
-    assert train_whisper.parse_args(["--data", "d", "--output-dir", "o", "--lora"]).lr == 1e-3
+    assert (args.batch_size, args.grad_accum, args.gradient_checkpointing, args.optim) == (2, 4, True, "adamw_bnb_8bit")
+
+
+def test_lora_takes_a_larger_default_learning_rate_than_full_fine_tuning():
+    def lr(*flags: str) -> float:
+        return train_whisper.learning_rate(train_whisper.parse_args(["--data", "d", "--output-dir", "o", *flags]))
+
+    assert (lr(), lr("--lora"), lr("--lora", "--lr", "5e-4")) == (1e-5, 1e-3, 5e-4)
+
+
+@pytest.mark.parametrize("step, planned, reason", [(3, 3, "max_steps"), (2, 10, "early_stopping")])
+def test_stop_reason_tells_max_steps_from_early_stopping(step, planned, reason):
     capped = train_whisper.parse_args(["--data", "d", "--output-dir", "o", "--max-steps", "3"])
-    for step, planned, reason in ((3, 3, "max_steps"), (2, 10, "early_stopping")):
-        assert train_whisper.stop_reason(capped, SimpleNamespace(global_step=step, max_steps=planned)) == reason
+    assert train_whisper.stop_reason(capped, SimpleNamespace(global_step=step, max_steps=planned)) == reason
+
+
+def test_stop_reason_of_a_run_that_ran_all_its_epochs_is_completed():
+    args = train_whisper.parse_args(["--data", "d", "--output-dir", "o"])
     assert train_whisper.stop_reason(args, SimpleNamespace(global_step=10, max_steps=10)) == "completed"
-    if not torch.cuda.is_available():
-        assert train_whisper.resolve_optimizer("adamw_bnb_8bit") == "adafactor"
-        assert "needs bitsandbytes and a CUDA GPU (no CUDA GPU here); using adafactor" in capsys.readouterr().out
-        assert train_whisper.resolve_precision("auto") == "fp32"
 
 
 def test_memory_benchmark_without_a_gpu_says_so(capsys):

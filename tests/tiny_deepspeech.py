@@ -13,10 +13,15 @@ from conftest import one_thread
 TINY_ARGS = ["--preset", "tiny", "--seed", "0"]
 
 
+def tiny_args(data_dir: Path, out_dir: Path, *extra: str) -> list[str]:
+    """The contract tests' call: --preset tiny, trained from scratch."""
+    return ["--data", str(data_dir), "--output-dir", str(out_dir), *TINY_ARGS, *extra]
+
+
 def train_tiny_run(data_dir: Path, out_dir: Path, extra_args: tuple[str, ...] = ()) -> Path:
     """Train the tiny DeepSpeech2 on a prepared waveform dataset into `out_dir`; returns `out_dir`."""
     import train_deepspeech
 
     with one_thread():
-        train_deepspeech.main(["--data", str(data_dir), "--output-dir", str(out_dir), *TINY_ARGS, *extra_args])
+        train_deepspeech.main(tiny_args(data_dir, out_dir, *extra_args))
     return Path(out_dir)

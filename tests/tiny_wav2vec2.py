@@ -12,7 +12,7 @@ from pathlib import Path
 from conftest import one_thread
 from offline_models import TINY_CONFIG, make_tiny_wav2vec2
 
-__all__ = ["TINY_CONFIG", "make_tiny_wav2vec2", "one_thread", "tiny_run_args", "train_tiny_run"]
+__all__ = ["TINY_CONFIG", "make_tiny_wav2vec2", "one_thread", "tiny_args", "tiny_run_args", "train_tiny_run"]
 
 
 def tiny_run_args(data_dir: Path, out_dir: Path, model_dir: Path, *extra: str) -> list[str]:
@@ -22,6 +22,14 @@ def tiny_run_args(data_dir: Path, out_dir: Path, model_dir: Path, *extra: str) -
             "--lr", "3e-3", "--warmup-ratio", "0.1", "--dropout", "0", "--layerdrop", "0", "--no-spec-augment",
             "--train-eval-size", "8", "--logging-steps", "3",
             "--save-total-limit", "3", "--patience", "0", "--num-workers", "0", "--seed", "0", *extra]
+
+
+def tiny_args(data_dir: Path, out_dir: Path, *extra: str) -> list[str]:
+    """The contract tests' call: the tiny encoder (made once, beside `out_dir`), as train_tiny_run trains it."""
+    model_dir = Path(out_dir).parent / "tiny wav2vec2 base"
+    if not (model_dir / "config.json").is_file():
+        make_tiny_wav2vec2(model_dir)
+    return tiny_run_args(data_dir, out_dir, model_dir, *extra)
 
 
 def train_tiny_run(data_dir: Path, out_dir: Path) -> Path:

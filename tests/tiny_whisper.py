@@ -11,7 +11,7 @@ from pathlib import Path
 from conftest import one_thread
 from offline_models import make_tiny_whisper
 
-__all__ = ["make_tiny_whisper", "one_thread", "tiny_train_args", "train_tiny_run"]
+__all__ = ["make_tiny_whisper", "one_thread", "tiny_args", "tiny_train_args", "train_tiny_run"]
 
 
 def tiny_train_args(data_dir: Path, model_dir: Path, out_dir: Path, *extra: str) -> list[str]:
@@ -20,6 +20,14 @@ def tiny_train_args(data_dir: Path, model_dir: Path, out_dir: Path, *extra: str)
             "--batch-size", "8", "--grad-accum", "1", "--eval-batch-size", "24", "--lr", "3e-3",
             "--warmup-ratio", "0.1", "--no-spec-augment", "--train-eval-size", "12", "--patience", "0",
             "--generation-max-length", "40", "--logging-steps", "1", "--num-workers", "0", "--seed", "0", *extra]
+
+
+def tiny_args(data_dir: Path, out_dir: Path, *extra: str) -> list[str]:
+    """The contract tests' call: the tiny model (made once, beside `out_dir`) with short evaluations."""
+    model_dir = Path(out_dir).parent / "tiny whisper base"
+    if not (model_dir / "config.json").is_file():
+        make_tiny_whisper(model_dir)
+    return tiny_train_args(data_dir, model_dir, out_dir, "--generation-max-length", "16", *extra)
 
 
 def train_tiny_run(data_dir: Path, out_dir: Path) -> Path:
