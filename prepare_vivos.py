@@ -90,11 +90,11 @@ def check_vivos_layout(vivos_dir: Path) -> None:
     found = describe_folder(vivos_dir)
     if (vivos_dir / "prompts.txt").is_file() or (vivos_dir / "waves").is_dir():
         hint = (f"this looks like one split of VIVOS (it holds prompts.txt / waves/); "
-                f"pass its parent: --vivos-dir {shell_quoted(vivos_dir.parent)}")
+                f"pass its parent: --vivos-dir {quoted(vivos_dir.parent)}")
     else:
         inner = [p for p in sorted(vivos_dir.iterdir()) if (p / "train" / "prompts.txt").is_file()]
         if inner:
-            hint = f"the corpus is one level down: --vivos-dir {shell_quoted(inner[0])}"
+            hint = f"the corpus is one level down: --vivos-dir {quoted(inner[0])}"
         else:
             hint = ("download and unpack VIVOS (https://ailab.hcmus.edu.vn/vivos), or use --manifest FILE.csv "
                     "for another corpus")
@@ -484,7 +484,7 @@ def build_summary(stats: dict, skipped: list[dict], items: dict, args, source: s
         "val_split": args.val_split, "val_ratio": args.val_ratio, "seed": args.seed, "source": source,
         "splits": splits, "skipped": dict(Counter(s["reason"] for s in skipped)),
         "skipped_total": len(skipped), "min_seconds": args.min_seconds, "max_seconds": args.max_seconds,
-        "command": " ".join(["python", "prepare_vivos.py", *map(shell_quoted, args.argv)]),  # pasteable, also from a notebook
+        "command": " ".join(["python", "prepare_vivos.py", *map(quoted, args.argv)]),  # pasteable, also from a notebook
         "created": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
     if args.features == "whisper":
@@ -514,15 +514,14 @@ FILE_BROWSER_NAMES = {".DS_Store", "Thumbs.db", "desktop.ini"}  # added by Finde
 INCOMPLETE_MARK = "prepare_vivos.incomplete"  # inside the temporary folder: ours to delete after a crash
 
 
-def shell_quoted(word) -> str:
-    """A word as typed in a shell: bare when plain; in double quotes (bash, cmd and PowerShell all read
-    them) when it has spaces; in single quotes on Linux/macOS when bash would expand it inside double."""
-    text = str(word)
-    if re.fullmatch(r"[\w.:\\/-]+" if os.name == "nt" else r"[\w.:/=+,@-]+", text):
-        return text
-    if os.name != "nt" and re.search(r'[$`"\\!]', text):
+# Copied from train_whisper.quoted
+def quoted(path) -> str:
+    """A path as the shell of this machine reads it back from a pasted command: POSIX quoting, or double
+    quotes on Windows (cmd.exe knows no single quotes; Windows paths hold no double quote)."""
+    text = str(path)
+    if os.name != "nt":
         return shlex.quote(text)
-    return f'"{text}"'
+    return text if re.fullmatch(r"[\w@%+=:,./\\-]+", text, re.ASCII) else f'"{text}"'
 
 
 def path_key(path: Path) -> tuple[str, ...]:
@@ -618,7 +617,7 @@ def command_with_out(argv: list[str], out: Path) -> str:
             skip_value = not equals
         elif not (len(name) > 3 and "--overwrite".startswith(name)):
             words.append(word)
-    return " ".join(["python", "prepare_vivos.py", *map(shell_quoted, words)])
+    return " ".join(["python", "prepare_vivos.py", *map(quoted, words)])
 
 
 def check_out(out: Path, corpus_folders: set[Path], sealed: bool, places: list[Path], args) -> None:

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
+import shlex
 import subprocess
 import sys
 import time
@@ -57,7 +59,7 @@ def offline_bases(folder: Path) -> dict[str, str]:
 def run_step(title: str, script: str, *args: str) -> float:
     """Run one of our scripts as the user would from a terminal; returns its wall time in seconds."""
     command = [sys.executable, str(REPO / script), *map(str, args)]
-    print(f"\n=== {title}\n$ python {script} {' '.join(_quote(a) for a in args)}", flush=True)
+    print(f"\n=== {title}\n$ python {script} {' '.join(quoted(a) for a in args)}", flush=True)
     start = time.perf_counter()
     # The sample's models are small: one thread per process avoids threads waiting on each other, which
     # made training steps several times slower on a 2-core machine (measured).
@@ -65,9 +67,14 @@ def run_step(title: str, script: str, *args: str) -> float:
     return time.perf_counter() - start
 
 
-def _quote(arg) -> str:
-    arg = str(arg)
-    return f'"{arg}"' if " " in arg else arg
+# Copied from train_whisper.quoted
+def quoted(path) -> str:
+    """A path as the shell of this machine reads it back from a pasted command: POSIX quoting, or double
+    quotes on Windows (cmd.exe knows no single quotes; Windows paths hold no double quote)."""
+    text = str(path)
+    if os.name != "nt":
+        return shlex.quote(text)
+    return text if re.fullmatch(r"[\w@%+=:,./\\-]+", text, re.ASCII) else f'"{text}"'
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -33,6 +33,8 @@ import io
 import itertools
 import json
 import os
+import re
+import shlex
 import sys
 import time
 import unicodedata
@@ -350,8 +352,12 @@ def refusal(in_the_way: list[Path], out_dir: Path) -> str:
 
 # Copied from train_whisper.quoted
 def quoted(path) -> str:
-    """A path as it must be typed in a shell (Windows too: double quotes when it has spaces)."""
-    return f'"{path}"' if " " in str(path) else str(path)
+    """A path as the shell of this machine reads it back from a pasted command: POSIX quoting, or double
+    quotes on Windows (cmd.exe knows no single quotes; Windows paths hold no double quote)."""
+    text = str(path)
+    if os.name != "nt":
+        return shlex.quote(text)
+    return text if re.fullmatch(r"[\w@%+=:,./\\-]+", text, re.ASCII) else f'"{text}"'
 
 
 def srt_time(seconds: float) -> str:

@@ -221,7 +221,7 @@ def test_nothing_usable_fails_with_a_clear_message(tmp_path):
 def test_wrong_level_names_the_right_folder(vivos_dir, tmp_path):
     with pytest.raises(SystemExit, match="one split of VIVOS") as error:
         prepare_vivos.main(["--vivos-dir", str(vivos_dir / "train"), "--out", str(tmp_path / "o")])
-    assert f'--vivos-dir "{vivos_dir}"' in str(error.value)
+    assert f"--vivos-dir {prepare_vivos.quoted(vivos_dir)}" in str(error.value)  # pasteable as it is
     with pytest.raises(SystemExit, match="one level down") as error:
         prepare_vivos.main(["--vivos-dir", str(vivos_dir.parent), "--out", str(tmp_path / "o")])
     assert str(vivos_dir) in str(error.value)

@@ -276,7 +276,7 @@ def test_never_replaces_a_file_it_did_not_write(length_run, tmp_path, monkeypatc
     message = str(refused.value)
     assert message.startswith(f"refusing to overwrite lecture.txt in {inputs}: transcribe.py did not write it")
     assert "other.txt" not in message and "\n" not in message
-    assert f'--output-dir "{inputs.parent / "bài giảng-2"}"' in message and "--overwrite" in message
+    assert f"--output-dir {transcribe.quoted(inputs.parent / 'bài giảng-2')}" in message and "--overwrite" in message
     assert folder_contents(inputs) == before
 
     run_length_model(length_run, [inputs], inputs, "txt", "--overwrite")
