@@ -1013,7 +1013,7 @@ def run_facts(args: argparse.Namespace, trainer, checkpoint: Path | None, precis
         if torch.cuda.is_available() else None,
         "device": device_description(trainer),
         "resumed_from": str(checkpoint) if checkpoint else None, "eval_only": args.eval_only,
-        "command": shlex.join(["python", SCRIPT, *args.argv]), "versions": versions(),
+        "command": " ".join(["python", SCRIPT, *map(quoted, args.argv)]), "versions": versions(),
     }
 
 
