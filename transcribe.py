@@ -169,7 +169,7 @@ def checkpoint_note(folder: Path) -> str | None:
         return None
     state = json.loads((folder / "trainer_state.json").read_text(encoding="utf-8"))
     return (f"using {folder.name} of {folder.resolve().parent.name} (step {state.get('global_step')}, epoch "
-            f"{state.get('epoch') or 0:g}): weights saved during training, not the validated best model that "
+            f"{round(state.get('epoch') or 0, 2):g}): weights saved during training, not the validated best model that "
             "best_model/ holds once the run finishes")
 
 
