@@ -1,7 +1,8 @@
 """Compare trained models side by side in the browser: record or upload a clip, read each model's transcript
 and how long it took to decode.
 
-Shortest command (run folders or their best_model/ folders, from any of our three trainers):
+Shortest command (run folders or their best_model/ folders, from any of our three trainers; a run cut off
+before best_model/ was written gives its newest complete checkpoint-N/, named as such on the page):
 
     python demo.py --models runs/whisper-small runs/wav2vec2-base runs/deepspeech2
 
@@ -18,6 +19,7 @@ import importlib.util
 import json
 import time
 import unicodedata
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -61,22 +63,101 @@ def normalize_text(text: str) -> str:
 
 # ----------------------------------------------------------------------------- model (same code in transcribe.py)
 
+# Copied from train_whisper.checkpoint_folders
+def checkpoint_folders(output_dir: Path) -> list[Path]:
+    """The checkpoint-N folders of a run folder, newest first."""
+    numbered = [p for p in output_dir.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()]
+    return sorted(numbered, key=lambda folder: int(folder.name.split("-")[-1]), reverse=True)
+
+
+# Copied from train_whisper.cut_off
+def cut_off(path: Path) -> bool:
+    """Whether a torch or safetensors file ends before its format says it should (a full disk or a power cut
+    while it was written), checked cheaply: a torch file is a zip archive whose directory sits at its end, a
+    safetensors header gives the file's length."""
+    if path.suffix in (".pt", ".pth", ".bin"):
+        return not zipfile.is_zipfile(path)
+    if path.suffix != ".safetensors":
+        return False
+    with path.open("rb") as handle:
+        header_size = int.from_bytes(handle.read(8), "little")
+        try:
+            header = json.loads(handle.read(header_size))
+            end = max((entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"), default=0)
+        except (ValueError, KeyError, TypeError, AttributeError, IndexError):
+            return True
+    return path.stat().st_size < 8 + header_size + end
+
+
+# Copied from train_whisper.checkpoint_problem
+def checkpoint_problem(folder: Path) -> str | None:
+    """Why training cannot continue from this checkpoint (None: it can): Trainer writes trainer_state.json
+    last, and no file of it may be cut off."""
+    try:
+        json.loads((folder / "trainer_state.json").read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return "no trainer_state.json"
+    except ValueError:
+        return "trainer_state.json is cut off"
+    return next((f"{path.name} is cut off" for path in sorted(folder.iterdir()) if cut_off(path)), None)
+
+
+# Copied from train_whisper.last_complete_checkpoint
+def last_complete_checkpoint(output_dir: Path) -> Path | None:
+    """The newest checkpoint-N that training can continue from."""
+    return next((folder for folder in checkpoint_folders(output_dir) if checkpoint_problem(folder) is None), None)
+
+
 # Copied from transcribe.find_model_dir
 def find_model_dir(path: Path) -> tuple[Path, str]:
-    """The model folder (a run folder's best_model/, or the folder itself) and its family from config.json."""
+    """The model folder and its family from config.json: a run folder's best_model/; in a run cut off before
+    best_model/ was written, its newest complete checkpoint-N/; or the folder itself (best_model/, checkpoint-N/)."""
     path = Path(path).expanduser()
-    folder = path / "best_model" if (path / "best_model" / "config.json").is_file() else path
+    if (path / "best_model" / "config.json").is_file():
+        folder = path / "best_model"
+    elif path in checkpoint_folders(path.parent):
+        problem = checkpoint_problem(path)
+        if problem:
+            raise InputError(f"{path} is incomplete ({problem}): it was cut off while it was written. Pass the run "
+                             f"folder instead, --model {quoted(path.parent)}, to use its newest complete checkpoint.")
+        folder = path
+    elif not (path / "config.json").is_file() and checkpoint_folders(path):
+        folder = last_complete_checkpoint(path)
+        if folder is None:
+            problems = "; ".join(f"{c.name}: {checkpoint_problem(c)}" for c in checkpoint_folders(path)[:3])
+            raise InputError(f"{path} has no best_model/ and no complete checkpoint ({problems}): each was cut off "
+                             "while it was written, so there is no model to load. Re-run the same train command: "
+                             "it starts the run over.")
+    else:
+        folder = path
     config = folder / "config.json"
+    if not config.is_file() and folder in checkpoint_folders(folder.parent):
+        raise InputError(f"{folder} holds weights but no config.json: a train_deepspeech.py checkpoint, and that "
+                         "trainer writes the config.json and vocab.json needed to load them only into best_model/ "
+                         "when the run finishes. Re-run the same train_deepspeech.py command to resume and finish "
+                         "the run, then pass the run folder again.")
     if not config.is_file():
         found = ", ".join(sorted(p.name for p in path.iterdir())[:12]) if path.is_dir() else "no such folder"
-        raise InputError(f"model folder {path}: expected a run folder holding best_model/config.json, or the "
-                         f"best_model/ folder itself; found: {found or 'an empty folder'}. Pass the "
-                         "--output-dir of train_whisper.py, train_wav2vec2.py or train_deepspeech.py.")
+        raise InputError(f"model folder {path}: expected a run folder holding best_model/config.json or "
+                         "checkpoint-N/ folders, or a best_model/ or checkpoint-N/ folder itself; found: "
+                         f"{found or 'an empty folder'}. Pass the --output-dir of train_whisper.py, "
+                         "train_wav2vec2.py or train_deepspeech.py.")
     family = json.loads(config.read_text(encoding="utf-8")).get("model_type")
     if family not in FAMILIES:
         raise InputError(f"{config}: model_type is {family!r}, expected one of {', '.join(FAMILIES)}; "
                          "pass a model folder written by one of our trainers.")
     return folder, family
+
+
+# Copied from transcribe.checkpoint_note
+def checkpoint_note(folder: Path) -> str | None:
+    """One line when the model is a checkpoint-N/ rather than best_model/: which one, and what that means."""
+    if folder not in checkpoint_folders(folder.parent):
+        return None
+    state = json.loads((folder / "trainer_state.json").read_text(encoding="utf-8"))
+    return (f"using {folder.name} of {folder.resolve().parent.name} (step {state.get('global_step')}, epoch "
+            f"{round(state.get('epoch') or 0, 2):g}): weights saved during training, not the validated best model that "
+            "best_model/ holds once the run finishes")
 
 
 # Copied from transcribe.deepspeech2_code
@@ -145,6 +226,12 @@ def load_audio(path: Path) -> np.ndarray:
     if rate != SAMPLE_RATE:
         audio = soxr.resample(audio, rate, SAMPLE_RATE).astype(np.float32)
     return audio
+
+
+# Copied from train_whisper.quoted
+def quoted(path) -> str:
+    """A path as it must be typed in a shell (Windows too: double quotes when it has spaces)."""
+    return f'"{path}"' if " " in str(path) else str(path)
 
 
 # ----------------------------------------------------------------------------- the page
@@ -228,8 +315,13 @@ def build_demo(models: dict, max_seconds: float = MAX_SECONDS):
 
 
 def display_name(folder: Path, family: str, taken: dict) -> str:
-    """The run folder's name and the family, numbered when two runs share a name."""
-    name = f"{folder.parent.name if folder.name == 'best_model' else folder.name} ({family})"
+    """The run folder's name and the family (and the checkpoint, for one), numbered when two runs share a name."""
+    if folder.name == "best_model":
+        name = f"{folder.resolve().parent.name} ({family})"
+    elif folder in checkpoint_folders(folder.parent):
+        name = f"{folder.resolve().parent.name} {folder.name} ({family})"
+    else:
+        name = f"{folder.resolve().name} ({family})"
     return name if name not in taken else f"{name} #{len(taken) + 1}"
 
 
@@ -237,7 +329,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     models = parser.add_argument_group("models")
     models.add_argument("--models", nargs="+", type=Path, required=True,
-                        help="run folders (OUTPUT_DIR of a trainer) or their best_model/ folders, any family")
+                        help="run folders (OUTPUT_DIR of a trainer), their best_model/ or checkpoint-N/ folders, any "
+                             "family (a run without best_model/: its newest complete checkpoint)")
     models.add_argument("--trust-remote-code", action="store_true",
                         help="DeepSpeech2: run the modeling_deepspeech2.py saved in each model folder instead of "
                              "the repository's; that file is code whoever shared the folder could have written, "
@@ -263,6 +356,9 @@ def main(argv: list[str] | None = None):
     models = {}
     for path in args.models:
         folder, family = find_model_dir(path)
+        note = checkpoint_note(folder)
+        if note:
+            print(note)
         name = display_name(folder, family, models)
         started = time.perf_counter()
         models[name] = (family, load_model(folder, family, device, args.trust_remote_code))

@@ -14,7 +14,9 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import soundfile as sf
 
@@ -22,8 +24,9 @@ from conftest import REPO
 from length_model import make_length_model
 
 # Repeated in demo.py because scripts never import each other; they must stay identical to transcribe.py's.
-SHARED = ["SAMPLE_RATE", "FAMILIES", "CHUNK_SECONDS", "InputError", "normalize_text", "find_model_dir",
-          "load_model", "decode_kwargs", "scored_text", "load_audio"]
+SHARED = ["SAMPLE_RATE", "FAMILIES", "CHUNK_SECONDS", "InputError", "normalize_text", "checkpoint_folders", "cut_off",
+          "checkpoint_problem", "last_complete_checkpoint", "find_model_dir", "checkpoint_note", "load_model",
+          "decode_kwargs", "scored_text", "load_audio", "quoted"]
 WINDOW = (1280, 900)
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"]
 
@@ -43,6 +46,30 @@ def test_demo_loads_models_with_the_same_code_as_transcribe():
     demo, transcribe = top_level_sources("demo.py"), top_level_sources("transcribe.py")
     for name in SHARED:
         assert demo[name] == transcribe[name], f"demo.py's {name} differs from transcribe.py's"
+
+
+def test_demo_serves_a_cut_off_run_from_its_newest_complete_checkpoint(tmp_path, monkeypatch, capsys):
+    """A run without best_model/: the page names the checkpoint it loaded, whose model answers, and the
+    console says it is not the validated best model."""
+    import demo
+    from test_transcribe_checkpoints import cut, make_checkpoint
+
+    run = tmp_path / "whisper bị ngắt"
+    for step in (4, 8):
+        make_checkpoint(run, step)
+    cut(run / "checkpoint-8" / "model.safetensors")
+    monkeypatch.setattr(demo, "build_demo", lambda models, max_seconds: SimpleNamespace(
+        models=models, launch=lambda **server: None))
+    clip = tmp_path / "clip.wav"
+    sf.write(clip, 0.1 * np.random.default_rng(0).standard_normal(8000).astype(np.float32), 16000)
+
+    models = demo.main(["--models", str(run), "--device", "cpu", "--trust-remote-code"]).models
+
+    name = f"{run.name} checkpoint-4 (deepspeech2)"
+    assert list(models) == [name]
+    assert demo.compare_models(models, str(clip), [name])[0] == "bước 4"
+    assert f"using checkpoint-4 of {run.name} (step 4, epoch 0.8): weights saved during training, not the " \
+           "validated best model" in capsys.readouterr().out
 
 
 def free_port() -> int:
