@@ -17,6 +17,9 @@ import argparse
 import functools
 import importlib.util
 import json
+import os
+import re
+import shlex
 import time
 import unicodedata
 import zipfile
@@ -230,8 +233,12 @@ def load_audio(path: Path) -> np.ndarray:
 
 # Copied from train_whisper.quoted
 def quoted(path) -> str:
-    """A path as it must be typed in a shell (Windows too: double quotes when it has spaces)."""
-    return f'"{path}"' if " " in str(path) else str(path)
+    """A path as the shell of this machine reads it back from a pasted command: POSIX quoting, or double
+    quotes on Windows (cmd.exe knows no single quotes; Windows paths hold no double quote)."""
+    text = str(path)
+    if os.name != "nt":
+        return shlex.quote(text)
+    return text if re.fullmatch(r"[\w@%+=:,./\\-]+", text, re.ASCII) else f'"{text}"'
 
 
 # ----------------------------------------------------------------------------- the page

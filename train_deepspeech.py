@@ -832,6 +832,13 @@ class SortaGradTrainer(Trainer):
     def _get_train_sampler(self, train_dataset=None):
         return SortaGradSampler(self.lengths, self.args.per_device_train_batch_size, self.args.seed)
 
+    def _save(self, output_dir: str | None = None, state_dict=None):
+        """The Trainer saves the weights only; the config and vocabulary beside them make a checkpoint of a
+        run cut off before best_model/ loadable by transcribe.py and demo.py. Written before
+        trainer_state.json, so a save cut off here still reads as incomplete."""
+        super()._save(output_dir, state_dict)
+        write_model_description(self.model, Path(output_dir or self.args.output_dir))
+
 
 def memory_setting(args: argparse.Namespace) -> str:
     """DeepSpeech2's next memory saving once the batch is 1 and the recurrent layers are recomputed."""
@@ -919,6 +926,13 @@ def save_best_model(model: DeepSpeech2, folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     state = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
     save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    write_model_description(model, folder)
+    shutil.copyfile(modeling_deepspeech2.__file__, folder / "modeling_deepspeech2.py")
+
+
+def write_model_description(model: DeepSpeech2, folder: Path) -> None:
+    """config.json (with the train feature statistics), vocab.json and, once built, lexicon.json: what
+    modeling_deepspeech2.load_model needs beside the weights."""
     config = {**model.settings, "feature_mean": model.features.mean.tolist(),
               "feature_std": model.features.std.tolist()}
     (folder / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
@@ -926,7 +940,6 @@ def save_best_model(model: DeepSpeech2, folder: Path) -> None:
     if model.lexicon is not None:
         (folder / "lexicon.json").write_text(json.dumps(model.lexicon.counts, ensure_ascii=False, indent=0),
                                              encoding="utf-8")
-    shutil.copyfile(modeling_deepspeech2.__file__, folder / "modeling_deepspeech2.py")
 
 
 def model_card(args: argparse.Namespace, run_info: dict, metrics: dict) -> str:

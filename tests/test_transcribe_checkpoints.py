@@ -110,7 +110,7 @@ def test_cut_off_checkpoint_passed_itself_is_refused_in_one_line(cut_off_run, cl
     message = str(refused.value)
     assert "\n" not in message
     assert "checkpoint-15 is incomplete (model.safetensors is cut off)" in message
-    assert f"--model {cut_off_run}" in message.replace('"', "")
+    assert f"--model {transcribe.quoted(cut_off_run)}" in message  # pasteable as it is
     assert not (tmp_path / "out").exists()
 
 
@@ -211,24 +211,28 @@ def test_cut_off_tiny_run_transcribes_like_its_checkpoint(family, request, vivos
 
 
 @pytest.mark.slow
-def test_deepspeech2_checkpoint_needs_its_config_and_vocabulary(deepspeech_run, vivos_dir, tmp_path):
-    """train_deepspeech.py checkpoints hold the weights only: one line says so. With the config.json and
-    vocab.json the trainer keeps in best_model/ next to them, the checkpoint's own weights transcribe."""
+def test_a_cut_off_deepspeech2_run_transcribes_with_its_newest_checkpoint(deepspeech_run, vivos_dir, tmp_path):
+    """train_deepspeech.py writes config.json and vocab.json into every checkpoint, so a run cut off before
+    best_model/ transcribes with the checkpoint's own weights, as modeling_deepspeech2 loads them."""
     import modeling_deepspeech2
 
     run, checkpoint = cut_off_copy(deepspeech_run, tmp_path)
+    assert (checkpoint / "config.json").is_file() and (checkpoint / "vocab.json").is_file()
     clips = some_clips(vivos_dir)
-    args = ["--model", str(run), *map(str, clips), "--output-dir", str(tmp_path / "out"), "--device", "cpu",
-            "--format", "json"]
-    with pytest.raises(SystemExit) as refused:
-        transcribe.main(args)
-    message = str(refused.value)
-    assert "\n" not in message and not (tmp_path / "out").exists()
-    assert f"{checkpoint} holds weights but no config.json: a train_deepspeech.py checkpoint" in message
-
-    for name in ("config.json", "vocab.json"):
-        shutil.copyfile(deepspeech_run / "best_model" / name, checkpoint / name)
-    result = transcribe.main(args)
+    result = transcribe.main(["--model", str(run), *map(str, clips), "--output-dir", str(tmp_path / "out"),
+                              "--device", "cpu", "--format", "json"])
     net = modeling_deepspeech2.load_model(checkpoint)
     expected = modeling_deepspeech2.transcribe(net, [transcribe.load_audio(clip) for clip in clips])
     assert [f["text"] for f in result["files"]] == [transcribe.normalize_text(text) for text in expected]
+
+
+@pytest.mark.slow
+def test_a_deepspeech2_checkpoint_without_its_config_is_refused_in_one_line(deepspeech_run, vivos_dir, tmp_path):
+    run, checkpoint = cut_off_copy(deepspeech_run, tmp_path)
+    (checkpoint / "config.json").unlink()
+    with pytest.raises(SystemExit) as refused:
+        transcribe.main(["--model", str(run), *map(str, some_clips(vivos_dir)), "--output-dir",
+                         str(tmp_path / "out"), "--device", "cpu"])
+    message = str(refused.value)
+    assert "\n" not in message and not (tmp_path / "out").exists()
+    assert f"{checkpoint} holds weights but no config.json: a train_deepspeech.py checkpoint" in message
