@@ -189,8 +189,8 @@ def deepspeech2_code(folder: Path, trust_remote_code: bool):
     return importlib.import_module("modeling_deepspeech2")
 
 
-# Copied from transcribe.load_model
-def load_model(folder: Path, family: str, device: str, trust_remote_code: bool = False):
+# Copied from transcribe.load_recognizer
+def load_recognizer(folder: Path, family: str, device: str, trust_remote_code: bool = False):
     """A transformers ASR pipeline for Whisper and Wav2Vec2; for DeepSpeech2 (its code module, model)."""
     if family == "deepspeech2":
         code = deepspeech2_code(folder, trust_remote_code)
@@ -368,7 +368,7 @@ def main(argv: list[str] | None = None):
             print(note)
         name = display_name(folder, family, models)
         started = time.perf_counter()
-        models[name] = (family, load_model(folder, family, device, args.trust_remote_code))
+        models[name] = (family, load_recognizer(folder, family, device, args.trust_remote_code))
         print(f"loaded {name} from {folder} on {device} in {time.perf_counter() - started:.1f} s")
     demo = build_demo(models, args.max_seconds)
     demo.launch(server_name=args.host, server_port=args.port, share=args.share)

@@ -200,7 +200,7 @@ def deepspeech2_code(folder: Path, trust_remote_code: bool):
     return importlib.import_module("modeling_deepspeech2")
 
 
-def load_model(folder: Path, family: str, device: str, trust_remote_code: bool = False):
+def load_recognizer(folder: Path, family: str, device: str, trust_remote_code: bool = False):
     """A transformers ASR pipeline for Whisper and Wav2Vec2; for DeepSpeech2 (its code module, model)."""
     if family == "deepspeech2":
         code = deepspeech2_code(folder, trust_remote_code)
@@ -551,7 +551,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     device = args.device if args.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu"
     started = time.perf_counter()
-    model = load_model(folder, family, device, args.trust_remote_code)
+    model = load_recognizer(folder, family, device, args.trust_remote_code)
     print(f"{family} model from {folder} on {device} (loaded in {time.perf_counter() - started:.1f} s)")
 
     results, written, audio_seconds, decode_seconds = [], 0, 0.0, 0.0

@@ -25,7 +25,7 @@ from length_model import make_length_model
 
 # Repeated in demo.py because scripts never import each other; they must stay identical to transcribe.py's.
 SHARED = ["SAMPLE_RATE", "FAMILIES", "CHUNK_SECONDS", "InputError", "normalize_text", "checkpoint_folders", "cut_off",
-          "checkpoint_problem", "last_complete_checkpoint", "find_model_dir", "checkpoint_note", "load_model",
+          "checkpoint_problem", "last_complete_checkpoint", "find_model_dir", "checkpoint_note", "load_recognizer",
           "decode_kwargs", "scored_text", "load_audio", "quoted"]
 WINDOW = (1280, 900)
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"]

@@ -270,7 +270,7 @@ def test_never_replaces_a_file_it_did_not_write(length_run, tmp_path, monkeypatc
     (inputs / "lecture.txt").write_text("ghi chú của tôi\n", encoding="utf-8")
     before = folder_contents(inputs)
     with monkeypatch.context() as patch:
-        patch.setattr(transcribe, "load_model", lambda *args, **kwargs: pytest.fail("the model was loaded"))
+        patch.setattr(transcribe, "load_recognizer", lambda *args, **kwargs: pytest.fail("the model was loaded"))
         with pytest.raises(SystemExit) as refused:
             run_length_model(length_run, [inputs], inputs, "txt")
     message = str(refused.value)
