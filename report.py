@@ -41,6 +41,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.patches import FancyBboxPatch  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 # Vietnamese tones and the combining mark (after NFD) that writes each; circumflex (U+0302), breve
 # (U+0306) and horn (U+031B) are vowel marks, not tones, and đ is a letter of its own.
@@ -177,21 +178,21 @@ TEXT = {
                      "Không có biểu đồ thời lượng: bản tóm tắt không có và không đọc được dữ liệu tại {path}."),
     # Models
     "h_models": ("Models", "Mô hình"),
-    "why_whisper": ("Why: Whisper is an encoder-decoder Transformer pretrained on 680,000 hours of multilingual "
+    "why_whisper": ("Why: Whisper ({ref}) is an encoder-decoder Transformer pretrained on 680,000 hours of multilingual "
                     "speech including Vietnamese; it is a strong zero-shot baseline and its decoder is also a "
                     "language model, so it spells whole words.",
-                    "Lý do: Whisper là Transformer mã hoá - giải mã được huấn luyện trước trên 680.000 giờ tiếng nói "
+                    "Lý do: Whisper ({ref}) là Transformer mã hoá - giải mã được huấn luyện trước trên 680.000 giờ tiếng nói "
                     "đa ngôn ngữ có tiếng Việt; đây là mô hình cơ sở zero-shot mạnh và bộ giải mã đồng thời là một mô "
                     "hình ngôn ngữ nên viết ra được cả từ."),
-    "why_wav2vec2": ("Why: wav2vec 2.0 learns speech representations without labels and is fine-tuned with a "
+    "why_wav2vec2": ("Why: wav2vec 2.0 ({ref}) learns speech representations without labels and is fine-tuned with a "
                      "CTC head; decoding is one non-autoregressive pass, fast enough for a small GPU, and its "
                      "character output covers every Vietnamese letter.",
-                     "Lý do: wav2vec 2.0 học biểu diễn tiếng nói không cần nhãn rồi được tinh chỉnh với đầu ra CTC; "
+                     "Lý do: wav2vec 2.0 ({ref}) học biểu diễn tiếng nói không cần nhãn rồi được tinh chỉnh với đầu ra CTC; "
                      "giải mã chỉ một lượt, không tự hồi quy, đủ nhanh cho GPU nhỏ, và đầu ra theo ký tự phủ mọi chữ "
                      "cái tiếng Việt."),
-    "why_deepspeech2": ("Why: DeepSpeech2 (convolutions + bidirectional LSTM/GRU + CTC) is trained from scratch; it is "
+    "why_deepspeech2": ("Why: DeepSpeech2 ({ref}; convolutions + bidirectional LSTM/GRU + CTC) is trained from scratch; it is "
                         "the classic baseline that shows what pretraining buys on a corpus of VIVOS's size.",
-                        "Lý do: DeepSpeech2 (tích chập + LSTM/GRU hai chiều + CTC) được huấn luyện từ đầu; đây là mô hình "
+                        "Lý do: DeepSpeech2 ({ref}; tích chập + LSTM/GRU hai chiều + CTC) được huấn luyện từ đầu; đây là mô hình "
                         "cơ sở kinh điển cho thấy huấn luyện trước mang lại bao nhiêu trên bộ dữ liệu cỡ VIVOS."),
     "base_model": ("Base model: {base}.", "Mô hình gốc: {base}."),
     "t_arch": ("Architecture of {run} (parameters as exact counts; layer sizes in units)",
@@ -287,7 +288,6 @@ TEXT = {
                     "run_info.json không ghi nhận biện pháp chống quá khớp nào."),
     "r_weight_decay": ("weight decay {value}", "weight decay {value}"),
     "r_dropout": ("{items}", "{items}"),
-    "r_augment": ("SpecAugment ({items})", "SpecAugment ({items})"),
     "r_early": ("early stopping on validation WER", "early stopping theo WER kiểm định"),
     "r_lora": ("LoRA (only {share}% of the parameters trained)", "LoRA (chỉ huấn luyện {share}% tham số)"),
     "r_best": ("the best checkpoint on validation WER is kept, not the last",
@@ -403,6 +403,197 @@ TEXT = {
     "comparison_best": ("Lowest test WER: {run} ({wer}%).", "WER kiểm tra thấp nhất: {run} ({wer}%)."),
     "no_comparison": ("No run has test metrics yet, so there is nothing to compare.",
                       "Chưa lần chạy nào có chỉ số kiểm tra nên chưa có gì để so sánh."),
+    # Tools, loss, hyper-parameters
+    "tools": ("Data: the VIVOS corpus ({vivos}). Models are loaded and fine-tuned with the transformers library "
+              "({transformers}); WER and CER are computed with jiwer ({jiwer}).",
+              "Dữ liệu: bộ ngữ liệu VIVOS ({vivos}). Các mô hình được nạp và tinh chỉnh bằng thư viện transformers "
+              "({transformers}); WER và CER được tính bằng jiwer ({jiwer})."),
+    "why_xlsr": ("The base model is XLS-R ({ref}): wav2vec 2.0 pretrained on 436,000 hours of speech in 128 "
+                 "languages, so its representations already cover tonal languages.",
+                 "Mô hình gốc là XLS-R ({ref}): wav2vec 2.0 được huấn luyện trước trên 436.000 giờ tiếng nói của 128 "
+                 "ngôn ngữ nên biểu diễn của nó đã bao quát các ngôn ngữ có thanh điệu."),
+    "h_loss": ("Loss function", "Hàm mất mát"),
+    "loss_ctc": ("Loss: CTC, connectionist temporal classification ({ref}). The model outputs one character "
+                 "distribution (plus a blank) per audio frame; CTC sums the probability of every frame-to-character "
+                 "alignment that collapses to the transcript, so no frame-level alignment is needed. It fits "
+                 "{run} because the output is characters, much shorter than the frame sequence, and decoding "
+                 "needs one pass with no autoregressive decoder.",
+                 "Hàm mất mát: CTC, phân loại theo thời gian kết nối ({ref}). Mô hình xuất một phân bố ký tự (thêm ký "
+                 "hiệu trống) cho mỗi khung âm thanh; CTC cộng xác suất của mọi cách căn chỉnh khung - ký tự rút gọn "
+                 "được thành câu đích nên không cần căn chỉnh theo khung. Hàm này phù hợp với {run} vì đầu ra là ký "
+                 "tự, ngắn hơn nhiều so với chuỗi khung, và giải mã chỉ cần một lượt, không cần bộ giải mã tự hồi "
+                 "quy."),
+    "loss_ce": ("Loss: token cross-entropy with teacher forcing. Whisper's decoder is autoregressive: at each "
+                "position it predicts the next transcript token from the audio (through cross-attention) and the "
+                "reference tokens before it; the loss is the mean negative log-probability of the reference "
+                "token, padding ignored. It fits {run} because it is the loss Whisper was pretrained with, so "
+                "fine-tuning continues the same objective on Vietnamese.",
+                "Hàm mất mát: entropy chéo trên token với teacher forcing. Bộ giải mã của Whisper là tự hồi quy: ở "
+                "mỗi vị trí nó dự đoán token tiếp theo của câu từ âm thanh (qua chú ý chéo) và các token tham chiếu "
+                "đứng trước; hàm mất mát là trung bình của âm log-xác suất của token tham chiếu, bỏ qua phần đệm. "
+                "Hàm này phù hợp với {run} vì đây là hàm mà Whisper đã dùng khi huấn luyện trước, nên tinh chỉnh "
+                "tiếp tục đúng mục tiêu đó trên tiếng Việt."),
+    "h_hyper": ("Hyper-parameters: reasons and tuning", "Siêu tham số: lý do chọn và cách tinh chỉnh"),
+    "hp_lr_lora": ("Learning rate {lr}: LoRA ({ref}) trains only small low-rank adapter matrices, which start at "
+                   "zero and need a larger rate than full fine-tuning to move.",
+                   "Tốc độ học {lr}: LoRA ({ref}) chỉ huấn luyện các ma trận bổ trợ hạng thấp, khởi tạo bằng 0, nên "
+                   "cần tốc độ học lớn hơn tinh chỉnh toàn bộ."),
+    "hp_lr_finetune": ("Learning rate {lr}: small, as for fine-tuning a pretrained model; a larger rate overwrites "
+                       "what pretraining learned and, for Whisper, leads to repetition loops.",
+                       "Tốc độ học {lr}: nhỏ, như khi tinh chỉnh một mô hình đã huấn luyện trước; tốc độ lớn hơn sẽ "
+                       "xoá những gì mô hình đã học và, với Whisper, gây lặp từ."),
+    "hp_lr_ctc": ("Learning rate {lr}: the CTC output layer starts from random weights and needs a rate around "
+                  "1e-4 to leave the blank-only output of the first steps, while staying small enough for the "
+                  "pretrained encoder.",
+                  "Tốc độ học {lr}: lớp đầu ra CTC khởi tạo ngẫu nhiên nên cần tốc độ khoảng 1e-4 để thoát khỏi đầu "
+                  "ra toàn ký hiệu trống của những bước đầu, nhưng vẫn đủ nhỏ cho bộ mã hoá đã huấn luyện trước."),
+    "hp_lr_scratch": ("Learning rate {lr}: the model is trained from scratch, so it takes a larger rate than "
+                      "fine-tuning.", "Tốc độ học {lr}: mô hình được huấn luyện từ đầu nên dùng tốc độ học lớn hơn "
+                      "tinh chỉnh."),
+    "hp_warmup": ("Warm-up {steps} steps, then {scheduler} decay: the rate grows from zero while Adam's moment "
+                  "estimates settle, so the first noisy gradients do not damage the weights.",
+                  "Khởi động {steps} bước, sau đó giảm theo lịch {scheduler}: tốc độ học tăng dần từ 0 trong khi các "
+                  "ước lượng mô-men của Adam ổn định, để những gradient nhiễu đầu tiên không làm hỏng trọng số."),
+    "hp_batch": ("Batch {batch} clips × {accum} accumulation steps = effective batch {effective}: as many clips as "
+                 "the GPU holds at once, accumulated to a batch large enough for stable gradients.",
+                 "Batch {batch} câu × {accum} bước tích luỹ = batch hiệu dụng {effective}: số câu vừa bộ nhớ GPU mỗi "
+                 "lần, được tích luỹ thành batch đủ lớn để gradient ổn định."),
+    "hp_precision_half": ("Precision {precision}: half-precision arithmetic halves activation memory and runs on "
+                          "the GPU's tensor cores; bf16 where the GPU supports it, because it needs no loss scaling.",
+                          "Độ chính xác số {precision}: tính toán nửa độ chính xác giảm một nửa bộ nhớ kích hoạt và "
+                          "chạy trên tensor core của GPU; dùng bf16 khi GPU hỗ trợ vì không cần co giãn loss."),
+    "hp_precision_full": ("Precision {precision}: full precision, because the run had no GPU with fast half "
+                          "precision (or it was asked for).",
+                          "Độ chính xác số {precision}: độ chính xác đầy đủ vì lần chạy không có GPU hỗ trợ nửa độ "
+                          "chính xác nhanh (hoặc do được yêu cầu)."),
+    "hp_preset": ("Preset {preset}: a tested bundle of batch size, accumulation, optimizer and memory settings "
+                  "for that GPU; flags given explicitly override it.",
+                  "Preset {preset}: bộ thiết lập batch, tích luỹ, bộ tối ưu và bộ nhớ đã được thử cho loại GPU đó; "
+                  "các cờ ghi rõ trên dòng lệnh được ưu tiên hơn."),
+    "hp_no_preset": ("No preset: the trainer's defaults.", "Không dùng preset: thiết lập mặc định của trình huấn "
+                     "luyện."),
+    "hp_lora": ("LoRA ({ref}) with rank {r}, alpha {alpha} on {targets}: {share}% of the parameters are trained, "
+                "which fits a small GPU and keeps the pretrained weights intact.",
+                "LoRA ({ref}) với hạng {r}, alpha {alpha} trên {targets}: chỉ {share}% tham số được huấn luyện, vừa "
+                "với GPU nhỏ và giữ nguyên trọng số đã huấn luyện trước."),
+    "hp_freeze_encoder": ("Encoder frozen (--freeze-encoder): only the decoder is trained, to save memory.",
+                          "Đóng băng bộ mã hoá (--freeze-encoder): chỉ huấn luyện bộ giải mã để tiết kiệm bộ nhớ."),
+    "hp_freeze_features": ("CNN feature encoder frozen: its low-level acoustic features transfer across "
+                           "languages, and training it on a few hours of speech makes fine-tuning unstable.",
+                           "Đóng băng bộ mã hoá đặc trưng CNN: đặc trưng âm học mức thấp của nó dùng được cho mọi "
+                           "ngôn ngữ, và huấn luyện nó trên vài giờ tiếng nói làm quá trình tinh chỉnh mất ổn định."),
+    "hp_checkpointing": ("Gradient checkpointing: activations are recomputed in the backward pass, trading about "
+                         "a third more time for much less memory.",
+                         "Gradient checkpointing: tính lại các kích hoạt trong lượt lan truyền ngược, tốn thêm khoảng "
+                         "một phần ba thời gian để giảm nhiều bộ nhớ."),
+    "hp_transformers": ("Training loop: the Trainer of transformers ({ref}), optimizer {optimizer}.",
+                        "Vòng huấn luyện: Trainer của transformers ({ref}), bộ tối ưu {optimizer}."),
+    "hp_tuning_single": ("Tuning method: manual search starting from the {start}; this report holds one run of "
+                         "the {family} family, so the values above were set by hand for the reasons given, not "
+                         "chosen by a search.",
+                         "Cách tinh chỉnh: tìm kiếm thủ công bắt đầu từ {start}; báo cáo này chỉ có một lần chạy của "
+                         "họ {family}, nên các giá trị trên được đặt bằng tay theo các lý do đã nêu, không phải kết "
+                         "quả của một phép tìm kiếm."),
+    "hp_tuning_multi": ("Tuning method: manual search starting from the {start}; {n} runs of the {family} family "
+                        "were trained with the settings of Table \u201c{title}\u201d and the one with the lowest "
+                        "validation WER was kept.",
+                        "Cách tinh chỉnh: tìm kiếm thủ công bắt đầu từ {start}; {n} lần chạy của họ {family} đã được "
+                        "huấn luyện với các thiết lập trong bảng \u201c{title}\u201d và giữ lần có WER kiểm định thấp "
+                        "nhất."),
+    "start_preset": ("preset {preset}", "preset {preset}"), "start_defaults": ("trainer's defaults",
+                                                                               "thiết lập mặc định của trình huấn luyện"),
+    "t_tuning": ("Runs of the {family} family: the settings that differ and the validation error (WER and CER in %, "
+                 "at the best epoch)", "Các lần chạy của họ {family}: các thiết lập khác nhau và lỗi trên tập kiểm "
+                 "định (WER và CER tính bằng %, tại epoch tốt nhất)"),
+    "col_val_wer": ("validation WER (%)", "WER kiểm định (%)"), "col_val_cer": ("validation CER (%)",
+                                                                              "CER kiểm định (%)"),
+    "tuning_best": ("Chosen: {run} (validation WER {wer}%). The choice is made on the validation set only, never on "
+                    "the test set, so the test results below stay an unbiased estimate.",
+                    "Lựa chọn: {run} (WER kiểm định {wer}%). Việc chọn chỉ dựa trên tập kiểm định, không bao giờ dựa "
+                    "trên tập kiểm tra, để kết quả kiểm tra bên dưới vẫn là ước lượng không thiên lệch."),
+    # Augmentation (preprocessing) and values written for people
+    "pre_augment": ("Augmentation of {run} (training only): {items}.",
+                    "Tăng cường dữ liệu của {run} (chỉ khi huấn luyện): {items}."),
+    "aug_speed": ("speed perturbation, each clip played at a random speed between {low}× and {high}× ({ref})",
+                  "thay đổi tốc độ, mỗi câu được phát với tốc độ ngẫu nhiên trong khoảng {low}× đến {high}× ({ref})"),
+    "aug_spec": ("SpecAugment ({ref}): {masks}", "SpecAugment ({ref}): {masks}"),
+    "aug_none": ("none", "không có"),
+    "masks_time": ("time masks {value} %", "che theo thời gian {value} %"),
+    "masks_feature": ("frequency masks {value} %", "che theo tần số {value} %"),
+    "masks_on": ("on", "bật"),
+    "yes": ("yes", "có"), "no": ("no", "không"),
+    "d_decoder_beam": ("CTC beam search\n+ lexicon", "CTC beam search\n+ từ vựng"),
+    "d_decoder_greedy": ("CTC greedy\ndecoding", "CTC greedy\n(tham lam)"),
+    # Precision, recall, F1
+    "m_precision": ("word precision = H / (H + S + I) (%)", "độ chính xác (precision) từ = H / (H + S + I) (%)"),
+    "m_recall": ("word recall = H / (H + S + D) (%)", "độ phủ (recall) từ = H / (H + S + D) (%)"),
+    "m_f1": ("word F1 (%)", "F1 từ (%)"),
+    "prf_note": ("Precision, recall and F1 count words on jiwer's alignment: H correct words, S substituted, D "
+                 "deleted, I inserted. WER and CER remain the primary metrics for speech recognition because they "
+                 "count every edit in the order of the sentence (a substitution is one error, not a false positive "
+                 "plus a false negative) and are what published results report.",
+                 "Precision, recall và F1 đếm từ trên phép căn chỉnh của jiwer: H từ đúng, S từ bị thay thế, D từ bị "
+                 "xoá, I từ bị chèn. WER và CER vẫn là chỉ số chính của nhận dạng tiếng nói vì chúng đếm mọi phép sửa "
+                 "theo thứ tự của câu (một lỗi thay thế là một lỗi, không phải một dương tính giả cộng một âm tính "
+                 "giả) và là chỉ số mà các công bố đều dùng."),
+    "col_test_precision": ("test word precision (%)", "precision từ (%)"),
+    "col_test_recall": ("test word recall (%)", "recall từ (%)"),
+    "col_test_f1": ("test word F1 (%)", "F1 từ (%)"),
+    "t_tone_prf": ("Per-tone precision, recall and F1 of {run} from the tone confusion matrix (in %; support = "
+                   "reference syllables of the tone)",
+                   "Precision, recall và F1 theo từng thanh của {run}, tính từ ma trận nhầm lẫn thanh điệu (tính bằng "
+                   "%; số mẫu = số âm tiết tham chiếu mang thanh đó)"),
+    "col_tone": ("tone", "thanh"), "col_precision": ("precision (%)", "precision (%)"),
+    "col_recall": ("recall (%)", "recall (%)"), "col_f1": ("F1 (%)", "F1 (%)"),
+    "col_support": ("support (syllables)", "số mẫu (âm tiết)"), "macro": ("macro average", "trung bình macro"),
+    # References
+    "h_references": ("References", "Tài liệu tham khảo"),
+}
+
+# Works the report cites: in-text form (en, vi) and full entry, author-year. Only those cited in the text
+# are listed at the end (found by their in-text form).
+REFERENCES = {
+    "amodei2016": (("Amodei et al., 2016", "Amodei et al., 2016"),
+                   "Amodei, D., Ananthanarayanan, S., Anubhai, R., et al. (2016). Deep Speech 2: End-to-end speech "
+                   "recognition in English and Mandarin. In Proceedings of the 33rd International Conference on "
+                   "Machine Learning (ICML), PMLR 48, 173–182."),
+    "babu2021": (("Babu et al., 2021", "Babu et al., 2021"),
+                 "Babu, A., Wang, C., Tjandra, A., Lakhotia, K., Xu, Q., Goyal, N., Singh, K., von Platen, P., Saraf, "
+                 "Y., Pino, J., Baevski, A., Conneau, A., & Auli, M. (2021). XLS-R: Self-supervised cross-lingual "
+                 "speech representation learning at scale. arXiv:2111.09296 (Interspeech 2022)."),
+    "baevski2020": (("Baevski et al., 2020", "Baevski et al., 2020"),
+                    "Baevski, A., Zhou, H., Mohamed, A., & Auli, M. (2020). wav2vec 2.0: A framework for "
+                    "self-supervised learning of speech representations. In Advances in Neural Information Processing "
+                    "Systems 33 (NeurIPS 2020), 12449–12460."),
+    "graves2006": (("Graves et al., 2006", "Graves et al., 2006"),
+                   "Graves, A., Fernández, S., Gomez, F., & Schmidhuber, J. (2006). Connectionist temporal "
+                   "classification: Labelling unsegmented sequence data with recurrent neural networks. In Proceedings "
+                   "of the 23rd International Conference on Machine Learning (ICML), 369–376."),
+    "hu2021": (("Hu et al., 2021", "Hu et al., 2021"),
+               "Hu, E. J., Shen, Y., Wallis, P., Allen-Zhu, Z., Li, Y., Wang, S., Wang, L., & Chen, W. (2021). LoRA: "
+               "Low-rank adaptation of large language models. arXiv:2106.09685 (ICLR 2022)."),
+    "ko2015": (("Ko et al., 2015", "Ko et al., 2015"),
+               "Ko, T., Peddinti, V., Povey, D., & Khudanpur, S. (2015). Audio augmentation for speech recognition. "
+               "In Proceedings of Interspeech 2015, 3586–3589."),
+    "luong2016": (("Luong and Vu, 2016", "Luong và Vu, 2016"),
+                  "Luong, H.-T., & Vu, H.-Q. (2016). A non-expert Kaldi recipe for Vietnamese speech recognition "
+                  "system. In Proceedings of the Third International Workshop on Worldwide Language Service "
+                  "Infrastructure and Second Workshop on Open Infrastructures and Analysis Frameworks for Human "
+                  "Language Technologies (WLSI/OIAF4HLT 2016), 51–55."),
+    "park2019": (("Park et al., 2019", "Park et al., 2019"),
+                 "Park, D. S., Chan, W., Zhang, Y., Chiu, C.-C., Zoph, B., Cubuk, E. D., & Le, Q. V. (2019). "
+                 "SpecAugment: A simple data augmentation method for automatic speech recognition. In Proceedings of "
+                 "Interspeech 2019, 2613–2617."),
+    "radford2022": (("Radford et al., 2022", "Radford et al., 2022"),
+                    "Radford, A., Kim, J. W., Xu, T., Brockman, G., McLeavey, C., & Sutskever, I. (2022). Robust speech "
+                    "recognition via large-scale weak supervision. arXiv:2212.04356 (ICML 2023)."),
+    "vaessen2025": (("Vaessen, 2025", "Vaessen, 2025"),
+                    "Vaessen, N. (2025). JiWER: Evaluate your speech-to-text system with similarity measures such as "
+                    "word error rate (version 4.0) [Python package]. https://github.com/jitsi/jiwer"),
+    "wolf2020": (("Wolf et al., 2020", "Wolf et al., 2020"),
+                 "Wolf, T., Debut, L., Sanh, V., et al. (2020). Transformers: State-of-the-art natural language "
+                 "processing. In Proceedings of the 2020 Conference on Empirical Methods in Natural Language "
+                 "Processing: System Demonstrations (EMNLP), 38–45."),
 }
 
 
@@ -415,6 +606,11 @@ def tr(lang: str, key: str, **values) -> str:
     """The report's sentence `key` in `lang`, placeholders filled."""
     text = TEXT[key][0 if lang == "en" else 1]
     return text.format(**values) if values else text
+
+
+def cite(lang: str, key: str) -> str:
+    """The in-text citation of REFERENCES[key] ("Radford et al., 2022")."""
+    return REFERENCES[key][0][0 if lang == "en" else 1]
 
 
 # ----------------------------------------------------------------------------- shared helpers (FORMATS.md §2)
@@ -869,8 +1065,101 @@ def millions(value) -> float | None:
 
 
 def grouped(count) -> str:
-    """241734912 -> '241 734 912': a thousands separator that reads the same in English and Vietnamese."""
-    return "?" if count is None else f"{int(count):,}".replace(",", " ")
+    """1371392 -> '1,371,392': counts as people write them."""
+    return "?" if count is None else f"{int(count):,}"
+
+
+def percent_text(fraction: float) -> str:
+    """0.05 -> '5', 0.125 -> '12.5': a share as a percentage without float noise."""
+    return f"{round(float(fraction) * 100, 2):g}"
+
+
+def spec_augment_masks(info: dict, model_config: dict) -> dict | None:
+    """SpecAugment's time and frequency mask shares of a run ({"time": 0.05, "feature": 0.0}; a share not recorded
+    is left out), or None when it trained without. The first place that records the switch decides:
+    train_whisper.py's architecture and train_wav2vec2.py's regularisation ({time_prob, feature_prob}, None when
+    off), then the saved model's config (train_deepspeech.py: spec_augment true/false; Hugging Face models:
+    apply_spec_augment)."""
+    places = [info.get("architecture") or {}, info.get("regularisation") or {}, info, model_config]
+    spec = next((place["spec_augment"] for place in places if "spec_augment" in place), None)
+    facts = {**model_config, **info}
+    if isinstance(spec, dict):
+        values = {"time": spec.get("time_prob"), "feature": spec.get("feature_prob")}
+    elif spec is True or (spec is None and facts.get("apply_spec_augment")):
+        # Whisper's config carries mask_time_prob 0.05 even with apply_spec_augment false: the switch decides
+        values = {"time": facts.get("mask_time_prob"), "feature": facts.get("mask_feature_prob")}
+    else:
+        return None
+    return {name: float(value) for name, value in values.items()
+            if isinstance(value, (int, float)) and not isinstance(value, bool)}
+
+
+def masks_text(masks: dict, lang: str) -> str:
+    """{"time": 0.05, "feature": 0.0} -> 'time masks 5 %, frequency masks 0 %'."""
+    parts = [tr(lang, f"masks_{name}", value=percent_text(masks[name])) for name in ("time", "feature")
+             if name in masks]
+    return ", ".join(parts) or tr(lang, "masks_on")
+
+
+def augmentation_items(info: dict, model_config: dict, lang: str) -> list[str]:
+    """The data augmentations a run trained with, in words, each citing its source."""
+    items = []
+    speed = model_config.get("speed_perturb", info.get("speed_perturb"))
+    if isinstance(speed, (int, float)) and speed > 0:
+        items.append(tr(lang, "aug_speed", low=f"{1 - speed:g}", high=f"{1 + speed:g}", ref=cite(lang, "ko2015")))
+    masks = spec_augment_masks(info, model_config)
+    if masks is not None:
+        items.append(tr(lang, "aug_spec", masks=masks_text(masks, lang), ref=cite(lang, "park2019")))
+    return items
+
+
+def human_value(key: str, value, lang: str):
+    """A run_info.json value as a person reads it: counts grouped, switches yes/no, settings as words."""
+    if key == "spec_augment":
+        return masks_text(value, lang) if isinstance(value, dict) else tr(lang, "yes" if value else "no")
+    if isinstance(value, bool):
+        return tr(lang, "yes" if value else "no")
+    if isinstance(value, int) and abs(value) >= 10_000:
+        return grouped(value)
+    if isinstance(value, dict):
+        return ", ".join(f"{name} {human_value(name, item, lang)}" for name, item in value.items())
+    if isinstance(value, (list, tuple)):
+        return ", ".join(map(str, value))
+    return value
+
+
+def word_scores(counts: dict) -> dict:
+    """Word precision, recall and F1 from the alignment counts: precision = H / (H + S + I) (predicted words that
+    are right), recall = H / (H + S + D) (reference words recovered); None where a count is missing."""
+    hits, subs, dels, ins = (counts.get(key) for key in ("hits", "substitutions", "deletions", "insertions"))
+    if None in (hits, subs, dels, ins):
+        return {"precision": None, "recall": None, "f1": None}
+    precision = hits / (hits + subs + ins) if hits + subs + ins else 0.0
+    recall = hits / (hits + subs + dels) if hits + subs + dels else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"precision": precision, "recall": recall, "f1": f1}
+
+
+def tone_scores(matrix: pd.DataFrame) -> pd.DataFrame:
+    """Per tone of the 6 x 6 confusion matrix (rows reference, columns predicted): precision = diagonal / column
+    sum, recall = diagonal / row sum, F1 and support (row sum), over the tones that occur on either side (an
+    undefined ratio counts 0, as scikit-learn does); the last row is their macro average."""
+    counts = matrix.values.astype(float)
+    diagonal, predicted, support = np.diag(counts), counts.sum(axis=0), counts.sum(axis=1)
+    rows = []
+    for i, tone in enumerate(matrix.index):
+        if not support[i] and not predicted[i]:
+            continue
+        precision = diagonal[i] / predicted[i] if predicted[i] else 0.0
+        recall = diagonal[i] / support[i] if support[i] else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        rows.append({"tone": tone, "precision": precision, "recall": recall, "f1": f1, "support": int(support[i])})
+    table = pd.DataFrame(rows, columns=["tone", "precision", "recall", "f1", "support"])
+    if not table.empty:
+        macro = {"tone": "macro", **table[["precision", "recall", "f1"]].mean().to_dict(),
+                 "support": int(table["support"].sum())}
+        table = pd.concat([table, pd.DataFrame([macro])], ignore_index=True)
+    return table
 
 
 def epoch_value(epoch) -> int | float | None:
@@ -975,16 +1264,7 @@ def remedies_used(info: dict, model_config: dict, lang: str) -> str:
     dropouts = [f"{name} {value}" for name, value in number.items() if "dropout" in name or name == "layerdrop"]
     if dropouts:
         items.append(tr(lang, "r_dropout", items=", ".join(dropouts)))
-    spec = facts.get("spec_augment")
-    if isinstance(spec, dict):  # train_whisper.py: {time_prob, feature_prob}, or None when off
-        masks = [f"{name} {value}" for name, value in spec.items() if isinstance(value, (int, float)) and value > 0]
-    else:
-        masks = [f"{name} {value}" for name, value in number.items() if name.startswith(("mask_time_prob",
-                                                                                         "mask_feature_prob"))]
-    # Whisper's config carries mask_time_prob 0.05 even with apply_spec_augment false: the switch decides
-    switched_on = spec is True or isinstance(spec, dict) or (spec is None and facts.get("apply_spec_augment"))
-    if switched_on:
-        items.append(tr(lang, "r_augment", items=", ".join(masks) or "on"))
+    items += augmentation_items(info, model_config, lang)
     patience = re.search(r"--patience[= ](\d+)", str(info.get("command", "")))
     if info.get("stop_reason") == "early_stopping" or (patience and int(patience.group(1)) > 0):
         items.append(tr(lang, "r_early"))
@@ -1011,6 +1291,27 @@ def bullets(items: list[str]) -> dict:
 
 def code(text: str) -> dict:
     return {"kind": "code", "text": text}
+
+
+def references(entries: list[str]) -> dict:
+    return {"kind": "references", "items": entries}
+
+
+def block_text(block: dict) -> str:
+    """Every word a block shows: for finding the works the report cites."""
+    kind = block["kind"]
+    if kind == "table":
+        table = block["table"]
+        return " ".join([block["title"], *map(str, table.columns), *(cell(v) for v in table.values.ravel())])
+    if kind == "figure":
+        return block["caption"]
+    return " ".join(block.get("items", [])) or block.get("text", "")
+
+
+def cited_references(blocks: list[dict], lang: str) -> list[str]:
+    """The full entries of the works cited somewhere in the report, in alphabetical order (author-year)."""
+    text = "\n".join(block_text(block) for block in blocks)
+    return sorted(entry for forms, entry in REFERENCES.values() if forms[0 if lang == "en" else 1] in text)
 
 
 def table_block(out: Path, name: str, title: str, table: pd.DataFrame) -> dict:
@@ -1076,6 +1377,7 @@ def plot_curves(history: pd.DataFrame, best: float | None, lang: str) -> Figure:
         if best is not None:
             ax.axvline(best, color="grey", ls="--", lw=1, label=f"{tr(lang, 'l_best')} ({epoch_text(best)})")
         ax.set(xlabel=tr(lang, "x_epoch"), ylabel=tr(lang, ylabel))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are counted: no tick at 2.5
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     return figure
@@ -1137,8 +1439,9 @@ def plot_comparison(table: pd.DataFrame, baselines: list[bool], lang: str) -> Fi
     return figure
 
 
-def architecture_rows(family: str, arch: dict, lang: str) -> list[list[str]]:
-    """The block labels of a family's diagram, one list per row, filled in from run_info architecture facts."""
+def architecture_rows(family: str, arch: dict, lang: str, decoder: str | None = None) -> list[list[str]]:
+    """The block labels of a family's diagram, one list per row, filled in from run_info architecture facts;
+    `decoder` is run_info's DeepSpeech2 decoder (beam | greedy), how its test split was transcribed."""
     def fact(*names, default="?"):
         return next((arch[n] for n in names if arch.get(n) is not None), default)
 
@@ -1166,12 +1469,13 @@ def architecture_rows(family: str, arch: dict, lang: str) -> list[list[str]]:
              f"+ BatchNorm\n{fact('activation', 'conv_activation')}",
              f"Bi{str(fact('rnn_type', default='gru')).upper()} × {fact('rnn_layers', 'num_rnn_layers')}\n"
              f"{fact('rnn_hidden', 'rnn_hidden_size', 'hidden_size')} units\nper direction",
-             f"Linear (CTC)\n{vocab} chars", f"CTC greedy\ndecoding\n→ {text}"]]
+             f"Linear (CTC)\n{vocab} chars",
+             f"{tr(lang, 'd_decoder_beam' if decoder == 'beam' else 'd_decoder_greedy')}\n→ {text}"]]
 
 
 def plot_architecture(family: str, info: dict, lang: str) -> tuple[Figure, pd.DataFrame]:
     """A left-to-right block diagram of the family; Whisper's decoder row reads the encoder by cross-attention."""
-    rows = architecture_rows(family, info.get("architecture") or {}, lang)
+    rows = architecture_rows(family, info.get("architecture") or {}, lang, info.get("decoder"))
     box_w, box_h, gap, row_gap = 1.45, 1.05, 0.45, 0.9
     columns = max(len(row) for row in rows)
     width, height = columns * (box_w + gap) + 0.1, box_h + 0.85 + (len(rows) - 1) * (box_h + row_gap)
@@ -1260,12 +1564,17 @@ def duration_histograms(summary: dict, data: Path) -> dict[str, tuple[list, list
     return {split: (edges.tolist(), np.histogram(d, bins=edges)[0].tolist()) for split, d in durations.items()}
 
 
-def data_section(data: Path | None, out: Path, lang: str, dpi: int) -> tuple[list[dict], list[str]]:
-    """Split table, duration histogram, why the ratio, preprocessing steps; or the problem if no summary."""
+def data_section(data: Path | None, out: Path, lang: str, dpi: int,
+                 augmentation: list[str]) -> tuple[list[dict], list[str]]:
+    """Split table, duration histogram, why the ratio, preprocessing steps and each run's augmentation (the
+    only preprocessing step when there is no dataset summary, with the problem)."""
     blocks = [heading(2, tr(lang, "h_data"))]
     if data is None or not (data / "prepare_summary.json").is_file():
         problem = tr(lang, "p_no_data") if data is None else tr(lang, "p_data", path=data / "prepare_summary.json")
-        return blocks + [paragraph(problem, warning=True)], [problem]
+        blocks.append(paragraph(problem, warning=True))
+        if augmentation:
+            blocks += [heading(3, tr(lang, "h_preprocessing")), bullets(augmentation)]
+        return blocks, [problem]
     summary_path = data / "prepare_summary.json"
     summary = json.loads(summary_path.read_text(encoding="utf-8"))
     blocks.append(table_block(out, "dataset_splits", tr(lang, "t_splits"), split_table(summary, lang)))
@@ -1286,14 +1595,108 @@ def data_section(data: Path | None, out: Path, lang: str, dpi: int) -> tuple[lis
     if summary.get("skipped"):
         skipped = ", ".join(f"{reason}: {n}" for reason, n in summary["skipped"].items())
         steps.append(tr(lang, "pre_skipped", items=skipped))
-    blocks += [heading(3, tr(lang, "h_preprocessing")), bullets(steps)]
+    blocks += [heading(3, tr(lang, "h_preprocessing")), bullets(steps + augmentation)]
     if summary.get("command"):
         blocks += [paragraph(tr(lang, "pre_command")), code(summary["command"])]
     return blocks, []
 
 
-def model_section(run: dict, out: Path, lang: str, dpi: int) -> list[dict]:
-    """Why this model, its architecture and training configuration tables and its block diagram."""
+FAMILY_REFERENCE = {"whisper": "radford2022", "wav2vec2": "baevski2020", "deepspeech2": "amodei2016"}
+
+
+def is_xls_r(base_model: str) -> bool:
+    """Whether a wav2vec2 base model is an XLS-R checkpoint (facebook/wav2vec2-xls-r-300m, ...-large-xlsr-53)."""
+    return bool(re.search(r"xls-?r", str(base_model), flags=re.I))
+
+
+def hyper_parameter_reasons(info: dict, lang: str) -> list[str]:
+    """Why each main setting of run_info.json has its value: learning rate, warm-up, batch, precision, preset,
+    LoRA or frozen parts, checkpointing, and the training loop."""
+    family, reasons = info.get("family"), []
+    lr = info.get("learning_rate")
+    if lr is not None:
+        key = ("hp_lr_lora" if info.get("lora") else "hp_lr_scratch" if family == "deepspeech2"
+               or info.get("base_model") == "scratch" else "hp_lr_ctc" if family == "wav2vec2" else "hp_lr_finetune")
+        reasons.append(tr(lang, key, lr=f"{lr:g}", ref=cite(lang, "hu2021")))
+    if info.get("warmup_steps"):
+        reasons.append(tr(lang, "hp_warmup", steps=grouped(info["warmup_steps"]),
+                          scheduler=info.get("scheduler") or "linear"))
+    if info.get("batch_size"):
+        accum = info.get("grad_accum") or 1
+        reasons.append(tr(lang, "hp_batch", batch=info["batch_size"], accum=accum,
+                          effective=info.get("effective_batch_size") or info["batch_size"] * accum))
+    precision = info.get("precision")
+    if precision:
+        reasons.append(tr(lang, "hp_precision_half" if precision in ("fp16", "bf16") else "hp_precision_full",
+                          precision=precision))
+    reasons.append(tr(lang, "hp_preset", preset=info["preset"]) if info.get("preset") else tr(lang, "hp_no_preset"))
+    lora = info.get("lora")
+    if isinstance(lora, dict):
+        total, trainable = info.get("params_total"), info.get("params_trainable")
+        reasons.append(tr(lang, "hp_lora", ref=cite(lang, "hu2021"), r=lora.get("r"), alpha=lora.get("alpha"),
+                          targets=human_value("targets", lora.get("targets"), lang),
+                          share=round(100 * trainable / total, 2) if total and trainable else "?"))
+    if info.get("freeze_encoder"):
+        reasons.append(tr(lang, "hp_freeze_encoder"))
+    if info.get("freeze_feature_encoder"):
+        reasons.append(tr(lang, "hp_freeze_features"))
+    if info.get("gradient_checkpointing"):
+        reasons.append(tr(lang, "hp_checkpointing"))
+    reasons.append(tr(lang, "hp_transformers", ref=cite(lang, "wolf2020"), optimizer=info.get("optimizer", "?")))
+    return reasons
+
+
+def tuning_runs(runs: list[dict]) -> dict[str, list[dict]]:
+    """The trained runs (not zero-shot baselines) of each family, for the tuning sentences and tables."""
+    families: dict[str, list[dict]] = {}
+    for run in runs:
+        if run["info"] and not run["eval_only"]:
+            families.setdefault(run["info"].get("family", "?"), []).append(run)
+    return families
+
+
+TUNING_KEYS = ["base_model", "preset", "learning_rate", "warmup_steps", "scheduler", "weight_decay", "batch_size",
+               "grad_accum", "effective_batch_size", "precision", "optimizer", "lora", "freeze_encoder",
+               "freeze_feature_encoder", "epochs_planned", "decoder"]
+
+
+def tuning_table(family_runs: list[dict], lang: str) -> pd.DataFrame:
+    """One row per run of a family: the settings that differ between them and the best validation WER/CER."""
+    infos = [run["info"] for run in family_runs]
+    differing = [key for key in TUNING_KEYS
+                 if len({json.dumps(info.get(key), sort_keys=True, default=str) for info in infos}) > 1]
+    rows = []
+    for run in family_runs:
+        info = run["info"]
+        row = {tr(lang, "col_run"): run["name"]}
+        row.update({(tr(lang, f"k_{key}") if f"k_{key}" in TEXT else key): human_value(key, info.get(key), lang)
+                    for key in differing})
+        row[tr(lang, "col_val_wer")] = pct(info.get("best_val_wer"))
+        row[tr(lang, "col_val_cer")] = pct(info.get("best_val_cer"))
+        rows.append(row)
+    return pd.DataFrame(rows, dtype=object)
+
+
+def tuning_section(families: dict[str, list[dict]], out: Path, lang: str) -> list[dict]:
+    """For each family with several trained runs: what differed, their validation errors, and the one kept
+    (chosen on validation WER only)."""
+    blocks = []
+    for family, family_runs in families.items():
+        if len(family_runs) < 2:
+            continue
+        table = tuning_table(family_runs, lang)
+        chosen = min((run for run in family_runs if run["info"].get("best_val_wer") is not None),
+                     key=lambda run: run["info"]["best_val_wer"], default=None)
+        blocks += [heading(3, f"{tr(lang, 'h_hyper')}: {family}"),
+                   table_block(out, f"tuning_{run_slug(family, set())}", tr(lang, "t_tuning", family=family), table)]
+        if chosen is not None:
+            blocks.append(paragraph(tr(lang, "tuning_best", run=chosen["name"], wer=pct(chosen["info"]["best_val_wer"]))))
+    return blocks
+
+
+def model_section(run: dict, out: Path, lang: str, dpi: int, family_runs: int = 1) -> list[dict]:
+    """Why this model, its architecture and training configuration tables, its block diagram, its loss and why
+    its hyper-parameters have their values (`family_runs`: trained runs of its family in the report)."""
     info, name = run["info"], run["name"]
     if not info:
         return [heading(3, name), paragraph(tr(lang, "no_run_info"), warning=True)]
@@ -1301,12 +1704,15 @@ def model_section(run: dict, out: Path, lang: str, dpi: int) -> list[dict]:
     blocks = [heading(3, f"{name} ({family})")]
     if f"why_{family}" in TEXT:
         base = tr(lang, "base_model", base=info.get("base_model", "?"))
-        blocks.append(paragraph(f"{tr(lang, f'why_{family}')} {base}"))
+        sentences = [tr(lang, f"why_{family}", ref=cite(lang, FAMILY_REFERENCE[family])), base]
+        if family == "wav2vec2" and is_xls_r(info.get("base_model", "")):
+            sentences.append(tr(lang, "why_xlsr", ref=cite(lang, "babu2021")))
+        blocks.append(paragraph(" ".join(sentences)))
     total, trainable = info.get("params_total"), info.get("params_trainable")
-    arch_rows = [(tr(lang, "k_family"), family), (tr(lang, "k_params_total"), total),
-                 (tr(lang, "k_params_trainable"), trainable),
+    arch_rows = [(tr(lang, "k_family"), family), (tr(lang, "k_params_total"), grouped(total) if total else None),
+                 (tr(lang, "k_params_trainable"), grouped(trainable) if trainable else None),
                  (tr(lang, "k_trainable_share"), round(100 * trainable / total, 2) if total and trainable else None),
-                 *((key, value) for key, value in (info.get("architecture") or {}).items()),
+                 *((key, human_value(key, value, lang)) for key, value in (info.get("architecture") or {}).items()),
                  (tr(lang, "k_loss"), info.get("loss"))]
     blocks.append(table_block(out, f"{run['slug']}_architecture", tr(lang, "t_arch", run=name),
                               key_value_table(arch_rows, lang)))
@@ -1314,9 +1720,8 @@ def model_section(run: dict, out: Path, lang: str, dpi: int) -> list[dict]:
     config_keys = ["optimizer", "learning_rate", "scheduler", "warmup_steps", "weight_decay", "batch_size",
                    "grad_accum", "effective_batch_size", "precision", "lora", "epochs_planned", "epochs_run",
                    "best_epoch", "best_step"]
-    config_rows = [(tr(lang, f"k_{key}"), json.dumps(info[key]) if isinstance(info.get(key), dict)
-                    else epoch_value(info.get(key)) if key in ("epochs_run", "best_epoch") else info.get(key))
-                   for key in config_keys]
+    config_rows = [(tr(lang, f"k_{key}"), epoch_value(info.get(key)) if key in ("epochs_run", "best_epoch")
+                    else human_value(key, info.get(key), lang)) for key in config_keys]
     config_rows += [(tr(lang, "k_best_val_wer"), pct(info.get("best_val_wer"))),
                     (tr(lang, "k_stop_reason"), info.get("stop_reason")),
                     (tr(lang, "k_train_minutes"), round(seconds / 60, 1) if seconds is not None else None),
@@ -1330,6 +1735,16 @@ def model_section(run: dict, out: Path, lang: str, dpi: int) -> list[dict]:
                                    figure, plotted, dpi))
     else:
         blocks.append(paragraph(tr(lang, "no_diagram", family=family)))
+    if family in FAMILY_REFERENCE:
+        blocks += [heading(4, tr(lang, "h_loss")),
+                   paragraph(tr(lang, "loss_ce" if family == "whisper" else "loss_ctc", run=name,
+                                ref=cite(lang, "graves2006")))]
+    if not run["eval_only"]:
+        start = tr(lang, "start_preset", preset=info["preset"]) if info.get("preset") else tr(lang, "start_defaults")
+        tuning = (tr(lang, "hp_tuning_single", start=start, family=family) if family_runs < 2 else
+                  tr(lang, "hp_tuning_multi", start=start, n=family_runs, family=family,
+                     title=tr(lang, "t_tuning", family=family)))
+        blocks += [heading(4, tr(lang, "h_hyper")), bullets(hyper_parameter_reasons(info, lang)), paragraph(tuning)]
     return blocks
 
 
@@ -1355,12 +1770,13 @@ def training_section(run: dict, out: Path, lang: str, dpi: int) -> list[dict]:
 def metrics_table(run: dict, lang: str) -> pd.DataFrame:
     """Stored metrics beside the recomputed ones, each row marked equal or MISMATCH."""
     stored, recomputed = run["metrics"] or {}, run["recomputed"]
-    recomputed = {**recomputed, "word_accuracy": 1 - recomputed["wer"]}
-    stored = {**stored, "word_accuracy": 1 - stored["wer"] if stored.get("wer") is not None else None}
+    recomputed = {**recomputed, "word_accuracy": 1 - recomputed["wer"], **word_scores(recomputed)}
+    stored = {**stored, "word_accuracy": 1 - stored["wer"] if stored.get("wer") is not None else None,
+              **word_scores(stored)}
     rows = []
-    for key in ("wer", "cer", "ser", "word_accuracy", "substitutions", "deletions", "insertions", "hits", "ref_words",
-                "num_utterances", "audio_seconds", "decode_seconds", "rtf"):
-        as_pct = key in ("wer", "cer", "ser", "word_accuracy")
+    for key in ("wer", "cer", "ser", "word_accuracy", "precision", "recall", "f1", "substitutions", "deletions",
+                "insertions", "hits", "ref_words", "num_utterances", "audio_seconds", "decode_seconds", "rtf"):
+        as_pct = key in ("wer", "cer", "ser", "word_accuracy", "precision", "recall", "f1")
         value, again = stored.get(key), recomputed.get(key)
         check = ""
         if value is not None and again is not None:
@@ -1440,6 +1856,14 @@ def tone_blocks(run: dict, out: Path, lang: str, dpi: int) -> list[dict]:
                                                                            plain=pct(plain))),
               figure_block(out, f"{slug}_tone_confusion", tr(lang, "c_tones", run=name), plot_tone_matrix(matrix, lang),
                            matrix.reset_index(names=tr(lang, "y_tone_ref")), dpi)]
+    scores = tone_scores(matrix)
+    if not scores.empty:
+        scores["tone"] = scores["tone"].replace({"macro": tr(lang, "macro")})
+        for column in ("precision", "recall", "f1"):
+            scores[column] = scores[column].map(pct)
+        scores = scores.rename(columns={column: tr(lang, f"col_{column}") for column in
+                                        ("tone", "precision", "recall", "f1", "support")})
+        blocks.append(table_block(out, f"{slug}_tone_scores", tr(lang, "t_tone_prf", run=name), scores))
     pairs = character_confusions(references, hypotheses, top=15)
     chars = pd.DataFrame([("␣" if a == " " else a, "␣" if b == " " else b, n, tr(lang, character_pair_kind(a, b)))
                           for a, b, n in pairs],
@@ -1466,6 +1890,7 @@ def test_section(run: dict, out: Path, lang: str, dpi: int, worst: int, top: int
         blocks.append(paragraph(tr(lang, "metrics_bad", items="; ".join(run["mismatches"])), warning=True))
     else:
         blocks.append(paragraph(tr(lang, "metrics_ok")))
+    blocks.append(paragraph(tr(lang, "prf_note")))
     errors = utterance_errors(predictions["reference"].tolist(), predictions["prediction"].tolist())
     durations = pd.to_numeric(predictions.get("duration", pd.Series(index=predictions.index, dtype=float)),
                               errors="coerce")
@@ -1514,6 +1939,7 @@ def comparison_rows(runs: list[dict], lang: str) -> pd.DataFrame:
                      tr(lang, "col_gpu_mb"): info.get("peak_gpu_memory_mb"),
                      tr(lang, "col_test_wer"): pct(metrics.get("wer")),
                      tr(lang, "col_test_cer"): pct(metrics.get("cer")),
+                     **{tr(lang, f"col_test_{key}"): pct(value) for key, value in word_scores(metrics).items()},
                      tr(lang, "col_wer_no_tone"): pct(plain),
                      tr(lang, "col_rtf"): round(metrics["rtf"], 4) if metrics.get("rtf") is not None else None})
     return pd.DataFrame(rows)
@@ -1571,6 +1997,8 @@ def render_markdown(blocks: list[dict], lang: str) -> str:
             parts.append("\n".join(f"- {item}" for item in block["items"]))
         elif kind == "code":
             parts.append(f"```\n{block['text']}\n```")
+        elif kind == "references":
+            parts.append("\n\n".join(block["items"]))
         elif kind == "table":
             tables += 1
             parts.append(f"**{tr(lang, 'table')} {tables}. {block['title']}**\n\n{markdown_table(block['table'])}\n\n"
@@ -1588,7 +2016,7 @@ caption{caption-side:top;font-weight:bold;text-align:left;padding:.3em 0}th,td{b
 padding:.2em .5em;text-align:left;vertical-align:top}th{background:#eee}figure{margin:1em 0}
 figure img{max-width:100%}figcaption{font-style:italic;margin-top:.3em}.warning{background:#fff3cd;
 border-left:4px solid #d39e00;padding:.4em .7em}pre{background:#f4f4f4;padding:.5em;white-space:pre-wrap}
-.csv{font-size:.8em}"""
+.csv{font-size:.8em}.reference{padding-left:2em;text-indent:-2em}"""
 
 
 def render_html(blocks: list[dict], out: Path, lang: str) -> str:
@@ -1605,6 +2033,8 @@ def render_html(blocks: list[dict], out: Path, lang: str) -> str:
             parts.append("<ul>" + "".join(f"<li>{html.escape(i)}</li>" for i in block["items"]) + "</ul>")
         elif kind == "code":
             parts.append(f"<pre>{html.escape(block['text'])}</pre>")
+        elif kind == "references":
+            parts += [f"<p class=\"reference\">{html.escape(item)}</p>" for item in block["items"]]
         elif kind == "table":
             tables += 1
             table = block["table"]
@@ -1625,6 +2055,134 @@ def render_html(blocks: list[dict], out: Path, lang: str) -> str:
     return (f"<!DOCTYPE html>\n<html lang=\"{lang}\"><head><meta charset=\"utf-8\">"
             f"<title>{html.escape(tr(lang, 'title'))}</title><style>{HTML_STYLE}</style></head><body>\n"
             + "\n".join(parts) + "\n</body></html>\n")
+
+
+DOCX_FONT = "Times New Roman"  # every Vietnamese letter and tone mark, on Windows, macOS and LibreOffice alike
+DOCX_TEXT_WIDTH_IN = 6.3  # A4 (8.27 in) less 2.5 cm margins: the widest a figure prints without cropping
+
+
+def set_style_font(style, size_pt: float | None = None) -> None:
+    """Give a Word style one font for every script (Latin, East Asian, complex): Word picks the font per script
+    and the theme font of a heading style would otherwise win for some letters."""
+    from docx.oxml.ns import qn
+    from docx.shared import Pt
+
+    style.font.name = DOCX_FONT
+    if size_pt:
+        style.font.size = Pt(size_pt)
+    fonts = style.element.get_or_add_rPr().get_or_add_rFonts()
+    for attribute in ("w:ascii", "w:hAnsi", "w:eastAsia", "w:cs"):
+        fonts.set(qn(attribute), DOCX_FONT)
+    for attribute in ("w:asciiTheme", "w:hAnsiTheme", "w:eastAsiaTheme", "w:cstheme"):
+        fonts.attrib.pop(qn(attribute), None)
+
+
+def add_caption(document, label: str, number: int, text: str, keep_with_next: bool):
+    """A numbered caption in Word's Caption style whose number is a SEQ field (shown as `number`), so Word's
+    References > Cross-reference lists it and renumbers it when parts move."""
+    from docx.oxml import OxmlElement
+    from docx.oxml.ns import qn
+
+    caption = document.add_paragraph(style="Caption")
+    caption.paragraph_format.keep_with_next = keep_with_next
+    caption.add_run(f"{label} ")
+    for kind, content in (("begin", None), (None, f" SEQ {label} \\* ARABIC "), ("separate", None), (None, str(number)),
+                          ("end", None)):
+        run = caption.add_run()
+        if kind:
+            char = OxmlElement("w:fldChar")
+            char.set(qn("w:fldCharType"), kind)
+            run._r.append(char)
+        elif content.startswith(" SEQ"):
+            instruction = OxmlElement("w:instrText")
+            instruction.set(qn("xml:space"), "preserve")
+            instruction.text = content
+            run._r.append(instruction)
+        else:
+            run.text = content
+    caption.add_run(f". {text}")
+    return caption
+
+
+def add_docx_table(document, table: pd.DataFrame) -> None:
+    """A real Word table: header row repeated on every page, rows never split, every row kept with the next so
+    a short table stays on one page with its title."""
+    from docx.oxml import OxmlElement
+    from docx.shared import Pt
+
+    size = Pt(9 if len(table.columns) <= 6 else 7.5)  # the comparison has 15 columns
+    word_table = document.add_table(rows=len(table) + 1, cols=len(table.columns))
+    word_table.style = "Table Grid"
+    values = [list(map(str, table.columns)), *([cell(v) for v in row] for row in table.itertuples(index=False))]
+    for r, (row, texts) in enumerate(zip(word_table.rows, values)):
+        properties = row._tr.get_or_add_trPr()
+        properties.append(OxmlElement("w:cantSplit"))
+        if r == 0:
+            properties.append(OxmlElement("w:tblHeader"))
+        for word_cell, text in zip(row.cells, texts):
+            paragraph = word_cell.paragraphs[0]
+            paragraph.paragraph_format.keep_with_next = r < len(values) - 1
+            run = paragraph.add_run(text)
+            run.font.size, run.bold = size, r == 0
+    document.add_paragraph()  # white space before the next block, as under a figure's caption
+
+
+def render_docx(blocks: list[dict], out: Path, lang: str):
+    """report.docx: the same blocks as Word content (headings, real tables with their numbered titles above,
+    figures at print width with numbered captions below, captions in Word's Caption style), in a font with
+    every Vietnamese letter."""
+    from docx import Document
+    from docx.enum.text import WD_ALIGN_PARAGRAPH
+    from docx.oxml import OxmlElement
+    from docx.oxml.ns import qn
+    from docx.shared import Cm, Inches, Pt, RGBColor
+
+    document = Document()
+    for section in document.sections:
+        section.page_width, section.page_height = Cm(21.0), Cm(29.7)
+        section.left_margin = section.right_margin = section.top_margin = section.bottom_margin = Cm(2.5)
+    for name, size in (("Normal", 12), ("Title", 20), ("Heading 1", 16), ("Heading 2", 14), ("Heading 3", 13),
+                       ("Heading 4", 12), ("Caption", 10), ("List Bullet", None)):
+        set_style_font(document.styles[name], size)
+    language = OxmlElement("w:lang")
+    language.set(qn("w:val"), "en-US" if lang == "en" else "vi-VN")  # Word's spelling checker
+    document.styles["Normal"].element.get_or_add_rPr().append(language)
+    document.styles["Caption"].font.color.rgb = RGBColor(0, 0, 0)
+    document.core_properties.title = tr(lang, "title")
+    document.core_properties.language = "en-US" if lang == "en" else "vi-VN"
+    tables = figures = 0
+    for block in blocks:
+        kind = block["kind"]
+        if kind == "heading":
+            document.add_heading(block["text"], level=min(block["level"], 4))
+        elif kind == "paragraph":
+            paragraph = document.add_paragraph()
+            run = paragraph.add_run(f"⚠ {block['text']}" if block["warning"] else block["text"])
+            run.italic = block["warning"]
+        elif kind == "bullets":
+            for item in block["items"]:
+                document.add_paragraph(item, style="List Bullet")
+        elif kind == "code":
+            run = document.add_paragraph().add_run(block["text"])
+            run.font.name, run.font.size = "Courier New", Pt(9)
+        elif kind == "references":
+            for item in block["items"]:
+                paragraph = document.add_paragraph(item)
+                paragraph.paragraph_format.left_indent = Cm(1)
+                paragraph.paragraph_format.first_line_indent = Cm(-1)
+        elif kind == "table":
+            tables += 1
+            add_caption(document, tr(lang, "table"), tables, block["title"], keep_with_next=True)
+            add_docx_table(document, block["table"])
+        elif kind == "figure":
+            figures += 1
+            picture = document.add_paragraph()
+            picture.alignment = WD_ALIGN_PARAGRAPH.CENTER
+            picture.paragraph_format.keep_with_next = True  # the caption never starts the next page alone
+            picture.add_run().add_picture(str(out / block["png"]),
+                                          width=Inches(min(block["width_in"], DOCX_TEXT_WIDTH_IN)))
+            add_caption(document, tr(lang, "figure"), figures, block["caption"], keep_with_next=False)
+    return document
 
 
 # ----------------------------------------------------------------------------- main
@@ -1671,16 +2229,23 @@ def main(argv: list[str] | None = None) -> int:
 
     runs = [load_run(folder, lang) for folder in folders]
     name_runs(runs)
-    data_blocks, data_problems = data_section(find_data_folder(args.data, runs), out, lang, args.dpi)
+    present = [run for run in runs if run["status"] != "st_missing"]
+    augmentation = [tr(lang, "pre_augment", run=run["name"], items="; ".join(
+        augmentation_items(run["info"], run["model_config"], lang)) or tr(lang, "aug_none"))
+        for run in present if run["info"] and not run["eval_only"]]
+    data_blocks, data_problems = data_section(find_data_folder(args.data, runs), out, lang, args.dpi, augmentation)
 
     blocks = [heading(1, tr(lang, "title")),
               paragraph(tr(lang, "generated", date=time.strftime("%Y-%m-%d %H:%M"), n=len(runs))),
               *status_section(runs, data_problems, out, lang),
-              heading(2, tr(lang, "h_problem")), paragraph(tr(lang, "problem")), *data_blocks,
+              heading(2, tr(lang, "h_problem")), paragraph(tr(lang, "problem")),
+              paragraph(tr(lang, "tools", vivos=cite(lang, "luong2016"), transformers=cite(lang, "wolf2020"),
+                           jiwer=cite(lang, "vaessen2025"))), *data_blocks,
               heading(2, tr(lang, "h_models"))]
-    present = [run for run in runs if run["status"] != "st_missing"]
+    families = tuning_runs(present)
     for run in present:
-        blocks += model_section(run, out, lang, args.dpi)
+        blocks += model_section(run, out, lang, args.dpi, len(families.get(run["info"].get("family"), [])))
+    blocks += tuning_section(families, out, lang)
     blocks.append(heading(2, tr(lang, "h_training")))
     for run in present:
         blocks += training_section(run, out, lang, args.dpi)
@@ -1688,16 +2253,18 @@ def main(argv: list[str] | None = None) -> int:
     for run in present:
         blocks += test_section(run, out, lang, args.dpi, args.worst, args.top)
     blocks += comparison_section(runs, out, lang, args.dpi)
+    blocks += [heading(2, tr(lang, "h_references")), references(cited_references(blocks, lang))]
 
     (out / "report.md").write_text(render_markdown(blocks, lang), encoding="utf-8")
     (out / "report.html").write_text(render_html(blocks, out, lang), encoding="utf-8")
+    render_docx(blocks, out, lang).save(str(out / "report.docx"))
 
     for run in runs:
         for problem in run["problems"]:
             print(f"[{run['name']}] {problem}", file=sys.stderr)
     for problem in data_problems:
         print(problem, file=sys.stderr)
-    print(f"wrote {out / 'report.md'}, {out / 'report.html'} and {out / 'comparison.csv'} "
+    print(f"wrote {out / 'report.md'}, {out / 'report.html'}, {out / 'report.docx'} and {out / 'comparison.csv'} "
           f"({len(runs)} run(s), {time.perf_counter() - started:.1f} s)")
     troubled = data_problems or any(run["status"] in ("st_missing", "st_partial", "st_damaged") or run["mismatches"]
                                     for run in runs)

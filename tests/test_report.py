@@ -268,11 +268,12 @@ def test_remedies_come_from_run_info_and_the_saved_model_config():
     assert "weight decay 0.01" in whisper and "dropout 0.1" in whisper and "early stopping" in whisper
     assert "SpecAugment" not in whisper  # Whisper's config keeps mask_time_prob even when SpecAugment is off
     wav2vec2 = report.remedies_used(info, {"apply_spec_augment": True, "mask_time_prob": 0.05, "layerdrop": 0.1}, "en")
-    assert "SpecAugment (mask_time_prob 0.05)" in wav2vec2 and "layerdrop 0.1" in wav2vec2
-    assert "SpecAugment (on)" in report.remedies_used(info, {"spec_augment": True}, "en")
+    assert "SpecAugment (Park et al., 2019): time masks 5 %" in wav2vec2 and "layerdrop 0.1" in wav2vec2
+    assert "SpecAugment (Park et al., 2019): on" in report.remedies_used(info, {"spec_augment": True}, "en")
     assert "early stopping" not in report.remedies_used({"command": "x.py --patience 0"}, {"dropout": 0.1}, "en")
     whisper_info = {**info, "architecture": {"spec_augment": {"time_prob": 0.05, "feature_prob": 0.0}}}
-    assert "SpecAugment (time_prob 0.05)" in report.remedies_used(whisper_info, {}, "en")
+    assert "SpecAugment (Park et al., 2019): time masks 5 %, frequency masks 0 %;" in report.remedies_used(
+        whisper_info, {}, "en")  # in words, not the dict run_info.json stores
 
 
 # ----------------------------------------------------------------------------- the whole report
@@ -342,7 +343,7 @@ def test_report_sentences_tables_and_tone_analysis(english, fixture_runs):
     text = (english / "report.md").read_text(encoding="utf-8")
     assert "the model overfits after epoch 3" in text  # wav2vec2-base's synthetic rising validation loss
     assert "Training stopped early at epoch 5" in text and "has not converged yet" in text
-    assert "weight decay 0.01; layerdrop 0.1; SpecAugment (mask_time_prob 0.05)" in text  # wav2vec2-base
+    assert "weight decay 0.01; layerdrop 0.1; SpecAugment (Park et al., 2019): time masks 5 %" in text
     assert "weight decay 0.01; dropout 0.1; early stopping" in text  # whisper-small: SpecAugment off
     predictions = pd.read_csv(fixture_runs["runs"]["wav2vec2"] / "test_predictions.csv", keep_default_na=False)
     tones = read_csv(english / "figures" / "wav2vec2-base_tone_confusion.csv").set_index("reference tone")
