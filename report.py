@@ -1084,12 +1084,17 @@ def spec_augment_masks(info: dict, model_config: dict) -> dict | None:
     spec = next((place["spec_augment"] for place in places if "spec_augment" in place), None)
     facts = {**model_config, **info}
     if isinstance(spec, dict):
-        values = {"time": spec.get("time_prob"), "feature": spec.get("feature_prob")}
-    elif spec is True or (spec is None and facts.get("apply_spec_augment")):
+        return mask_shares(spec)
+    if spec is True or (spec is None and facts.get("apply_spec_augment")):
         # Whisper's config carries mask_time_prob 0.05 even with apply_spec_augment false: the switch decides
-        values = {"time": facts.get("mask_time_prob"), "feature": facts.get("mask_feature_prob")}
-    else:
-        return None
+        return mask_shares({"time_prob": facts.get("mask_time_prob"), "feature_prob": facts.get("mask_feature_prob")})
+    return None
+
+
+def mask_shares(spec: dict) -> dict:
+    """{time_prob, feature_prob} as run_info.json records SpecAugment -> {"time": ..., "feature": ...}, leaving
+    out a share that is not recorded."""
+    values = {"time": spec.get("time_prob"), "feature": spec.get("feature_prob")}
     return {name: float(value) for name, value in values.items()
             if isinstance(value, (int, float)) and not isinstance(value, bool)}
 
@@ -1116,7 +1121,7 @@ def augmentation_items(info: dict, model_config: dict, lang: str) -> list[str]:
 def human_value(key: str, value, lang: str):
     """A run_info.json value as a person reads it: counts grouped, switches yes/no, settings as words."""
     if key == "spec_augment":
-        return masks_text(value, lang) if isinstance(value, dict) else tr(lang, "yes" if value else "no")
+        return masks_text(mask_shares(value), lang) if isinstance(value, dict) else tr(lang, "yes" if value else "no")
     if isinstance(value, bool):
         return tr(lang, "yes" if value else "no")
     if isinstance(value, int) and abs(value) >= 10_000:
