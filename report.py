@@ -6,8 +6,10 @@ Reads only what the other scripts wrote (prepare_summary.json; per run: run_info
 trainer_state.json, test_predictions.csv, test_metrics.json) and loads no model, so it runs in seconds.
 Writes into --out:
 
-    report.md, report.html     the whole report in order, numbered captions (--lang vi|en);
-                               report.html is self-contained (images embedded), open it in Word
+    report.md, report.html     the whole report in order, numbered captions (--lang vi|en), ending with
+                               the references it cites (author-year); report.html is self-contained
+    report.docx                the same report for Word / LibreOffice: real tables titled above, figures
+                               at page width captioned below (Word caption fields), Times New Roman
     comparison.csv/.md/.png    one row per run: size, training time, test WER/CER, RTF
     figures/*.png (+ .csv)     print-resolution figures, each with the numbers it plots beside it
     tables/*.csv               every table of the report (UTF-8 with BOM, so Excel shows Vietnamese)
@@ -178,22 +180,24 @@ TEXT = {
                      "Không có biểu đồ thời lượng: bản tóm tắt không có và không đọc được dữ liệu tại {path}."),
     # Models
     "h_models": ("Models", "Mô hình"),
-    "why_whisper": ("Why: Whisper ({ref}) is an encoder-decoder Transformer pretrained on 680,000 hours of multilingual "
-                    "speech including Vietnamese; it is a strong zero-shot baseline and its decoder is also a "
-                    "language model, so it spells whole words.",
-                    "Lý do: Whisper ({ref}) là Transformer mã hoá - giải mã được huấn luyện trước trên 680.000 giờ tiếng nói "
-                    "đa ngôn ngữ có tiếng Việt; đây là mô hình cơ sở zero-shot mạnh và bộ giải mã đồng thời là một mô "
-                    "hình ngôn ngữ nên viết ra được cả từ."),
-    "why_wav2vec2": ("Why: wav2vec 2.0 ({ref}) learns speech representations without labels and is fine-tuned with a "
-                     "CTC head; decoding is one non-autoregressive pass, fast enough for a small GPU, and its "
+    "why_whisper": ("Why: Whisper ({ref}) is an encoder-decoder Transformer pretrained on 680,000 hours of "
+                    "multilingual speech including Vietnamese; it is a strong zero-shot baseline and its decoder is "
+                    "also a language model, so it spells whole words.",
+                    "Lý do: Whisper ({ref}) là Transformer mã hoá - giải mã được huấn luyện trước trên 680.000 giờ "
+                    "tiếng nói đa ngôn ngữ có tiếng Việt; đây là mô hình cơ sở zero-shot mạnh và bộ giải mã đồng thời "
+                    "là một mô hình ngôn ngữ nên viết ra được cả từ."),
+    "why_wav2vec2": ("Why: wav2vec 2.0 ({ref}) learns speech representations without labels and is fine-tuned with "
+                     "a CTC head; decoding is one non-autoregressive pass, fast enough for a small GPU, and its "
                      "character output covers every Vietnamese letter.",
-                     "Lý do: wav2vec 2.0 ({ref}) học biểu diễn tiếng nói không cần nhãn rồi được tinh chỉnh với đầu ra CTC; "
-                     "giải mã chỉ một lượt, không tự hồi quy, đủ nhanh cho GPU nhỏ, và đầu ra theo ký tự phủ mọi chữ "
-                     "cái tiếng Việt."),
-    "why_deepspeech2": ("Why: DeepSpeech2 ({ref}; convolutions + bidirectional LSTM/GRU + CTC) is trained from scratch; it is "
-                        "the classic baseline that shows what pretraining buys on a corpus of VIVOS's size.",
-                        "Lý do: DeepSpeech2 ({ref}; tích chập + LSTM/GRU hai chiều + CTC) được huấn luyện từ đầu; đây là mô hình "
-                        "cơ sở kinh điển cho thấy huấn luyện trước mang lại bao nhiêu trên bộ dữ liệu cỡ VIVOS."),
+                     "Lý do: wav2vec 2.0 ({ref}) học biểu diễn tiếng nói không cần nhãn rồi được tinh chỉnh với đầu "
+                     "ra CTC; giải mã chỉ một lượt, không tự hồi quy, đủ nhanh cho GPU nhỏ, và đầu ra theo ký tự phủ "
+                     "mọi chữ cái tiếng Việt."),
+    "why_deepspeech2": ("Why: DeepSpeech2 ({ref}; convolutions + bidirectional LSTM/GRU + CTC) is trained from "
+                        "scratch; it is the classic baseline that shows what pretraining buys on a corpus of VIVOS's "
+                        "size.",
+                        "Lý do: DeepSpeech2 ({ref}; tích chập + LSTM/GRU hai chiều + CTC) được huấn luyện từ đầu; "
+                        "đây là mô hình cơ sở kinh điển cho thấy huấn luyện trước mang lại bao nhiêu trên bộ dữ liệu "
+                        "cỡ VIVOS."),
     "base_model": ("Base model: {base}.", "Mô hình gốc: {base}."),
     "t_arch": ("Architecture of {run} (parameters as exact counts; layer sizes in units)",
                "Kiến trúc của {run} (số tham số đếm chính xác; kích thước lớp tính bằng số đơn vị)"),
@@ -500,8 +504,8 @@ TEXT = {
                         "Cách tinh chỉnh: tìm kiếm thủ công bắt đầu từ {start}; {n} lần chạy của họ {family} đã được "
                         "huấn luyện với các thiết lập trong bảng \u201c{title}\u201d và giữ lần có WER kiểm định thấp "
                         "nhất."),
-    "start_preset": ("preset {preset}", "preset {preset}"), "start_defaults": ("trainer's defaults",
-                                                                               "thiết lập mặc định của trình huấn luyện"),
+    "start_preset": ("preset {preset}", "preset {preset}"),
+    "start_defaults": ("trainer's defaults", "thiết lập mặc định của trình huấn luyện"),
     "t_tuning": ("Runs of the {family} family: the settings that differ and the validation error (WER and CER in %, "
                  "at the best epoch)", "Các lần chạy của họ {family}: các thiết lập khác nhau và lỗi trên tập kiểm "
                  "định (WER và CER tính bằng %, tại epoch tốt nhất)"),
@@ -585,8 +589,8 @@ REFERENCES = {
                  "SpecAugment: A simple data augmentation method for automatic speech recognition. In Proceedings of "
                  "Interspeech 2019, 2613–2617."),
     "radford2022": (("Radford et al., 2022", "Radford et al., 2022"),
-                    "Radford, A., Kim, J. W., Xu, T., Brockman, G., McLeavey, C., & Sutskever, I. (2022). Robust speech "
-                    "recognition via large-scale weak supervision. arXiv:2212.04356 (ICML 2023)."),
+                    "Radford, A., Kim, J. W., Xu, T., Brockman, G., McLeavey, C., & Sutskever, I. (2022). Robust "
+                    "speech recognition via large-scale weak supervision. arXiv:2212.04356 (ICML 2023)."),
     "vaessen2025": (("Vaessen, 2025", "Vaessen, 2025"),
                     "Vaessen, N. (2025). JiWER: Evaluate your speech-to-text system with similarity measures such as "
                     "word error rate (version 4.0) [Python package]. https://github.com/jitsi/jiwer"),
@@ -1695,7 +1699,8 @@ def tuning_section(families: dict[str, list[dict]], out: Path, lang: str) -> lis
         blocks += [heading(3, f"{tr(lang, 'h_hyper')}: {family}"),
                    table_block(out, f"tuning_{run_slug(family, set())}", tr(lang, "t_tuning", family=family), table)]
         if chosen is not None:
-            blocks.append(paragraph(tr(lang, "tuning_best", run=chosen["name"], wer=pct(chosen["info"]["best_val_wer"]))))
+            blocks.append(paragraph(tr(lang, "tuning_best", run=chosen["name"],
+                                       wer=pct(chosen["info"]["best_val_wer"]))))
     return blocks
 
 

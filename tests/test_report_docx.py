@@ -45,7 +45,8 @@ def course_runs(tmp_path_factory) -> dict:
               params_trainable=1_371_392, warmup_steps=58, precision="bf16",
               architecture={**json.loads((runs["whisper"] / "run_info.json").read_text())["architecture"],
                             "spec_augment": {"time_prob": 0.05, "feature_prob": 0.0}})
-    edit_json(runs["whisper-2"] / "run_info.json", lora=lora, learning_rate=5e-4, preset="t4", best_val_cer=0.12)
+    edit_json(runs["whisper-2"] / "run_info.json", lora=lora, learning_rate=5e-4, preset="t4", best_val_cer=0.12,
+              params_trainable=1_371_392)
     edit_json(runs["wav2vec2"] / "run_info.json", base_model="facebook/wav2vec2-xls-r-300m", learning_rate=1e-4,
               freeze_feature_encoder=True)
     edit_json(runs["deepspeech2"] / "run_info.json", decoder="beam", learning_rate=5e-4, preset=None)
@@ -224,7 +225,8 @@ def test_preprocessing_lists_each_runs_augmentation(english):
             "masks 10 %.") in preprocessing
     assert ("- Augmentation of whisper-lora (training only): SpecAugment (Park et al., 2019): time masks 5 %, "
             "frequency masks 0 %.") in preprocessing
-    assert "- Augmentation of whisper-lora-lr (training only): none." in preprocessing  # config: apply_spec_augment false
+    # best_model/config.json: apply_spec_augment false
+    assert "- Augmentation of whisper-lora-lr (training only): none." in preprocessing
 
 
 def test_deepspeech2_diagram_names_the_decoder_run_info_records(english, tmp_path):
