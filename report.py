@@ -2267,14 +2267,20 @@ def main(argv: list[str] | None = None) -> int:
 
     (out / "report.md").write_text(render_markdown(blocks, lang), encoding="utf-8")
     (out / "report.html").write_text(render_html(blocks, out, lang), encoding="utf-8")
-    render_docx(blocks, out, lang).save(str(out / "report.docx"))
+    try:
+        render_docx(blocks, out, lang).save(str(out / "report.docx"))
+        written = f"{out / 'report.docx'}, "
+    except ImportError:  # a notebook with report.py pasted alone may lack it; the other files are complete
+        written = ""
+        print("report.docx not written: python-docx is not installed; type pip install python-docx and run "
+              "report.py again (report.md and report.html are written)", file=sys.stderr)
 
     for run in runs:
         for problem in run["problems"]:
             print(f"[{run['name']}] {problem}", file=sys.stderr)
     for problem in data_problems:
         print(problem, file=sys.stderr)
-    print(f"wrote {out / 'report.md'}, {out / 'report.html'}, {out / 'report.docx'} and {out / 'comparison.csv'} "
+    print(f"wrote {out / 'report.md'}, {out / 'report.html'}, {written}and {out / 'comparison.csv'} "
           f"({len(runs)} run(s), {time.perf_counter() - started:.1f} s)")
     troubled = data_problems or any(run["status"] in ("st_missing", "st_partial", "st_damaged") or run["mismatches"]
                                     for run in runs)

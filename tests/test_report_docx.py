@@ -8,6 +8,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import jiwer
@@ -148,6 +149,17 @@ def test_docx_prints_to_pdf_with_libreoffice(vietnamese, tmp_path):
     pdf = tmp_path / "báo cáo.pdf"
     assert pdf.is_file() and pdf.stat().st_size > 10_000, result.stdout + result.stderr
     assert pdf.read_bytes()[:5] == b"%PDF-"
+
+
+def test_without_python_docx_the_rest_is_written_and_one_line_says_what_to_install(tmp_path, monkeypatch,
+                                                                                      capsys):
+    folder = write_run(tmp_path / "runs" / "whisper", "whisper", "whisper", CURVES, transcripts(1))
+    monkeypatch.setitem(sys.modules, "docx", None)  # import docx now raises ImportError
+    out = tmp_path / "report"
+    assert report.main(["--runs", str(folder), "--out", str(out), "--dpi", str(DPI)]) == 0
+    assert (out / "report.md").is_file() and (out / "report.html").is_file() and not (out / "report.docx").exists()
+    assert "report.docx not written: python-docx is not installed; type pip install python-docx" in \
+        capsys.readouterr().err
 
 
 # ----------------------------------------------------------------------------- references
