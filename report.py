@@ -527,6 +527,7 @@ TEXT = {
     "masks_on": ("on", "bật"),
     "yes": ("yes", "có"), "no": ("no", "không"),
     "d_decoder_beam": ("CTC beam search\n+ lexicon", "CTC beam search\n+ từ vựng"),
+    "k_decoder": ("decoder of the test split", "bộ giải mã trên tập kiểm tra"),
     "d_decoder_greedy": ("CTC greedy\ndecoding", "CTC greedy\n(tham lam)"),
     # Precision, recall, F1
     "m_precision": ("word precision = H / (H + S + I) (%)", "độ chính xác (precision) từ = H / (H + S + I) (%)"),
@@ -1732,6 +1733,8 @@ def model_section(run: dict, out: Path, lang: str, dpi: int, family_runs: int = 
                    "best_epoch", "best_step"]
     config_rows = [(tr(lang, f"k_{key}"), epoch_value(info.get(key)) if key in ("epochs_run", "best_epoch")
                     else human_value(key, info.get(key), lang)) for key in config_keys]
+    if info.get("decoder") in ("beam", "greedy"):  # DeepSpeech2: validation is greedy, test as recorded
+        config_rows.append((tr(lang, "k_decoder"), tr(lang, f"d_decoder_{info['decoder']}").replace("\n", " ")))
     config_rows += [(tr(lang, "k_best_val_wer"), pct(info.get("best_val_wer"))),
                     (tr(lang, "k_stop_reason"), info.get("stop_reason")),
                     (tr(lang, "k_train_minutes"), round(seconds / 60, 1) if seconds is not None else None),

@@ -244,6 +244,8 @@ def test_preprocessing_lists_each_runs_augmentation(english):
 def test_deepspeech2_diagram_names_the_decoder_run_info_records(english, tmp_path):
     blocks = " ".join(read_csv(english / "figures" / "deepspeech2_architecture.csv")["block"])
     assert "CTC beam search + lexicon" in blocks and "greedy" not in blocks
+    config = read_csv(english / "tables" / "deepspeech2_training_config.csv").set_index("setting")["value"]
+    assert config["decoder of the test split"] == "CTC beam search + lexicon"
     greedy = report.architecture_rows("deepspeech2", {}, "en", "greedy")[0][-1]
     assert greedy.startswith("CTC greedy")
 
