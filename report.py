@@ -2154,8 +2154,8 @@ def render_docx(blocks: list[dict], out: Path, lang: str):
     for section in document.sections:
         section.page_width, section.page_height = Cm(21.0), Cm(29.7)
         section.left_margin = section.right_margin = section.top_margin = section.bottom_margin = Cm(2.5)
-    for name, size in (("Normal", 12), ("Title", 20), ("Heading 1", 16), ("Heading 2", 14), ("Heading 3", 13),
-                       ("Heading 4", 12), ("Caption", 10), ("List Bullet", None)):
+    for name, size in (("Normal", 12), ("Heading 1", 16), ("Heading 2", 14), ("Heading 3", 13), ("Heading 4", 12),
+                       ("Caption", 10), ("List Bullet", None)):
         set_style_font(document.styles[name], size)
     language = OxmlElement("w:lang")
     language.set(qn("w:val"), "en-US" if lang == "en" else "vi-VN")  # Word's spelling checker
@@ -2167,7 +2167,7 @@ def render_docx(blocks: list[dict], out: Path, lang: str):
     for block in blocks:
         kind = block["kind"]
         if kind == "heading":
-            document.add_heading(block["text"], level=min(block["level"], 4))
+            document.add_heading(block["text"], level=block["level"])  # Heading styles keep with the next line
         elif kind == "paragraph":
             paragraph = document.add_paragraph()
             run = paragraph.add_run(f"⚠ {block['text']}" if block["warning"] else block["text"])

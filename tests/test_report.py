@@ -431,3 +431,8 @@ def test_real_runs_report_from_the_three_tiny_trainers(whisper_run, wav2vec2_run
         assert f"({family}), drawn from the architecture facts" in text
     for diagram in (out / "figures").glob("*_architecture.csv"):  # every block filled from run_info.json
         assert "?" not in " ".join(read_csv(diagram)["block"]), diagram.name
+    decoder = json.loads((deepspeech_run / "run_info.json").read_text(encoding="utf-8"))["decoder"]
+    blocks = " ".join(read_csv(next((out / "figures").glob("*deepspeech*_architecture.csv")))["block"])
+    assert ("CTC beam search" in blocks) == (decoder == "beam") and ("CTC greedy" in blocks) == (decoder == "greedy")
+    docx = pytest.importorskip("docx")
+    assert len(docx.Document(str(out / "report.docx")).inline_shapes) == text.count("![")
