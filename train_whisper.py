@@ -935,6 +935,9 @@ def estimate_run(trainer, args: argparse.Namespace, test_size: int) -> dict:
         if not estimate["fits"]:
             estimate["advice"] = (f"the run needs {disk_needed:.0f} MB and {existing} has {free_mb:.0f} MB free: "
                                   "free some space or lower --save-total-limit")
+    order = ["device", "peak_memory_mb", "seconds_per_step", "steps_per_epoch", "epoch_minutes", "total_minutes",
+             "checkpoint_mb", "disk_needed_mb", "fits", "advice"]
+    estimate = {key: estimate[key] for key in order if key in estimate}
     args.output_dir.mkdir(parents=True, exist_ok=True)
     write_json(args.output_dir / "estimate.json", estimate)
     say(json.dumps(estimate, indent=2))
