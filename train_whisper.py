@@ -443,6 +443,56 @@ def checkpoint_to_resume(args: argparse.Namespace) -> Path | None:
     return checkpoint
 
 
+def recorded_settings(checkpoint: Path) -> dict:
+    """The optimizer and batch a checkpoint was trained with (RunSettingsCallback's record in its
+    trainer_state.json; a checkpoint written before that record holds only the batch size)."""
+    state = json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
+    record = state.get("stateful_callbacks", {}).get("RunSettingsCallback", {})
+    record = record[0] if isinstance(record, list) else record
+    return record.get("attributes", {}).get("settings") or {"batch_size": state.get("train_batch_size")}
+
+
+def command_with(args: argparse.Namespace, changes: dict[str, str]) -> str:
+    """This run's command, safe to paste, with some flags given new values (added where absent) and
+    --resume / --no-resume left out."""
+    argv, kept, given = list(args.argv), [], set()
+    while argv:
+        arg = argv.pop(0)
+        flag, _, inline = arg.partition("=")
+        if flag in ("--resume", "--no-resume"):
+            continue
+        if flag in changes:
+            given.add(flag)
+            if not inline and argv:
+                argv.pop(0)
+            kept += [flag, changes[flag]]
+        else:
+            kept.append(arg)
+    kept += [part for flag, value in changes.items() if flag not in given for part in (flag, value)]
+    return " ".join(["python", SCRIPT, *map(quoted, kept)])
+
+
+def check_resumed_settings(args: argparse.Namespace, checkpoint: Path | None, optim: str) -> None:
+    """Resuming with another optimizer is refused (its saved state cannot be loaded into a different one) with
+    the command that starts a new run from the checkpoint's weights; another batch size is said in one line."""
+    if checkpoint is None:
+        return
+    before = recorded_settings(checkpoint)
+    same_kind = {"adamw_torch_fused": "adamw_torch"}  # one optimizer class, fused or not: the state loads
+    if before.get("optim") and same_kind.get(before["optim"], before["optim"]) != same_kind.get(optim, optim):
+        continued = args.output_dir.parent / f"{args.output_dir.name}-continued"
+        command = command_with(args, {"--model": str(checkpoint), "--output-dir": str(continued)})
+        raise InputError(f"{checkpoint} was trained with --optim {before['optim']} and this command uses {optim}: "
+                         f"an optimizer's saved state cannot be loaded into another one. Nothing was changed. Resume "
+                         f"with --optim {before['optim']}, or start a new run from its weights: {command}")
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    old_batch = (before.get("batch_size"), before.get("grad_accum", args.grad_accum), before.get("world_size", world))
+    if old_batch != (args.batch_size, args.grad_accum, world):
+        say(f"{checkpoint.name} was trained with batch {old_batch[0]} x {old_batch[1]} accumulation x {old_batch[2]} "
+            f"processes and continues with {args.batch_size} x {args.grad_accum} x {world}: the epoch counter "
+            "continues; steps per epoch change, and the schedule counts the new steps.")
+
+
 # ----------------------------------------------------------------------------- 3. prepared dataset
 
 def prepare_command(data: Path, summary: dict, n_mels: int = 80) -> str:
@@ -755,7 +805,7 @@ def run_callbacks(args: argparse.Namespace) -> list:
     for --estimate, which leaves no run behind."""
     if args.estimate:
         return []
-    callbacks = [HistoryCsvCallback(args.output_dir / "history.csv"), TrainClockCallback()]
+    callbacks = [HistoryCsvCallback(args.output_dir / "history.csv"), TrainClockCallback(), RunSettingsCallback()]
     if importlib.util.find_spec("tensorboard"):
         from transformers.integrations import TensorBoardCallback
 
@@ -765,6 +815,22 @@ def run_callbacks(args: argparse.Namespace) -> list:
     if args.patience > 0 and not args.eval_only:
         callbacks.append(ValidationEarlyStopping(early_stopping_patience=args.patience))
     return callbacks
+
+
+class RunSettingsCallback(TrainerCallback, ExportableState):
+    """Records in each checkpoint the optimizer and batch it was trained with, for the check on resume (the
+    checkpoint's training_args.bin holds them too, but only unpickling code would read it)."""
+
+    def __init__(self):
+        self.settings = {}
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.settings = {"optim": str(getattr(args.optim, "value", args.optim)),
+                         "batch_size": args.per_device_train_batch_size,
+                         "grad_accum": args.gradient_accumulation_steps, "world_size": args.world_size}
+
+    def state(self) -> dict:
+        return {"args": {}, "attributes": {"settings": self.settings}}
 
 
 def train_clock(trainer) -> TrainClockCallback:
@@ -1179,6 +1245,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     # 2. Checkpoint to resume.
     checkpoint = checkpoint_to_resume(args)
+    check_resumed_settings(args, checkpoint, optim)
 
     # 3. Prepared dataset, checked.
     dataset, summary = load_prepared_dataset(args.data, {"input_features", "sentence"}, args.eval_only)

@@ -449,3 +449,32 @@ def test_estimate_after_cuda_out_of_memory_says_it_does_not_fit_and_what_to_try(
     assert "--batch-size 2 --grad-accum 2" in estimate["advice"]
     assert ("--preset low-vram" in estimate["advice"]) == ("low-vram" in family.module.PRESETS)
     assert [p.name for p in out.iterdir()] == ["estimate.json"]
+
+
+# ----------------------------------------------------------------------------- resuming with other settings
+
+def test_resuming_with_another_optimizer_is_refused_with_a_new_run_from_the_checkpoint(family, tmp_path):
+    """A run begun with adamw_torch and continued with adafactor (the state of one cannot be loaded into the
+    other): refused, the run untouched, and the printed command starts a new run from the checkpoint's weights."""
+    run = tmp_path / "chạy"
+    shutil.copytree(family.run, run)
+    before = fingerprint(run)
+    message = refusal(family, *family.tiny(family.data, run, "--optim", "adafactor"))
+    assert "was trained with --optim adamw_torch" in message and "Nothing was changed" in message
+    assert fingerprint(run) == before
+    command = shlex.split(message[message.index("python "):])
+    checkpoint = Path(command[command.index("--model") + 1])
+    assert checkpoint.parent == run and checkpoint.name.startswith("checkpoint-")
+    assert command[command.index("--output-dir") + 1] == f"{run}-continued" and command.count("--model") == 1
+    family.main(*command[2:], "--estimate", "--estimate-steps", "1")
+    assert read_json(Path(f"{run}-continued") / "estimate.json")["fits"] is True
+    assert fingerprint(run) == before
+
+
+def test_resuming_with_another_batch_size_continues_and_says_what_changes(family, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(family.run, run)
+    info = read_json(run / "run_info.json")
+    family.main(*family.tiny(family.data, run, "--batch-size", str(info["batch_size"] * 2), "--max-steps",
+                             str(read_json(run / "trainer_state.json")["global_step"] + 1)))
+    assert "the epoch counter continues; steps per epoch change" in capsys.readouterr().out
