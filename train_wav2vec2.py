@@ -19,6 +19,8 @@ What it writes in --output-dir:
   test_predictions.csv    per-utterance reference, prediction, WER, CER
   test_metrics.json       corpus WER, CER, error counts, decode time and real-time factor
   runs/                   TensorBoard events (when tensorboard is installed)
+With --estimate it only times a few real steps with the same flags and writes estimate.json (minutes,
+memory, disk, whether it fits).
 """
 from __future__ import annotations
 
@@ -1122,7 +1124,8 @@ def estimate_run(trainer, args: argparse.Namespace, test_size: int) -> dict:
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     estimate = {"device": device_description(trainer)}
-    with tempfile.TemporaryDirectory(prefix="estimate-") as scratch:
+    # ignore_cleanup_errors: Windows may still hold a just-written file open; the temp folder is the OS's to clear.
+    with tempfile.TemporaryDirectory(prefix="estimate-", ignore_cleanup_errors=True) as scratch:
         trainer.args.output_dir = scratch
         try:
             step_seconds = time_training(trainer, args)
@@ -1156,8 +1159,9 @@ def estimate_run(trainer, args: argparse.Namespace, test_size: int) -> dict:
     order = ["device", "peak_memory_mb", "seconds_per_step", "steps_per_epoch", "epoch_minutes", "total_minutes",
              "checkpoint_mb", "disk_needed_mb", "fits", "advice"]
     estimate = {key: estimate[key] for key in order if key in estimate}
-    args.output_dir.mkdir(parents=True, exist_ok=True)
-    write_json(args.output_dir / "estimate.json", estimate)
+    if IS_MAIN_PROCESS:
+        args.output_dir.mkdir(parents=True, exist_ok=True)
+        write_json(args.output_dir / "estimate.json", estimate)
     say(json.dumps(estimate, indent=2))
     return estimate
 

@@ -12,7 +12,8 @@ as it is (the zero-shot baseline for the report).
 Writes the run folder (docs/FORMATS.md) in --output-dir: checkpoint-N/ (to resume), best_model/
 (+ README.md model card; loadable by transformers.pipeline, LoRA merged in), trainer_state.json,
 history.csv (one row per evaluation), run_info.json, test_predictions.csv, test_metrics.json and
-runs/ (TensorBoard, when installed).
+runs/ (TensorBoard, when installed). `--estimate` instead times a few real steps with the same flags and
+writes only estimate.json (minutes, memory, disk, whether it fits).
 """
 from __future__ import annotations
 
@@ -970,7 +971,8 @@ def estimate_run(trainer, args: argparse.Namespace, test_size: int) -> dict:
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     estimate = {"device": device_description(trainer)}
-    with tempfile.TemporaryDirectory(prefix="estimate-") as scratch:
+    # ignore_cleanup_errors: Windows may still hold a just-written file open; the temp folder is the OS's to clear.
+    with tempfile.TemporaryDirectory(prefix="estimate-", ignore_cleanup_errors=True) as scratch:
         trainer.args.output_dir = scratch
         try:
             step_seconds = time_training(trainer, args)
@@ -1004,8 +1006,9 @@ def estimate_run(trainer, args: argparse.Namespace, test_size: int) -> dict:
     order = ["device", "peak_memory_mb", "seconds_per_step", "steps_per_epoch", "epoch_minutes", "total_minutes",
              "checkpoint_mb", "disk_needed_mb", "fits", "advice"]
     estimate = {key: estimate[key] for key in order if key in estimate}
-    args.output_dir.mkdir(parents=True, exist_ok=True)
-    write_json(args.output_dir / "estimate.json", estimate)
+    if IS_MAIN_PROCESS:
+        args.output_dir.mkdir(parents=True, exist_ok=True)
+        write_json(args.output_dir / "estimate.json", estimate)
     say(json.dumps(estimate, indent=2))
     return estimate
 
