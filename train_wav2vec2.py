@@ -464,9 +464,7 @@ def checkpoint_to_resume(args: argparse.Namespace) -> Path | None:
     if checkpoints and checkpoints[0] != checkpoint:
         say(f"{checkpoints[0].name} is incomplete ({checkpoint_problem(checkpoints[0])}), cut off while it was "
             f"written: {'continuing from ' + checkpoint.name if checkpoint else 'no complete checkpoint is left'}.")
-    if checkpoint:
-        say(f"resuming from {checkpoint} (same optimizer, scheduler, random state and epoch counter)")
-    elif used:
+    if used and not checkpoint:
         say(f"No complete checkpoint in {folder}: training starts from the beginning.")
     return checkpoint
 
@@ -505,7 +503,8 @@ def command_with(args: argparse.Namespace, changes: dict[str, str]) -> str:
 # Copied from train_whisper.check_resumed_settings
 def check_resumed_settings(args: argparse.Namespace, checkpoint: Path | None, optim: str) -> None:
     """Resuming with another optimizer is refused (its saved state cannot be loaded into a different one) with
-    the command that starts a new run from the checkpoint's weights; another batch size is said in one line."""
+    the command that starts a new run from the checkpoint's weights; a resume says so, and another batch size
+    what that changes, in one line each."""
     if checkpoint is None:
         return
     before = recorded_settings(checkpoint)
@@ -516,6 +515,7 @@ def check_resumed_settings(args: argparse.Namespace, checkpoint: Path | None, op
         raise InputError(f"{checkpoint} was trained with --optim {before['optim']} and this command uses {optim}: "
                          f"an optimizer's saved state cannot be loaded into another one. Nothing was changed. Resume "
                          f"with --optim {before['optim']}, or start a new run from its weights: {command}")
+    say(f"resuming from {checkpoint} (same optimizer, scheduler, random state and epoch counter)")
     world = int(os.environ.get("WORLD_SIZE", "1"))
     old_batch = (before.get("batch_size"), before.get("grad_accum", args.grad_accum), before.get("world_size", world))
     if old_batch != (args.batch_size, args.grad_accum, world):
