@@ -177,7 +177,7 @@ def step_state(item: dict, runs: list[Path] = ()) -> str:
     return "partial" if output.is_dir() and any(output.iterdir()) else "to do"
 
 
-def read_estimate(item: dict, out: Path, log: Path, env: dict | None) -> dict:
+def read_estimate(item: dict, out: Path, log: Path, env: dict) -> dict:
     """The trainer's estimate of this run: `--estimate` into out/estimates/<step>/, reused when the same
     command made it before. A trainer that cannot estimate gives {"problem": why} and the plan goes on."""
     folder = out / "estimates" / item["name"]
@@ -187,8 +187,9 @@ def read_estimate(item: dict, out: Path, log: Path, env: dict | None) -> dict:
     if not (estimate.is_file() and record.is_file()
             and json.loads(record.read_text(encoding="utf-8")) == arguments):
         print(f"$ {pasteable(item['script'], arguments)}", flush=True)
+        before = log.stat().st_size if log.is_file() else 0
         code = run_logged([sys.executable, str(REPO / item["script"]), *arguments], log, env, show=False)
-        text = log.read_text(encoding="utf-8", errors="replace")
+        text = log.read_bytes()[before:].decode("utf-8", errors="replace")
         if code != 0 or not estimate.is_file():
             problem = ("this trainer has no --estimate yet" if "unrecognized arguments: --estimate" in text
                        else f"the estimate failed (exit code {code}; its output: {log})")
@@ -230,10 +231,12 @@ def estimate_table(estimates: dict[str, dict], out: Path) -> tuple[list[str], li
     return lines, problems
 
 
-def run_logged(arguments: list[str], log: Path, env: dict | None, show: bool = True) -> int:
-    """Run one of our scripts, its output kept in `log` (and shown with `show`); returns its exit code."""
+def run_logged(arguments: list[str], log: Path, env: dict, show: bool = True) -> int:
+    """Run one of our scripts, its output added to `log` (and shown with `show`); returns its exit code."""
     log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("wb") as kept:
+    sys.stdout.flush()
+    with log.open("ab") as kept:
+        kept.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(map(quoted, arguments))}\n".encode("utf-8"))
         process = subprocess.Popen(arguments, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
         # Chunks, not lines: progress bars redraw their line with carriage returns.
         for chunk in iter(lambda: process.stdout.read1(65536), b""):
@@ -244,7 +247,7 @@ def run_logged(arguments: list[str], log: Path, env: dict | None, show: bool = T
         return process.wait()
 
 
-def run_step(item: dict, log: Path, env: dict | None, again: str) -> float:
+def run_step(item: dict, log: Path, env: dict, again: str) -> float:
     """Run one step as the user would from a terminal; returns its wall time in seconds, or stops the plan
     naming the step, its log and command."""
     arguments = command(item)
@@ -342,9 +345,13 @@ def run_plan(args: argparse.Namespace, again: str) -> dict:
               f"{PRESETS[args.preset]['deepspeech2']} (its CUDA settings).")
 
     times, logs = {}, out / "logs"
-    # The sample's models are small: one thread per process avoids threads spin-waiting on each other, which
-    # made training steps several times slower on a 2-core machine (measured).
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")} if args.vivos_dir is None else None
+    # The steps write into a pipe: UTF-8 (Windows would pick its ANSI code page, which has no Vietnamese)
+    # and unbuffered, so that their progress shows as it happens.
+    env = {"PYTHONIOENCODING": "utf-8", "PYTHONUNBUFFERED": "1", **os.environ}
+    if args.vivos_dir is None:
+        # The sample's models are small: one thread per process avoids threads spin-waiting on each other,
+        # which made training steps several times slower on a 2-core machine (measured).
+        env.setdefault("OMP_NUM_THREADS", "1")
     for item in steps[:2]:
         if step_state(item) == "done":
             print(f"\n=== {item['title']}: skipped, {item['output']} is complete")
