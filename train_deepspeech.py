@@ -32,12 +32,18 @@ import platform
 import re
 import shlex
 import shutil
+import subprocess
 import sys
+import tempfile
 import time
 import unicodedata
 import zipfile
 from importlib import metadata
 from pathlib import Path
+
+# transformers imports peft, which imports bitsandbytes, whose CPU part then fails to fetch a kernel from the
+# Hub and logs it on every start: bitsandbytes stays out until --optim adamw_bnb_8bit needs it.
+sys.modules.setdefault("bitsandbytes", None)
 
 import jiwer
 import numpy as np
@@ -198,6 +204,12 @@ def add_shared_arguments(parser: argparse.ArgumentParser, model_help: str, lr_he
                                  "empty --output-dir")
     evaluation.add_argument("--eval-only", action="store_true",
                             help="no training: score --model as it is, into a run folder of its own")
+    evaluation.add_argument("--estimate", action="store_true",
+                            help="no run: time a few real training steps and one evaluation batch with exactly "
+                                 "these settings, then write OUTPUT_DIR/estimate.json (time, memory, disk, whether "
+                                 "it fits) and nothing else")
+    evaluation.add_argument("--estimate-steps", type=int, default=5,
+                            help="optimizer steps timed by --estimate, after one untimed warm-up step")
     hub.add_argument("--push-to-hub", action="store_true", help="upload best_model/ and its card to the Hub")
     hub.add_argument("--hub-model-id", help="Hub repository (default: the --output-dir name)")
     parser.set_defaults(**DEFAULTS)
@@ -276,6 +288,10 @@ def check_settings(args: argparse.Namespace) -> None:
             problems.append(f"--{flag.replace('_', '-')} must be 1 or more (got {getattr(args, flag)})")
     if args.lr is not None and not args.lr > 0:
         problems.append(f"--lr must be above 0 (got {args.lr:g})")
+    if args.estimate and args.eval_only:
+        problems.append("--estimate times training and --eval-only does none: drop one of them")
+    if args.estimate_steps < 1:
+        problems.append(f"--estimate-steps must be 1 or more (got {args.estimate_steps})")
     if not 0 <= args.warmup_ratio < 1:
         problems.append(f"--warmup-ratio must be in [0, 1) (got {args.warmup_ratio:g})")
     if problems:
@@ -304,13 +320,70 @@ def resolve_optimizer(name: str) -> str:
         missing = "no CUDA GPU here"
     else:
         try:
-            importlib.import_module("bitsandbytes")  # installed is not enough: its CUDA library must load
+            import_bitsandbytes()  # installed is not enough: its CUDA library must load
             return name
         except Exception as error:  # ImportError, or a missing/mismatched CUDA library
             missing = f"bitsandbytes does not load ({error}): pip install -U bitsandbytes"
     say(f"--optim adamw_bnb_8bit needs bitsandbytes and a CUDA GPU ({missing}); using adafactor instead, "
         "which also keeps almost no optimizer state.")
     return "adafactor"
+
+
+# Copied from train_whisper.import_bitsandbytes
+def import_bitsandbytes():
+    """bitsandbytes, imported now that the 8-bit optimizer needs it (it is kept out at start)."""
+    if "bitsandbytes" in sys.modules and sys.modules["bitsandbytes"] is None:
+        del sys.modules["bitsandbytes"]
+    return importlib.import_module("bitsandbytes")
+
+
+# Copied from train_whisper.describe_device
+def describe_device() -> str:
+    """The compute this process will use, for a start-up banner: the GPU and its memory, or the CPU cores; and a
+    warning with the install command when nvidia-smi lists a GPU that this torch (a CPU-only build) cannot use."""
+    if torch.cuda.is_available():
+        gpu = torch.cuda.get_device_properties(0)
+        count = torch.cuda.device_count()
+        return f"GPU {gpu.name}, {gpu.total_memory / 2**30:.1f} GB{f' (x{count})' if count > 1 else ''}"
+    cpu = f"CPU, {os.cpu_count()} cores"
+    smi = shutil.which("nvidia-smi")
+    try:  # a hung or broken driver must not stop the script: no answer counts as no GPU
+        listed = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=10).stdout if smi else ""
+        gpus = re.findall(r"^GPU \d+: (.+?)(?: \(UUID.*)?$", listed, re.M)
+        header = subprocess.run([smi], capture_output=True, text=True, timeout=10).stdout if gpus else ""
+    except (OSError, subprocess.SubprocessError):
+        gpus, header = [], ""
+    if not gpus:
+        return cpu
+    # The CUDA builds that download.pytorch.org/whl/<tag> has served for PyTorch 2.x releases; a driver runs a
+    # build up to the CUDA version it reports, so the newest one not above it is the one to install.
+    builds = [((11, 8), "cu118"), ((12, 1), "cu121"), ((12, 4), "cu124"), ((12, 6), "cu126"), ((12, 8), "cu128")]
+    found = re.search(r"CUDA Version:\s*(\d+)\.(\d+)", header)
+    driver = (int(found[1]), int(found[2])) if found else None
+    fitting = [tag for cuda, tag in builds if driver is None or cuda <= driver]
+    if not fitting:
+        return (f"{cpu}. WARNING: nvidia-smi lists {gpus[0]}, but its driver (CUDA {driver[0]}.{driver[1]}) is older "
+                "than any CUDA build of torch: update the NVIDIA driver, then install the CUDA build of torch. "
+                "Until then everything runs on the CPU.")
+    # --force-reinstall: pip takes the installed CPU build of the same version as already satisfying `torch`.
+    return (f"{cpu}. WARNING: nvidia-smi lists {gpus[0]}, but this torch is a CPU-only build, so everything runs "
+            f"on the CPU. Install the CUDA build with: pip install --force-reinstall torch --index-url "
+            f"https://download.pytorch.org/whl/{fitting[-1]}")
+
+
+# Copied from train_whisper.run_banner
+def run_banner(args: argparse.Namespace, precision: str, optim: str, splits: dict[str, int]) -> str:
+    """The one block a trainer prints before it starts: where it runs, with what, on how much data."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    build = f"CUDA {torch.version.cuda} build" if torch.version.cuda else "CPU-only build"
+    processes = f" x {world} processes" if world > 1 else ""
+    lines = [f"device:     {describe_device()}", f"torch:      {torch.__version__} ({build})",
+             f"precision:  {precision}",
+             f"optimizer:  {optim}" + (f" (instead of {args.optim})" if optim != args.optim else ""),
+             f"batch:      {args.batch_size} x {args.grad_accum} accumulation{processes} = "
+             f"{args.batch_size * args.grad_accum * world} utterances per optimizer step",
+             "data:       " + ", ".join(f"{name} {count} utterances" for name, count in splits.items())]
+    return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------- 2. checkpoint to resume
@@ -388,6 +461,8 @@ def checkpoint_to_resume(args: argparse.Namespace) -> Path | None:
     """The checkpoint training continues from, or None for a fresh start; refuses --eval-only into the
     folder of a training run and --no-resume into a used folder."""
     folder = args.output_dir
+    if args.estimate:  # it measures the settings given and leaves any run in the folder as it is
+        return None
     if args.eval_only:
         evidence = training_run_evidence(folder)
         if evidence:
@@ -775,7 +850,10 @@ class ValidationEarlyStopping(EarlyStoppingCallback):
 # Copied from train_whisper.run_callbacks
 def run_callbacks(args: argparse.Namespace) -> list:
     """history.csv, the training clock, early stopping, and TensorBoard logs in the run folder's runs/ in
-    every mode (by itself an evaluation without training writes them into ./runs of the current folder)."""
+    every mode (by itself an evaluation without training writes them into ./runs of the current folder); none
+    for --estimate, which leaves no run behind."""
+    if args.estimate:
+        return []
     callbacks = [HistoryCsvCallback(args.output_dir / "history.csv"), TrainClockCallback()]
     if importlib.util.find_spec("tensorboard"):
         from transformers.integrations import TensorBoardCallback
@@ -849,6 +927,129 @@ def next_setting_after_oom(args: argparse.Namespace) -> str:
     return memory_setting(args)
 
 
+# Copied from train_whisper.oom_advice
+def oom_advice(args: argparse.Namespace) -> str:
+    """The flags to add after a CUDA out-of-memory error, with the low-memory preset where it is not in use."""
+    low_vram = "" if "low-vram" not in PRESETS or args.preset == "low-vram" else ", or with --preset low-vram"
+    return f"{next_setting_after_oom(args)}{low_vram}"
+
+
+# Copied from train_whisper.StepClock
+class StepClock(TrainerCallback):
+    """The moment each optimizer step ends (after the GPU has finished it), for --estimate."""
+
+    def __init__(self):
+        self.ends = []
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        self.ends.append(time.perf_counter())
+
+
+# Copied from train_whisper.folder_mb
+def folder_mb(folder: Path) -> float:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 2**20
+
+
+# Copied from train_whisper.peak_memory_mb
+def peak_memory_mb() -> dict:
+    """The peak memory of this process so far: allocated and reserved on the GPU, or resident on the CPU."""
+    if torch.cuda.is_available():
+        return {"allocated": round(torch.cuda.max_memory_allocated() / 2**20, 1),
+                "reserved": round(torch.cuda.max_memory_reserved() / 2**20, 1)}
+    if os.name == "nt":  # no resource module on Windows; psutil comes with most Python setups there
+        if importlib.util.find_spec("psutil") is None:
+            return {"rss": None}
+        import psutil
+
+        return {"rss": round(psutil.Process().memory_info().peak_wset / 2**20, 1)}
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kilobytes on Linux, bytes on macOS
+    return {"rss": round(peak / (2**20 if sys.platform == "darwin" else 2**10), 1)}
+
+
+# Copied from train_whisper.time_training
+def time_training(trainer, args: argparse.Namespace) -> float:
+    """Seconds per optimizer step (gradient accumulation included) over --estimate-steps real steps, after one
+    untimed warm-up step; the Trainer saves and evaluates nothing meanwhile."""
+    clock = StepClock()
+    trainer.add_callback(clock)
+    trainer.args.max_steps = args.estimate_steps + 1
+    trainer.args.save_strategy = trainer.args.eval_strategy = "no"
+    trainer.args.load_best_model_at_end = False
+    trainer.train()
+    return (clock.ends[-1] - clock.ends[0]) / args.estimate_steps
+
+
+# Copied from train_whisper.time_eval_batch
+def time_eval_batch(trainer) -> float:
+    """Seconds for one validation batch as evaluation runs it (generation for Whisper)."""
+    batch = trainer._prepare_inputs(next(iter(trainer.get_eval_dataloader(trainer.eval_dataset["validation"]))))
+    trainer.model.eval()
+    start = time.perf_counter()
+    trainer.prediction_step(trainer.model, batch, prediction_loss_only=False)
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+# Copied from train_whisper.estimate_run
+def estimate_run(trainer, args: argparse.Namespace, test_size: int) -> dict:
+    """--estimate: time, memory and disk of the run these settings would make, from a few real steps and one
+    evaluation batch, written to OUTPUT_DIR/estimate.json; everything the Trainer writes meanwhile goes to a
+    temporary folder that is deleted."""
+    world = trainer.args.world_size
+    steps_per_epoch = math.ceil(len(trainer.get_train_dataloader()) / args.grad_accum)
+    total_steps = args.max_steps if args.max_steps > 0 else math.ceil(args.epochs * steps_per_epoch)
+    evaluations = total_steps // args.eval_every if args.eval_every else math.ceil(total_steps / steps_per_epoch)
+    eval_batches = sum(math.ceil(len(split) / (args.eval_batch_size * world))
+                       for split in trainer.eval_dataset.values())
+    test_batches = math.ceil(test_size / args.eval_batch_size)
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    estimate = {"device": device_description(trainer)}
+    with tempfile.TemporaryDirectory(prefix="estimate-") as scratch:
+        trainer.args.output_dir = scratch
+        try:
+            step_seconds = time_training(trainer, args)
+            eval_seconds = time_eval_batch(trainer)
+        except torch.cuda.OutOfMemoryError:
+            step_seconds = eval_seconds = None
+        else:
+            trainer._save_checkpoint(trainer.model, trial=None)
+            checkpoint_mb = folder_mb(Path(scratch))
+    estimate["peak_memory_mb"] = peak_memory_mb()
+    if step_seconds is None:
+        estimate.update({key: None for key in ("seconds_per_step", "epoch_minutes", "total_minutes", "checkpoint_mb",
+                                               "disk_needed_mb")})
+        estimate.update(steps_per_epoch=steps_per_epoch, fits=False,
+                        advice=f"CUDA out of memory: try --estimate again with {oom_advice(args)}")
+    else:
+        # Trainer keeps --save-total-limit checkpoints, and one more when the best would fall out (limit 1).
+        kept = min(evaluations, max(args.save_total_limit, 2)) if args.save_total_limit else evaluations
+        best_mb = sum(p.numel() * p.element_size() for p in trainer.model.parameters()) / 2**20
+        disk_needed = kept * checkpoint_mb + best_mb
+        minutes = (total_steps * step_seconds + (evaluations * eval_batches + test_batches) * eval_seconds) / 60
+        estimate.update(seconds_per_step=round(step_seconds, 4), steps_per_epoch=steps_per_epoch,
+                        epoch_minutes=round(steps_per_epoch * step_seconds / 60, 3), total_minutes=round(minutes, 3),
+                        checkpoint_mb=round(checkpoint_mb, 2), disk_needed_mb=round(disk_needed, 2))
+        existing = next(folder for folder in [args.output_dir, *args.output_dir.parents] if folder.exists())
+        free_mb = shutil.disk_usage(existing).free / 2**20
+        estimate["fits"] = free_mb >= disk_needed
+        if not estimate["fits"]:
+            estimate["advice"] = (f"the run needs {disk_needed:.0f} MB and {existing} has {free_mb:.0f} MB free: "
+                                  "free some space or lower --save-total-limit")
+    order = ["device", "peak_memory_mb", "seconds_per_step", "steps_per_epoch", "epoch_minutes", "total_minutes",
+             "checkpoint_mb", "disk_needed_mb", "fits", "advice"]
+    estimate = {key: estimate[key] for key in order if key in estimate}
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    write_json(args.output_dir / "estimate.json", estimate)
+    say(json.dumps(estimate, indent=2))
+    return estimate
+
+
 # Copied from train_whisper.run_training
 def run_training(trainer, args: argparse.Namespace, checkpoint: Path | None) -> None:
     """Step 7: trainer.train() (trainer.evaluate() with --eval-only), turning an out-of-memory error or Ctrl-C
@@ -863,9 +1064,8 @@ def run_training(trainer, args: argparse.Namespace, checkpoint: Path | None) -> 
         trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     except torch.cuda.OutOfMemoryError:
         kept = last_complete_checkpoint(args.output_dir)
-        low_vram = "" if "low-vram" not in PRESETS or args.preset == "low-vram" else ", or with --preset low-vram"
         raise InputError(f"CUDA out of memory. {'Kept ' + str(kept) if kept else 'No checkpoint was complete yet'}; "
-                         f"re-run the same command with {next_setting_after_oom(args)}{low_vram}.")
+                         f"re-run the same command with {oom_advice(args)}.")
     except KeyboardInterrupt:
         kept = last_complete_checkpoint(args.output_dir)
         raise InputError(f"Stopped. Re-run the same command to continue from "
@@ -1160,7 +1360,6 @@ def main(argv: list[str] | None = None) -> dict:
     # 3. Prepared dataset, checked.
     dataset, summary = load_prepared_dataset(args.data, {"input_values", "sentence", "duration"}, args.eval_only)
     train_split, val_split, test_split = dataset["train"], dataset["validation"], dataset["test"]
-    say(f"dataset {args.data}: train {len(train_split)}, validation {len(val_split)}, test {len(test_split)}")
 
     # 4. Model and vocabulary: a new model sized by the flags, or a saved one.
     if args.model == "scratch":
@@ -1211,6 +1410,10 @@ def main(argv: list[str] | None = None) -> dict:
         train_dataset=train_set, eval_dataset=eval_sets, compute_metrics=compute_metrics,
         preprocess_logits_for_metrics=argmax_ids, callbacks=[*run_callbacks(args), AugmentAfterWarmup()],
         lengths=lengths)
+    say(run_banner(args, precision, optim, {"train": len(train_split), "validation": len(val_split),
+                                            "test": len(test_split)}))
+    if args.estimate:
+        return estimate_run(trainer, args, len(test_split))
     run_training(trainer, args, checkpoint)
     if not trainer.is_world_process_zero():
         return {}

@@ -9,6 +9,7 @@ import hashlib
 import importlib
 import inspect
 import json
+import math
 import shlex
 import shutil
 from pathlib import Path
@@ -397,3 +398,54 @@ def test_the_hook_check_sees_the_private_hooks_the_trainers_override():
     hooks = {(cls.__name__, name) for _, cls, name, _ in overridden_hooks()}
     assert {("CTCTrainer", "prediction_step"), ("CTCTrainer", "_get_eval_sampler"),
             ("SortaGradTrainer", "_get_train_sampler")} <= hooks
+
+
+# ----------------------------------------------------------------------------- --estimate
+
+ESTIMATE_KEYS = {"device", "peak_memory_mb", "seconds_per_step", "steps_per_epoch", "epoch_minutes",
+                 "total_minutes", "checkpoint_mb", "disk_needed_mb", "fits"}
+
+
+def test_estimate_times_real_steps_and_leaves_only_estimate_json(family, tmp_path, capsys):
+    """--estimate into a new folder: the time, memory and disk of the run these settings would make, printed
+    and saved, and no run behind (no checkpoint, history or TensorBoard events)."""
+    out = tmp_path / "ước tính"
+    argv = family.tiny(family.data, out, "--estimate", "--estimate-steps", "2", "--grad-accum", "2")
+    family.main(*argv)
+    assert [p.name for p in out.iterdir()] == ["estimate.json"]
+    estimate = read_json(out / "estimate.json")
+    assert set(estimate) == ESTIMATE_KEYS and estimate["fits"] is True
+    printed = capsys.readouterr().out
+    assert json.loads(printed[printed.rindex("\n{\n") + 1:]) == estimate
+    train = len(load_from_disk(str(family.data))["train"])
+    settings = family.module.parse_args(argv)
+    assert estimate["steps_per_epoch"] == math.ceil(train / (settings.batch_size * 2))
+    assert estimate["seconds_per_step"] > 0 and estimate["checkpoint_mb"] > 0
+    assert estimate["total_minutes"] >= estimate["epoch_minutes"] * settings.epochs > 0
+    assert estimate["disk_needed_mb"] > estimate["checkpoint_mb"]
+    assert estimate["peak_memory_mb"]["rss"] > 0 and estimate["device"].startswith("cpu")
+
+
+def test_estimate_leaves_an_existing_run_as_it_is(family, tmp_path):
+    """--estimate into the folder of a run neither resumes nor changes it: only estimate.json is added."""
+    run = tmp_path / "run"
+    shutil.copytree(family.run, run)
+    before = fingerprint(run)
+    family.main(*family.tiny(family.data, run, "--estimate", "--estimate-steps", "1"))
+    after = fingerprint(run)
+    assert set(after) - set(before) == {"estimate.json"}
+    assert {name: digest for name, digest in after.items() if name != "estimate.json"} == before
+
+
+def test_estimate_after_cuda_out_of_memory_says_it_does_not_fit_and_what_to_try(family, tmp_path, monkeypatch):
+    def out_of_memory(*args, **kwargs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 MiB")
+
+    monkeypatch.setattr(transformers.Trainer, "training_step", out_of_memory)
+    out = tmp_path / "oom"
+    family.main(*family.tiny(family.data, out, "--estimate", "--batch-size", "4"))
+    estimate = read_json(out / "estimate.json")
+    assert estimate["fits"] is False and estimate["seconds_per_step"] is None
+    assert "--batch-size 2 --grad-accum 2" in estimate["advice"]
+    assert ("--preset low-vram" in estimate["advice"]) == ("low-vram" in family.module.PRESETS)
+    assert [p.name for p in out.iterdir()] == ["estimate.json"]
