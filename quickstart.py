@@ -198,36 +198,43 @@ def read_estimate(item: dict, out: Path, log: Path, env: dict) -> dict:
     return json.loads(estimate.read_text(encoding="utf-8"))
 
 
+def figure(value, unit: str = "", digits: int = 0) -> str:
+    """A number of an estimate as printed, with thousands separators; "?" where it has none (a run that ran
+    out of memory has no time or disk)."""
+    return f"{value:,.{digits}f}{unit}" if isinstance(value, (int, float)) else "?"
+
+
 def peak_memory(estimate: dict) -> str:
-    """The peak memory an estimate names: GPU reserved (allocated) or CPU resident, in MB."""
+    """The peak memory an estimate names: GPU reserved (else allocated) or CPU resident, in MB."""
     peak = estimate.get("peak_memory_mb") or {}
-    value = peak.get("reserved", peak.get("allocated", peak.get("rss")))
-    kind = "RSS" if "reserved" not in peak and "allocated" not in peak else "GPU"
-    return f"{value:,.0f} MB {kind}" if isinstance(value, (int, float)) else "?"
+    if "reserved" in peak or "allocated" in peak:
+        return figure(peak.get("reserved", peak.get("allocated")), " MB GPU")
+    return figure(peak.get("rss"), " MB RAM")
 
 
 def estimate_table(estimates: dict[str, dict], out: Path) -> tuple[list[str], list[str]]:
     """The printed table of estimates, total and free disk, and the problems that stop the plan."""
-    lines = [f"  {'step':<20}{'device':<10}{'minutes':>9}  {'peak memory':<18}{'disk':>10}  fits"]
+    lines = [f"  {'step':<13}{'minutes':>8}  {'peak memory':<16}{'disk':>11}  {'fits':<6}device"]
     problems, minutes, disk = [], 0.0, 0.0
     for name, estimate in estimates.items():
         if "problem" in estimate:
-            lines.append(f"  {name:<20}no estimate: {estimate['problem']}")
+            lines.append(f"  {name:<13}no estimate: {estimate['problem']}")
             continue
         minutes += estimate.get("total_minutes") or 0
         disk += estimate.get("disk_needed_mb") or 0
         fits = estimate.get("fits", True)
-        lines.append(f"  {name:<20}{str(estimate.get('device', '?')):<10}{estimate.get('total_minutes', 0):>9.0f}  "
-                     f"{peak_memory(estimate):<18}{estimate.get('disk_needed_mb', 0):>7,.0f} MB  {'yes' if fits else 'NO'}")
+        lines.append(f"  {name:<13}{figure(estimate.get('total_minutes'), digits=1):>8}  {peak_memory(estimate):<16}"
+                     f"{figure(estimate.get('disk_needed_mb'), ' MB'):>11}  {'yes' if fits else 'NO':<6}"
+                     f"{estimate.get('device', '?')}")
         if not fits:
             problems.append(f"{name} does not fit: {estimate.get('advice') or 'see its estimate.json'}")
     existing = next(folder for folder in (out, *out.parents) if folder.exists())
     free = shutil.disk_usage(existing).free / 2**20
-    lines.append(f"  {'total':<20}{'':<10}{minutes:>9.0f}  {'':<18}{disk:>7,.0f} MB  "
-                 f"(free at {existing}: {free:,.0f} MB)")
+    lines.append(f"  {'total':<13}{figure(minutes, digits=1):>8}  {'':<16}{figure(disk, ' MB'):>11}  "
+                 f"(free at {existing}: {figure(free, ' MB')})")
     if disk > free:
-        problems.append(f"the runs need {disk:,.0f} MB of disk and {existing} has {free:,.0f} MB free: free some "
-                        "space or choose an --out on a larger disk")
+        problems.append(f"the runs need {figure(disk, ' MB')} of disk and {existing} has {figure(free, ' MB')} free: "
+                        "free some space or choose an --out on a larger disk")
     return lines, problems
 
 
