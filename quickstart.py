@@ -114,9 +114,10 @@ def step(name: str, title: str, script: str, flags: dict, output: Path, kind: st
 
 
 def plan_steps(args: argparse.Namespace, bases: dict[str, str | None], corpus: Path, out: Path,
-               random_bases: bool) -> list[dict]:
+               random_bases: set[str]) -> list[dict]:
     """Every step of the plan, in order, with its flags: the sample's small settings without --vivos-dir,
-    the trainers' own defaults with it; --preset, --epochs and the models on top."""
+    the trainers' own defaults with it; --preset, --epochs and the models on top. `random_bases`: the
+    families that start from tiny random models (they need a higher learning rate)."""
     sample = args.vivos_dir is None
     settings = SAMPLE_FLAGS if sample else {}
     name = "sample" if sample else corpus.name
@@ -138,7 +139,7 @@ def plan_steps(args: argparse.Namespace, bases: dict[str, str | None], corpus: P
         flags = {"--data": data["whisper" if family == "whisper" else "waveform"], **model[family],
                  **preset[family], **settings.get(family, {})}
         if sample and family in SAMPLE_LR["random"]:
-            flags["--lr"] = SAMPLE_LR["random" if random_bases else "pretrained"][family]
+            flags["--lr"] = SAMPLE_LR["random" if family in random_bases else "pretrained"][family]
         if args.epochs is not None:
             flags["--epochs"] = f"{args.epochs:g}"
         steps.append(step(family, titles[family], script, flags, runs / family, "run"))
@@ -154,6 +155,7 @@ def command(item: dict, output: Path | None = None) -> list[str]:
 
 
 def pasteable(script: str, arguments: list[str]) -> str:
+    """The command line a user types in the repository folder to run `script` with `arguments`."""
     return f"python {script} {' '.join(quoted(a) for a in arguments)}"
 
 
@@ -245,12 +247,19 @@ def run_logged(arguments: list[str], log: Path, env: dict, show: bool = True) ->
     with log.open("ab") as kept:
         kept.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(map(quoted, arguments))}\n".encode("utf-8"))
         process = subprocess.Popen(arguments, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
-        # Chunks, not lines: progress bars redraw their line with carriage returns.
-        for chunk in iter(lambda: process.stdout.read1(65536), b""):
-            if show:
-                sys.stdout.buffer.write(chunk)
-                sys.stdout.flush()
-            kept.write(chunk)
+        try:
+            # Chunks, not lines: progress bars redraw their line with carriage returns.
+            for chunk in iter(lambda: process.stdout.read1(65536), b""):
+                if show:
+                    sys.stdout.buffer.write(chunk)
+                    sys.stdout.flush()
+                kept.write(chunk)
+        except KeyboardInterrupt:
+            # Ctrl-C reached the step too: let it end as it does alone (a trainer keeps its checkpoints).
+            for chunk in iter(lambda: process.stdout.read1(65536), b""):
+                kept.write(chunk)
+            process.wait()
+            raise
         return process.wait()
 
 
@@ -327,10 +336,10 @@ def run_plan(args: argparse.Namespace, again: str) -> dict:
                         "test/prompts.txt in it; pass the unpacked folder that holds train/ and test/")
     out = (args.out or Path("quickstart" if args.vivos_dir is None else "vivos_course")).expanduser().resolve()
     bases = {"whisper": args.whisper_model, "wav2vec2": args.wav2vec2_model}
-    random_bases = False
+    random_bases = set()
     if args.vivos_dir is None and not (args.whisper_model and args.wav2vec2_model):
         online = not args.offline and hub_reachable()
-        random_bases = not online
+        random_bases = set() if online else {family for family, base in bases.items() if not base}
         defaults = ONLINE_BASES if online else offline_bases(out / "base_models")
         bases = {family: bases[family] or defaults[family] for family in bases}
         print("Hugging Face Hub reachable." if online else

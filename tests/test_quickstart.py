@@ -179,6 +179,16 @@ def test_a_folder_that_is_not_vivos_gets_one_line(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_on_the_sample_only_a_tiny_random_model_gets_the_high_learning_rate(tmp_path):
+    args = quickstart.parse_args(["--whisper-model", "my-whisper", "--epochs", "0.5"])
+    steps = {item["name"]: item["args"] for item in quickstart.plan_steps(
+        args, {"whisper": "my-whisper", "wav2vec2": "tiny"}, quickstart.SAMPLE, tmp_path, {"wav2vec2"})}
+    assert steps["whisper"][steps["whisper"].index("--lr") + 1] == "1e-5"
+    assert steps["wav2vec2"][steps["wav2vec2"].index("--lr") + 1] == "3e-3"
+    assert steps["deepspeech2"][steps["deepspeech2"].index("--epochs") + 1] == "0.5"
+    assert "--rnn-type" in steps["deepspeech2"] and "--val-ratio" in steps["prepare-whisper"]
+
+
 def trainer_presets(script: str) -> set[str]:
     tree = ast.parse((REPO / script).read_text(encoding="utf-8"))
     node = next(n for n in tree.body if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", "") == "PRESETS")
