@@ -55,7 +55,7 @@ SAMPLE_FLAGS = {
     "wav2vec2": {"--epochs": "3", "--batch-size": "8", "--train-eval-size": "20"},
     "deepspeech2": {"--rnn-type": "gru", "--no-pitch": None, "--rnn-layers": "2", "--rnn-hidden": "128",
                     "--batch-size": "8", "--epochs": "12", "--speed-perturb": "0", "--train-eval-size": "40"},
-    "report": {"--lang": "en", "--dpi": "120"},
+    "report": {"--dpi": "120"},
 }
 # Learning rates on the sample: pretrained checkpoints are fine-tuned gently, tiny random models need more.
 SAMPLE_LR = {"pretrained": {"whisper": "1e-5", "wav2vec2": "1e-4"}, "random": {"whisper": "3e-3", "wav2vec2": "3e-3"}}
@@ -398,7 +398,7 @@ def run_plan(args: argparse.Namespace, again: str) -> dict:
     for name, seconds in times.items():
         print(f"  {name:<20}{seconds:>7.0f} s")
     print(f"  {'total':<20}{sum(times.values()):>7.0f} s")
-    print(f"Open {out / 'report' / 'report.html'}. The reference of {recording.name}: {reference}")
+    print(f"Open {out / 'report' / 'report.docx'} (or report.html). The reference of {recording.name}: {reference}")
     return times
 
 

@@ -922,7 +922,7 @@ def peak_memory_mb() -> dict:
     if torch.cuda.is_available():
         return {"allocated": round(torch.cuda.max_memory_allocated() / 2**20, 1),
                 "reserved": round(torch.cuda.max_memory_reserved() / 2**20, 1)}
-    if os.name == "nt":  # no resource module on Windows; psutil comes with most Python setups there
+    if os.name == "nt":  # no resource module on Windows; requirements.txt installs psutil there
         if importlib.util.find_spec("psutil") is None:
             return {"rss": None}
         import psutil

@@ -39,6 +39,8 @@ import json
 import os
 import re
 import shlex
+import shutil
+import subprocess
 import sys
 import time
 import unicodedata
@@ -433,6 +435,40 @@ def refusal(in_the_way: list[Path], out_dir: Path) -> str:
             f"{quoted(free)}, or add --overwrite to replace {them}.")
 
 
+# Copied from train_whisper.describe_device
+def describe_device() -> str:
+    """The compute this process will use, for a start-up banner: the GPU and its memory, or the CPU cores; and a
+    warning with the install command when nvidia-smi lists a GPU that this torch (a CPU-only build) cannot use."""
+    if torch.cuda.is_available():
+        gpu = torch.cuda.get_device_properties(0)
+        count = torch.cuda.device_count()
+        return f"GPU {gpu.name}, {gpu.total_memory / 2**30:.1f} GB{f' (x{count})' if count > 1 else ''}"
+    cpu = f"CPU, {os.cpu_count()} cores"
+    smi = shutil.which("nvidia-smi")
+    try:  # a hung or broken driver must not stop the script: no answer counts as no GPU
+        listed = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=10).stdout if smi else ""
+        gpus = re.findall(r"^GPU \d+: (.+?)(?: \(UUID.*)?$", listed, re.M)
+        header = subprocess.run([smi], capture_output=True, text=True, timeout=10).stdout if gpus else ""
+    except (OSError, subprocess.SubprocessError):
+        gpus, header = [], ""
+    if not gpus:
+        return cpu
+    # The CUDA builds that download.pytorch.org/whl/<tag> has served for PyTorch 2.x releases; a driver runs a
+    # build up to the CUDA version it reports, so the newest one not above it is the one to install.
+    builds = [((11, 8), "cu118"), ((12, 1), "cu121"), ((12, 4), "cu124"), ((12, 6), "cu126"), ((12, 8), "cu128")]
+    found = re.search(r"CUDA Version:\s*(\d+)\.(\d+)", header)
+    driver = (int(found[1]), int(found[2])) if found else None
+    fitting = [tag for cuda, tag in builds if driver is None or cuda <= driver]
+    if not fitting:
+        return (f"{cpu}. WARNING: nvidia-smi lists {gpus[0]}, but its driver (CUDA {driver[0]}.{driver[1]}) is older "
+                "than any CUDA build of torch: update the NVIDIA driver, then install the CUDA build of torch. "
+                "Until then everything runs on the CPU.")
+    # --force-reinstall: pip takes the installed CPU build of the same version as already satisfying `torch`.
+    return (f"{cpu}. WARNING: nvidia-smi lists {gpus[0]}, but this torch is a CPU-only build, so everything runs "
+            f"on the CPU. Install the CUDA build with: pip install --force-reinstall torch --index-url "
+            f"https://download.pytorch.org/whl/{fitting[-1]}")
+
+
 # Copied from train_whisper.quoted
 def quoted(path) -> str:
     """A path as the shell of this machine reads it back from a pasted command: POSIX quoting, or double
@@ -550,6 +586,9 @@ def main(argv: list[str] | None = None) -> dict:
     manifest = manifest or {}
 
     device = args.device if args.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu"
+    build = f"CUDA {torch.version.cuda} build" if torch.version.cuda else "CPU-only build"
+    print(f"device:     {describe_device()}\ntorch:      {torch.__version__} ({build}), running on {device}\n"
+          f"audio:      {len(files)} file{'s' if len(files) != 1 else ''}")
     started = time.perf_counter()
     model = load_recognizer(folder, family, device, args.trust_remote_code)
     print(f"{family} model from {folder} on {device} (loaded in {time.perf_counter() - started:.1f} s)")

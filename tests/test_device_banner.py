@@ -79,3 +79,20 @@ def test_bitsandbytes_is_not_imported_unless_asked_for(script):
     done = subprocess.run([sys.executable, "-c", check], cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.stdout.strip().endswith("not imported"), done.stdout[-300:] + done.stderr[-300:]
     assert "bitsandbytes" not in done.stderr and "gemm_4bit" not in done.stdout + done.stderr
+
+
+@pytest.mark.skipif(os.name == "nt", reason="the fake nvidia-smi is a shell script")
+def test_transcribe_prints_the_device_and_the_cuda_build_warning(tmp_path, monkeypatch, capsys):
+    import transcribe
+    from length_model import make_length_model
+
+    model = make_length_model(tmp_path / "model")
+    clip = sorted((REPO / "sample_data" / "vivos_sample" / "test" / "waves").rglob("*.flac"))[0]
+    (tmp_path / "bin").mkdir()
+    fake_nvidia_smi(tmp_path / "bin", monkeypatch, "12.6")
+    transcribe.main(["--model", str(model), str(clip), "--output-dir", str(tmp_path / "out"), "--device", "cpu",
+                     "--trust-remote-code"])
+    out = capsys.readouterr().out
+    assert "device:     CPU" in out and "torch:      " in out and "audio:      1 file" in out
+    assert "nvidia-smi lists NVIDIA GeForce RTX 3050 Ti Laptop GPU" in out
+    assert "https://download.pytorch.org/whl/cu126" in out
