@@ -5,6 +5,10 @@ run every code path of the trainers, `transformers.pipeline` and `generate(langu
 task="transcribe")` like a Hub checkpoint (the tokenizer carries every language token in Whisper's order,
 and the generation config the fields `generate` reads), but learn little. The Whisper context is 4 s
 instead of 30 s (sample clips are under 3.5 s): the same code paths at a tenth of the encoder's cost.
+
+`size="small"` (Whisper) and `size="base"` (Wav2Vec2) build the real whisper-small and wav2vec2-base shapes
+instead, still with random weights: what `--estimate` measures (time per step, memory, checkpoint size)
+depends on the shape, not on the weights, so bench/bench_estimates.py times them with no download.
 """
 from __future__ import annotations
 
@@ -26,7 +30,17 @@ SPECIAL_TOKENS = (["<|endoftext|>", "<|startoftranscript|>"] + [f"<|{code}|>" fo
                      "<|notimestamps|>"])
 # Whisper's 1501 timestamp tokens follow the special tokens: generate(return_timestamps=True) needs them.
 TIMESTAMP_TOKENS = [f"<|{i * 0.02:.2f}|>" for i in range(1501)]
-CHUNK_SECONDS = 4
+# The parts of a Whisper config.json that set the model's size, with the context (chunk_length) in seconds.
+WHISPER_SIZES = {
+    # 4 s instead of 30 s: the sample's clips are under 3.5 s.
+    "tiny": {"chunk_length": 4, "d_model": 128, "encoder_layers": 2, "decoder_layers": 2,
+             "encoder_attention_heads": 4, "decoder_attention_heads": 4, "encoder_ffn_dim": 512,
+             "decoder_ffn_dim": 512, "max_target_positions": 64},
+    # openai/whisper-small. Its 51,865-token vocabulary sizes the embedding; the tokenizer writes the first ids.
+    "small": {"chunk_length": 30, "d_model": 768, "encoder_layers": 12, "decoder_layers": 12,
+              "encoder_attention_heads": 12, "decoder_attention_heads": 12, "encoder_ffn_dim": 3072,
+              "decoder_ffn_dim": 3072, "max_target_positions": 448, "vocab_size": 51865},
+}
 
 
 def byte_level_bpe(vocab_size: int = 1000) -> tuple[dict[str, int], list[tuple[str, str]]]:
@@ -41,24 +55,26 @@ def byte_level_bpe(vocab_size: int = 1000) -> tuple[dict[str, int], list[tuple[s
     return bpe["vocab"], [tuple(pair) for pair in bpe["merges"]]
 
 
-def make_tiny_whisper(folder: Path, num_mel_bins: int = 80) -> Path:
-    """Save a randomly initialised multilingual Whisper (d_model 128, 2+2 layers) and its processor."""
+def make_tiny_whisper(folder: Path, num_mel_bins: int = 80, size: str = "tiny") -> Path:
+    """Save a randomly initialised multilingual Whisper of WHISPER_SIZES[size] (tiny: d_model 128, 2+2 layers)
+    and its processor."""
     folder = Path(folder)
+    shape = dict(WHISPER_SIZES[size])
+    chunk_length = shape.pop("chunk_length")
     vocab, merges = byte_level_bpe()
     tokenizer = WhisperTokenizer(vocab=vocab, merges=merges, pad_token="<|endoftext|>")
     tokenizer.add_special_tokens({"additional_special_tokens": SPECIAL_TOKENS})
     tokenizer.add_tokens(TIMESTAMP_TOKENS)
     tokenizer.set_prefix_tokens(language="vi", task="transcribe")
-    feature_extractor = WhisperFeatureExtractor(feature_size=num_mel_bins, chunk_length=CHUNK_SECONDS)
+    feature_extractor = WhisperFeatureExtractor(feature_size=num_mel_bins, chunk_length=chunk_length)
     ids = {token: tokenizer.convert_tokens_to_ids(token) for token in SPECIAL_TOKENS}
     eot, sot = ids["<|endoftext|>"], ids["<|startoftranscript|>"]
     # The suppress lists default to ids of OpenAI's vocabulary; ours are in generation_config below.
+    shape["vocab_size"] = max(shape.get("vocab_size", 0), len(tokenizer))
     config = WhisperConfig(
-        vocab_size=len(tokenizer), num_mel_bins=num_mel_bins, d_model=128, encoder_layers=2, decoder_layers=2,
-        encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=512, decoder_ffn_dim=512,
-        max_source_positions=feature_extractor.nb_max_frames // 2, max_target_positions=64, pad_token_id=eot,
+        num_mel_bins=num_mel_bins, max_source_positions=feature_extractor.nb_max_frames // 2, pad_token_id=eot,
         bos_token_id=eot, eos_token_id=eot, decoder_start_token_id=sot, begin_suppress_tokens=None,
-        suppress_tokens=None)
+        suppress_tokens=None, **shape)
     torch.manual_seed(0)
     model = WhisperForConditionalGeneration(config)
     # Built whole (not derived from the model config) so that from_pretrained keeps it as saved.
@@ -83,20 +99,26 @@ TINY_CONFIG = dict(
     num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4,
     feat_extract_norm="layer", do_stable_layer_norm=True,
 )
+# Wav2Vec2Config's defaults are facebook/wav2vec2-base's shape (7 conv layers of 512, 12 layers of 768, group norm).
+WAV2VEC2_SIZES = {"tiny": TINY_CONFIG, "base": {}}
 
 
-def make_tiny_wav2vec2(folder: Path, vocab_chars: str | None = None) -> Path:
-    """Save a randomly initialised tiny Wav2Vec2ForCTC (+ CTC tokenizer when `vocab_chars` is given)."""
+def make_tiny_wav2vec2(folder: Path, vocab_chars: str | None = None, size: str = "tiny") -> Path:
+    """Save a randomly initialised Wav2Vec2ForCTC of WAV2VEC2_SIZES[size] (+ CTC tokenizer when `vocab_chars`
+    is given)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
+    config = Wav2Vec2Config(vocab_size=32, pad_token_id=0, **WAV2VEC2_SIZES[size])
+    # As the Hub checkpoints ship it: only layer-norm models take the attention mask.
     feature_extractor = Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16000, padding_value=0.0,
-                                                 do_normalize=True, return_attention_mask=True)
+                                                 do_normalize=True,
+                                                 return_attention_mask=config.feat_extract_norm == "layer")
     vocab = None
     if vocab_chars is not None:
         vocab = {"[PAD]": 0, "[UNK]": 1, "|": 2}
         vocab.update({ch: i for i, ch in enumerate(sorted(set(vocab_chars) - {" "}), start=3)})
-    config = Wav2Vec2Config(vocab_size=len(vocab) if vocab else 32, pad_token_id=0, **TINY_CONFIG)
+        config.vocab_size = len(vocab)
     Wav2Vec2ForCTC(config).save_pretrained(folder)
     feature_extractor.save_pretrained(folder)
     if vocab:

@@ -55,3 +55,29 @@ def test_readme_results_rows_are_the_generated_summary():
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     for row in rows:
         assert row in readme, f"the README's results table lacks the row of bench/RESULTS.md: {row}"
+
+
+def test_a_saved_estimates_run_shows_the_extrapolated_vivos_minutes(tmp_path):
+    import bench_estimates
+
+    resolved = {"batch_size": 4, "grad_accum": 4, "epochs": 5, "optim": "adafactor", "gradient_checkpointing": True}
+    vivos = bench_estimates.vivos_figures(60.0, resolved)
+    # one minute per optimizer step of 16 utterances: ceil(10,400 / 16) = 650 steps per epoch, 5 epochs
+    assert vivos == {"vivos_steps_per_epoch": 650, "vivos_epoch_minutes": 650.0, "vivos_total_minutes": 3250.0}
+    results = tmp_path / "results"
+    write_results.save_result(
+        "bench_estimates",
+        {"sample_train_utterances": 160, "sample_mean_seconds": 2.0, "vivos_train_utterances": 10400,
+         "vivos_mean_seconds": 4.55, "val_ratio": 0.1},
+        {"device": "cpu", "bench_minutes": 7.5,
+         "rows": [{"model": "whisper-small", "settings": bench_estimates.describe(["--preset", "low-vram"], resolved),
+                   "estimate": {"device": "cpu x1 process", "peak_memory_mb": {"rss": 4321.0}, "seconds_per_step": 60.0,
+                                "steps_per_epoch": 10, "epoch_minutes": 10.0, "total_minutes": 55.0,
+                                "checkpoint_mb": 1850.4, "disk_needed_mb": 4625.1, "fits": True}, **vivos}]},
+        results_dir=results)
+    text = write_results.render(results)
+    assert "## Estimates before a run (CPU)" in text
+    row = next(line for line in text.splitlines() if "| whisper-small |" in line)
+    assert ("| --preset low-vram: batch 4 x 4, 5 epochs, adafactor, gradient checkpointing | 60.00 | 4321 | 1850 | 4625 "
+            "| 10.0 | 650 | 3250 |") in row
+    assert "GPU figures are not measured" in text
