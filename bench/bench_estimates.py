@@ -2,7 +2,7 @@
 full-VIVOS run time it implies.
 
     python bench/bench_estimates.py                        # all three models (minutes on a CPU)
-    python bench/bench_estimates.py --models deepspeech2   # one of them
+    python bench/bench_estimates.py --models DeepSpeech2   # one of them
 
 Prepares the bundled sample (sample_data/vivos_sample) with `prepare_vivos.py --features whisper` and
 `--features waveform` into a temporary folder, saves whisper-small's and wav2vec2-base's shapes with random
@@ -42,8 +42,9 @@ MODELS = {
                       "flags": ["--preset", "low-vram"], "steps": 1},
     "wav2vec2-base": {"script": "train_wav2vec2.py", "features": "waveform", "maker": ("make_tiny_wav2vec2", "base"),
                       "flags": [], "steps": 2},
-    "deepspeech2": {"script": "train_deepspeech.py", "features": "waveform", "maker": None, "flags": [], "steps": 5},
+    "DeepSpeech2": {"script": "train_deepspeech.py", "features": "waveform", "maker": None, "flags": [], "steps": 5},
 }
+
 
 def run(command: list, what: str) -> float:
     """Run a command from the repository root, offline; its seconds. A failure stops the bench with its output."""
@@ -68,8 +69,9 @@ def trainer_settings(script: str, argv: list[str]) -> dict:
 def describe(flags: list[str], resolved: dict) -> str:
     """The settings as the results table shows them."""
     extra = ", gradient checkpointing" if resolved["gradient_checkpointing"] else ""
-    return (f"{' '.join(flags) or 'defaults'}: batch {resolved['batch_size']} x {resolved['grad_accum']}, "
+    return (f"{' '.join(flags) or 'trainer defaults'}: batch {resolved['batch_size']} x {resolved['grad_accum']}, "
             f"{resolved['epochs']:g} epochs, {resolved['optim']}{extra}")
+
 
 def vivos_figures(seconds_per_step: float, resolved: dict) -> dict:
     """Training minutes per epoch and for all epochs on full VIVOS, from the sample's seconds per step."""
@@ -128,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
                 {"data": "sample_data/vivos_sample (synthetic, espeak-ng)",
                  "sample_train_utterances": train["utterances"],
                  "sample_mean_seconds": train["duration_seconds"]["mean"],
+                 "vivos_corpus_utterances": VIVOS_CORPUS_UTTERANCES,
                  "vivos_train_utterances": VIVOS_TRAIN_UTTERANCES, "vivos_mean_seconds": VIVOS_MEAN_SECONDS,
                  "val_ratio": summary["val_ratio"], "weights": "random, real shapes, no download"},
                 {"device": "cuda" if torch.cuda.is_available() else "cpu", "bench_minutes": round(bench_minutes, 1),

@@ -186,37 +186,39 @@ def estimates_section(records: list[dict]) -> list[str]:
     settings = records[0]["settings"]
     lines = ["## Estimates before a run (CPU) (`bench/bench_estimates.py`)", "",
              "Each trainer's `--estimate`, run as a user would on the bundled sample "
-             f"({settings['sample_train_utterances']} synthetic train clips of {settings['sample_mean_seconds']} s on "
-             "average), with the real model shapes and random weights (nothing downloaded). Seconds per step, memory, "
-             "checkpoint and disk are the estimate's own; sample epoch minutes are for the sample's train split. The "
-             "VIVOS columns are extrapolated: seconds per step x ceil(utterances / (batch x accumulation)) per epoch, "
-             "times the planned epochs (early stopping may end sooner), for about "
-             f"{settings['vivos_train_utterances']:,} train utterances (VIVOS's 11,660 less the "
-             f"{settings['val_ratio']:.0%} that `prepare_vivos.py` holds out for validation by whole speakers). "
-             "Training only: evaluation is not included (a random-weight Whisper never stops generating, so its "
-             "evaluation time says nothing of a real model's).", "",
-             "| date | commit | model | settings | seconds per step | peak memory (MB) | checkpoint MB | disk needed MB | "
-             "sample epoch minutes | VIVOS epoch minutes (extrapolated) | VIVOS total minutes (extrapolated) |",
+             f"({settings['sample_train_utterances']} synthetic train clips of {settings['sample_mean_seconds']} s "
+             "on average), with the real model shapes and random weights (nothing downloaded). Seconds per step, "
+             "memory, checkpoint and disk are the estimate's own; sample epoch minutes are for the sample's train "
+             "split. The VIVOS columns are extrapolated: seconds per step x ceil(utterances / (batch x accumulation)) "
+             "per epoch, times the planned epochs (early stopping may end sooner), for about "
+             f"{settings['vivos_train_utterances']:,} train utterances (VIVOS's {settings['vivos_corpus_utterances']:,}"
+             f" less the {settings['val_ratio']:.0%} that `prepare_vivos.py` holds out for validation by whole "
+             "speakers). Training only: evaluation is not included (a random-weight Whisper never stops generating, "
+             "so its evaluation time says nothing of a real model's).", "",
+             "| date | commit | model | settings | seconds per step | peak memory (MB) | checkpoint MB | "
+             "disk needed MB | sample epoch minutes | VIVOS epoch minutes (extrapolated) | "
+             "VIVOS total minutes (extrapolated) |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for record in records:
         for row in record["rows"]:
             estimate, memory = row["estimate"], row["estimate"]["peak_memory_mb"]
             peak = num(memory["rss"], 0) if "rss" in memory else f"{num(memory['allocated'], 0)} allocated on the GPU"
             lines.append(f"| {record['date'][:10]} | {record['commit']} | {row['model']} | {row['settings']} | "
-                         f"{num(estimate.get('seconds_per_step'), 2)} | {peak} | {num(estimate.get('checkpoint_mb'), 0)} | "
-                         f"{num(estimate.get('disk_needed_mb'), 0)} | {num(estimate.get('epoch_minutes'), 1)} | "
-                         f"{num(row.get('vivos_epoch_minutes'), 0)} | {num(row.get('vivos_total_minutes'), 0)} |")
-    lines += ["", *[f"Machine ({record['commit']}): {record['machine']}; {record['bench_minutes']} min for the whole "
-                    "bench." for record in records], "",
-              "GPU figures: rows measured on a card say \"allocated on the GPU\" and the card is in their machine line."
-              if any(record["device"] == "cuda" for record in records) else
-              "GPU figures are not measured: every row ran on the CPU. On a GPU, run the trainer's `--estimate` on "
-              "the card itself.",
-              "", f"The CTC models' steps grow with clip length: VIVOS's clips average {settings['vivos_mean_seconds']} s "
+                         f"{num(estimate.get('seconds_per_step'), 2)} | {peak} | "
+                         f"{num(estimate.get('checkpoint_mb'), 0)} | {num(estimate.get('disk_needed_mb'), 0)} | "
+                         f"{num(estimate.get('epoch_minutes'), 1)} | {num(row.get('vivos_epoch_minutes'), 0)} | "
+                         f"{num(row.get('vivos_total_minutes'), 0)} |")
+    if any(record["device"] == "cuda" for record in records):
+        gpu = "GPU figures: a row measured on a card says \"allocated on the GPU\"; the card is in its machine line."
+    else:
+        gpu = "GPU figures are not measured: every row ran on the CPU. On a GPU, run the trainer's `--estimate` there."
+    ratio = settings["vivos_mean_seconds"] / settings["sample_mean_seconds"]
+    lines += ["", *[f"Machine ({record['commit']}): {record['machine']}; {record['bench_minutes']} min for the "
+                    "whole bench." for record in records], "", gpu, "",
+              f"The CTC models' steps grow with clip length: VIVOS's clips average {settings['vivos_mean_seconds']} s "
               f"against the sample's {settings['sample_mean_seconds']} s, so expect wav2vec2-base's and DeepSpeech2's "
-              "VIVOS figures to be up to "
-              f"{settings['vivos_mean_seconds'] / settings['sample_mean_seconds']:.1f}x these. Whisper pads every clip "
-              "to 30 s: its figures do not depend on clip length."]
+              f"VIVOS figures to be up to {ratio:.1f}x these. Whisper pads every clip to 30 s: its steps hardly "
+              "depend on clip length."]
     return lines + notes(records)
 
 

@@ -67,8 +67,8 @@ def test_a_saved_estimates_run_shows_the_extrapolated_vivos_minutes(tmp_path):
     results = tmp_path / "results"
     write_results.save_result(
         "bench_estimates",
-        {"sample_train_utterances": 160, "sample_mean_seconds": 2.0, "vivos_train_utterances": 10400,
-         "vivos_mean_seconds": 4.55, "val_ratio": 0.1},
+        {"sample_train_utterances": 160, "sample_mean_seconds": 2.0, "vivos_corpus_utterances": 11660,
+         "vivos_train_utterances": 10400, "vivos_mean_seconds": 4.55, "val_ratio": 0.1},
         {"device": "cpu", "bench_minutes": 7.5,
          "rows": [{"model": "whisper-small", "settings": bench_estimates.describe(["--preset", "low-vram"], resolved),
                    "estimate": {"device": "cpu x1 process", "peak_memory_mb": {"rss": 4321.0}, "seconds_per_step": 60.0,
@@ -78,6 +78,6 @@ def test_a_saved_estimates_run_shows_the_extrapolated_vivos_minutes(tmp_path):
     text = write_results.render(results)
     assert "## Estimates before a run (CPU)" in text
     row = next(line for line in text.splitlines() if "| whisper-small |" in line)
-    assert ("| --preset low-vram: batch 4 x 4, 5 epochs, adafactor, gradient checkpointing | 60.00 | 4321 | 1850 | 4625 "
-            "| 10.0 | 650 | 3250 |") in row
+    assert ("| --preset low-vram: batch 4 x 4, 5 epochs, adafactor, gradient checkpointing | 60.00 | 4321 | 1850 "
+            "| 4625 | 10.0 | 650 | 3250 |") in row
     assert "GPU figures are not measured" in text
