@@ -741,12 +741,17 @@ class SortaGradSampler(torch.utils.data.Sampler):
 
     The order depends only on (seed, epoch), so a resumed run skips exactly the batches it had seen and
     every torchrun process sees the same order before accelerate deals out the batches.
+
+    With `for_estimate`, every epoch is like a later one, but with the batch of the longest utterances
+    first: --estimate's few steps then meet the run's peak memory, and time batches of ordinary length
+    rather than SortaGrad's shortest ones.
     """
 
-    def __init__(self, lengths: list[float], batch_size: int, seed: int, group_batches: int = 50):
+    def __init__(self, lengths: list[float], batch_size: int, seed: int, group_batches: int = 50,
+                 for_estimate: bool = False):
         self.lengths = np.asarray(lengths, dtype=np.float64)
         self.batch_size, self.seed, self.group = batch_size, seed, batch_size * group_batches
-        self.epoch = 0
+        self.epoch, self.for_estimate = 0, for_estimate
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -755,7 +760,7 @@ class SortaGradSampler(torch.utils.data.Sampler):
         return len(self.lengths)
 
     def __iter__(self):
-        if self.epoch == 0:
+        if self.epoch == 0 and not self.for_estimate:
             return iter(np.argsort(self.lengths, kind="stable").tolist())
         rng = np.random.default_rng(self.seed + self.epoch)
         order = rng.permutation(len(self.lengths))
@@ -764,6 +769,9 @@ class SortaGradSampler(torch.utils.data.Sampler):
             group = sorted(order[start: start + self.group].tolist(), key=lambda i: -self.lengths[i])
             batches += [group[i: i + self.batch_size] for i in range(0, len(group), self.batch_size)]
         rng.shuffle(batches)
+        if self.for_estimate:
+            longest = max(range(len(batches)), key=lambda k: self.lengths[batches[k]].max())
+            batches.insert(0, batches.pop(longest))
         return iter([i for batch in batches for i in batch])
 
 
@@ -974,12 +982,13 @@ def trainer_settings(args: argparse.Namespace, precision: str, optim: str) -> di
 class SortaGradTrainer(Trainer):
     """The Trainer with SortaGradSampler as its training order (the one change DS2 needs)."""
 
-    def __init__(self, *args, lengths: list[float], **kwargs):
+    def __init__(self, *args, lengths: list[float], for_estimate: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
-        self.lengths = lengths
+        self.lengths, self.for_estimate = lengths, for_estimate
 
     def _get_train_sampler(self, train_dataset=None):
-        return SortaGradSampler(self.lengths, self.args.per_device_train_batch_size, self.args.seed)
+        return SortaGradSampler(self.lengths, self.args.per_device_train_batch_size, self.args.seed,
+                                for_estimate=self.for_estimate)
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         """Each checkpoint's weights as a model folder (config, vocabulary, lexicon), so that --model can start
@@ -1496,7 +1505,7 @@ def main(argv: list[str] | None = None) -> dict:
         model=model, args=training_arguments(args, precision, optim), data_collator=CTCCollator(vocab),
         train_dataset=train_set, eval_dataset=eval_sets, compute_metrics=compute_metrics,
         preprocess_logits_for_metrics=argmax_ids, callbacks=[*run_callbacks(args), AugmentAfterWarmup()],
-        lengths=lengths)
+        lengths=lengths, for_estimate=args.estimate)
     say(run_banner(args, precision, optim, {"train": len(train_split), "validation": len(val_split),
                                             "test": len(test_split)}))
     if args.estimate:

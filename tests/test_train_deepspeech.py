@@ -707,3 +707,14 @@ def test_transcribe_without_the_repository_model_file_refuses_or_runs_the_folder
     with pytest.raises(SystemExit, match="--trust-remote-code"):
         transcribe.main(["--model", str(edited_folder), str(path), "--output-dir", str(tmp_path / "out")])
     assert not (edited_folder / "ran.txt").exists()
+
+
+def test_the_estimate_order_starts_with_the_longest_batch_then_batches_of_every_length():
+    """--estimate times a few steps: SortaGrad's shortest-first epoch would under-state both the time and
+    the peak memory of a run, so the estimate sees the longest utterances first, then ordinary batches."""
+    lengths = list(np.random.default_rng(0).uniform(1, 10, 200))
+    order = list(ds2.SortaGradSampler(lengths, batch_size=8, seed=3, group_batches=5, for_estimate=True))
+    assert sorted(order) == list(range(200))
+    assert max(lengths) in [lengths[i] for i in order[:8]]
+    following = [np.mean([lengths[i] for i in order[k: k + 8]]) for k in range(8, 48, 8)]
+    assert np.mean(following) > np.mean(sorted(lengths)[:40]) + 2  # not the shortest clips
