@@ -108,8 +108,17 @@ def summary(groups: dict[str, list[dict]]) -> list[str]:
                    f"{num(low['samples_per_s'], 2)} samples/s ({memory[0]['gpu']})") if low else "–"
     else:
         whisper = "GPU memory per preset not measured yet (`bench_whisper_memory.py` needs a GPU)"
-    lines.append(f"| Whisper | {whisper} | {stage('Whisper')} (tiny model: checks the pipeline only) |")
-    lines.append(f"| Wav2Vec2 | no benchmark yet | {stage('Wav2Vec2')} (tiny model: checks the pipeline only) |")
+    estimates = {row["model"]: row for row in (groups.get("bench_estimates.py") or [{"rows": []}])[0]["rows"]}
+
+    def on_cpu(model: str) -> str:
+        row = estimates.get(model)
+        return (f"; CPU `--estimate` for {model}: {num(row['estimate']['seconds_per_step'], 1)} s per step, about "
+                f"{row['vivos_epoch_minutes'] / 60:.1f} h per VIVOS epoch on 2 cores") if row else ""
+
+    lines.append(f"| Whisper | {whisper}{on_cpu('whisper-small')} | {stage('Whisper')} (tiny model: checks the "
+                 "pipeline only) |")
+    wav2vec2 = on_cpu("wav2vec2-base")[2:] or "no benchmark yet"
+    lines.append(f"| Wav2Vec2 | {wav2vec2} | {stage('Wav2Vec2')} (tiny model: checks the pipeline only) |")
     runs = deepspeech_defaults(groups.get("bench_deepspeech_learning.py", []))
     if runs:
         lines.append(f"| DeepSpeech2 | test CER {mean([r['test_cer'] for r in runs]):.3f}, WER "
