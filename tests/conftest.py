@@ -3,6 +3,8 @@ and the two prepared datasets every trainer reads. Everything is offline (HF_HUB
 from __future__ import annotations
 
 import contextlib
+import csv
+import json
 import os
 import sys
 from pathlib import Path
@@ -21,6 +23,16 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "sample_data"))
 
 from make_vivos_like import make_corpus  # noqa: E402
+
+
+def read_csv(path: Path) -> list[dict]:
+    """Rows of a CSV our scripts wrote (UTF-8, with or without the BOM Excel needs)."""
+    with path.open(encoding="utf-8-sig", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8"))
 
 
 @contextlib.contextmanager

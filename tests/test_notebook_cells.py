@@ -7,8 +7,6 @@ here are made that way, then call `main([...])` with the flags of the tests' tin
 another tool loads, and the trainers write the same run as the script does."""
 from __future__ import annotations
 
-import csv
-import json
 import linecache
 import shutil
 import sys
@@ -20,7 +18,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import REPO, one_thread
+from conftest import REPO, one_thread, read_csv, read_json
 from offline_models import make_tiny_wav2vec2, make_tiny_whisper
 from tiny_deepspeech import TINY_ARGS
 from tiny_wav2vec2 import tiny_run_args
@@ -44,15 +42,6 @@ def paste_into_cell(script: str, tmp_path: Path, monkeypatch) -> types.ModuleTyp
     monkeypatch.chdir(tmp_path)
     exec(compile(source, filename, "exec"), cell.__dict__)
     return cell
-
-
-def read_csv(path: Path) -> list[dict]:
-    with path.open(encoding="utf-8-sig", newline="") as handle:
-        return list(csv.DictReader(handle))
-
-
-def read_json(path: Path) -> dict:
-    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def assert_same_run(cell_run: Path, script_run: Path, script: str, family: str) -> None:

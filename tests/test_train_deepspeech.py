@@ -5,7 +5,6 @@ demo.py running a model folder's own code only with --trust-remote-code. Offline
 from __future__ import annotations
 
 import ast
-import csv
 import functools
 import json
 import math
@@ -27,21 +26,12 @@ from safetensors.torch import load_file
 import modeling_deepspeech2 as modeling
 import train_deepspeech as ds2
 from make_vivos_like import make_corpus
-from conftest import one_thread
+from conftest import one_thread, read_csv, read_json
 from tiny_deepspeech import TINY_ARGS, train_tiny_run
 
 REPO = Path(__file__).resolve().parents[1]
 OFFLINE_ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
                "PYTHONIOENCODING": "utf-8", "OMP_NUM_THREADS": "1"}
-
-
-def read_csv(path: Path) -> list[dict]:
-    with path.open(encoding="utf-8", newline="") as f:
-        return list(csv.DictReader(f))
-
-
-def read_json(path: Path) -> dict:
-    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def random_model(**overrides) -> modeling.DeepSpeech2:

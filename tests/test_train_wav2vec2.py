@@ -5,8 +5,6 @@ transcribe.py and demo.py read too. What the three trainers promise alike (run f
 refusals) is tests/test_trainer_contract.py."""
 from __future__ import annotations
 
-import csv
-import json
 import os
 import shutil
 import subprocess
@@ -18,20 +16,12 @@ import pytest
 from datasets import DatasetDict, load_from_disk
 
 import train_wav2vec2
+from conftest import read_csv, read_json
 from tiny_wav2vec2 import make_tiny_wav2vec2, one_thread, tiny_run_args
 
 REPO = Path(__file__).resolve().parents[1]
 METRIC_KEYS = {"wer", "cer", "ser", "substitutions", "deletions", "insertions", "hits", "ref_words",
                "num_utterances", "audio_seconds", "decode_seconds", "rtf"}
-
-
-def read_csv(path: Path) -> list[dict]:
-    with path.open(encoding="utf-8", newline="") as handle:
-        return list(csv.DictReader(handle))
-
-
-def read_json(path: Path) -> dict:
-    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def derived_dataset(source: Path, out: Path, splits: dict) -> Path:

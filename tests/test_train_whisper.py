@@ -4,7 +4,6 @@ trainers promise alike (run folder, resume, --eval-only, refusals) is tests/test
 A tiny Whisper (tests/tiny_whisper.py) on the espeak-ng corpus; offline, CPU."""
 from __future__ import annotations
 
-import csv
 import importlib.util
 import json
 import os
@@ -21,7 +20,7 @@ from datasets import DatasetDict, load_from_disk
 from safetensors.torch import save_file
 
 import train_whisper
-from conftest import REPO
+from conftest import REPO, read_csv, read_json
 from tiny_whisper import make_tiny_whisper, one_thread, tiny_train_args
 
 QUICK = ("--generation-max-length", "16", "--train-eval-size", "4")  # short evaluations for runs that learn little
@@ -47,15 +46,6 @@ def eight_data(whisper_data, tmp_path_factory) -> Path:
     (out / "prepare_summary.json").write_text((whisper_data / "prepare_summary.json").read_text(encoding="utf-8"),
                                               encoding="utf-8")
     return out
-
-
-def read_csv(path: Path) -> list[dict]:
-    with path.open(encoding="utf-8", newline="") as handle:
-        return list(csv.DictReader(handle))
-
-
-def read_json(path: Path) -> dict:
-    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def wav(vivos_dir: Path, split: str, utterance_id: str) -> np.ndarray:

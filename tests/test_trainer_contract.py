@@ -4,7 +4,6 @@ adds up its training time, one-line refusals of bad input that leave no folder b
 safe to paste, and the private Trainer hooks they override still being there. Tiny offline models."""
 from __future__ import annotations
 
-import csv
 import hashlib
 import importlib
 import inspect
@@ -19,7 +18,7 @@ import torch
 import transformers
 from datasets import DatasetDict, load_from_disk
 
-from conftest import one_thread
+from conftest import one_thread, read_csv, read_json
 
 # family -> (trainer module, tiny-model helper module, prepared dataset fixture, session run fixture, --out suffix)
 FAMILIES = {
@@ -68,15 +67,6 @@ class Family:
 @pytest.fixture(params=sorted(FAMILIES))
 def family(request) -> Family:
     return Family(request.param, request)
-
-
-def read_csv(path: Path) -> list[dict]:
-    with path.open(encoding="utf-8", newline="") as handle:
-        return list(csv.DictReader(handle))
-
-
-def read_json(path: Path) -> dict:
-    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def fingerprint(folder: Path) -> dict[str, str]:
