@@ -21,7 +21,8 @@ def tiny_run_args(data_dir: Path, out_dir: Path, model_dir: Path, *extra: str) -
             "--epochs", "3", "--batch-size", "8", "--grad-accum", "1", "--eval-batch-size", "16",
             "--lr", "3e-3", "--warmup-ratio", "0.1", "--dropout", "0", "--layerdrop", "0", "--no-spec-augment",
             "--train-eval-size", "8", "--logging-steps", "3",
-            "--save-total-limit", "3", "--patience", "0", "--num-workers", "0", "--seed", "0", *extra]
+            "--save-total-limit", "3", "--patience", "0", "--num-workers", "0", "--seed", "0",
+            "--lm-beam-width", "8", *extra]
 
 
 def tiny_args(data_dir: Path, out_dir: Path, *extra: str) -> list[str]:
