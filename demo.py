@@ -189,27 +189,72 @@ def deepspeech2_code(folder: Path, trust_remote_code: bool):
     return importlib.import_module("modeling_deepspeech2")
 
 
+# Copied from transcribe.language_model_problem
+def language_model_problem(folder: Path) -> str | None:
+    """Why a CTC model folder cannot decode with its n-gram language model; None when it can."""
+    if not (folder / "alphabet.json").is_file() or not (folder / "language_model").is_dir():
+        return "the model was saved without a language model (trained with --lm-order 0, or before they existed)"
+    missing = [name for name in ("pyctcdecode", "kenlm") if importlib.util.find_spec(name) is None]
+    if missing:
+        return (f"{' and '.join(missing)} not installed: pip install --no-deps -r requirements-lm.txt (kenlm "
+                "needs a C++ compiler; see the README)")
+    return None
+
+
+# Copied from transcribe.choose_decoder
+def choose_decoder(folder: Path, family: str, asked: str) -> str:
+    """"lm" or "greedy" for a CTC model (--decoder auto: the language model when the folder has one that can
+    load, with one line when it cannot); Whisper decodes with its own beam search, "beam"."""
+    if family == "whisper":
+        return "beam"
+    problem = language_model_problem(folder) if asked != "greedy" else None
+    if asked == "lm" and problem:
+        raise InputError(f"--decoder lm: {problem}. Use --decoder greedy, or a model trained with a language model.")
+    if problem and (folder / "language_model").is_dir():
+        print(f"{folder}: decoding greedily, without its language model: {problem}")
+    return "greedy" if asked == "greedy" or problem else "lm"
+
+
 # Copied from transcribe.load_recognizer
-def load_recognizer(folder: Path, family: str, device: str, trust_remote_code: bool = False):
-    """A transformers ASR pipeline for Whisper and Wav2Vec2; for DeepSpeech2 (its code module, model)."""
+def load_recognizer(folder: Path, family: str, device: str, trust_remote_code: bool = False,
+                    decoder: str = "lm"):
+    """A transformers ASR pipeline for Whisper and Wav2Vec2 (with the folder's language model when decoder
+    is "lm"); for DeepSpeech2 (its code module, model)."""
     if family == "deepspeech2":
         code = deepspeech2_code(folder, trust_remote_code)
-        return code, code.load_model(folder).to(device)
+        model = code.load_model(folder).to(device)
+        if decoder == "greedy":
+            model.lm_decoder = None
+        return code, model
     from transformers import pipeline
 
+    if family == "wav2vec2" and decoder == "greedy" and (folder / "language_model").is_dir():
+        # Named by folder, the pipeline attaches the language model itself: given as objects, it decodes greedily.
+        from transformers import AutoModelForCTC, Wav2Vec2CTCTokenizer, Wav2Vec2FeatureExtractor
+
+        return pipeline("automatic-speech-recognition", model=AutoModelForCTC.from_pretrained(folder),
+                        tokenizer=Wav2Vec2CTCTokenizer.from_pretrained(folder),
+                        feature_extractor=Wav2Vec2FeatureExtractor.from_pretrained(folder), device=device)
     return pipeline("automatic-speech-recognition", model=str(folder), device=device)
 
 
 # Copied from transcribe.decode_kwargs
-def decode_kwargs(family: str, asr) -> dict:
-    """Pipeline call arguments: Whisper transcribes Vietnamese with the beams its trainer scored with."""
+def decode_kwargs(family: str, asr, beam_width: int = 64) -> dict:
+    """Pipeline call arguments: Whisper transcribes Vietnamese with the beams its trainer scored with; a
+    Wav2Vec2 with a language model keeps beam_width beams, as its trainer scored it (--lm-beam-width)."""
     if family != "whisper":
-        return {}
+        return {"decoder_kwargs": {"beam_width": beam_width}} if getattr(asr, "type", "") == "ctc_with_lm" else {}
     config = asr.model.generation_config
     return {"ignore_warning": True,  # chunking long audio is what we want; the pipeline warns about it
             "generate_kwargs": {"language": getattr(config, "language", None) or "vi",
                                 "task": getattr(config, "task", None) or "transcribe",
                                 "num_beams": config.num_beams}}
+
+
+# Copied from transcribe.deepspeech2_decoding
+def deepspeech2_decoding(net, beam_width: int) -> dict:
+    """modeling_deepspeech2.transcribe's decoder arguments: the language model when load_recognizer kept it."""
+    return {"decoder": "lm", "beam_width": beam_width} if getattr(net, "lm_decoder", None) else {"decoder": "greedy"}
 
 
 # Copied from transcribe.scored_text
@@ -249,7 +294,7 @@ def transcribe_clip(family: str, model, waveform: np.ndarray) -> str:
     if family == "deepspeech2":
         code, net = model
         with torch.inference_mode():
-            return normalize_text(code.transcribe(net, [waveform])[0])
+            return normalize_text(code.transcribe(net, [waveform], **deepspeech2_decoding(net, 64))[0])
     chunk_s = CHUNK_SECONDS[family]
     chunking = {"chunk_length_s": chunk_s} if len(waveform) > chunk_s * SAMPLE_RATE else {}
     output = model({"raw": waveform, "sampling_rate": SAMPLE_RATE}, **chunking, **decode_kwargs(family, model))
@@ -342,6 +387,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="DeepSpeech2: run the modeling_deepspeech2.py saved in each model folder instead of "
                              "the repository's; that file is code whoever shared the folder could have written, "
                              "so only for folders whose maker you trust")
+    models.add_argument("--decoder", choices=["auto", "lm", "greedy"], default="auto",
+                        help="Wav2Vec2 and DeepSpeech2: lm = beam search with the n-gram language model saved in the "
+                             "model folder, greedy = best path; auto (default): lm when the folder has one and "
+                             "pyctcdecode and kenlm are installed")
     models.add_argument("--device", default="auto",
                         help="auto (CUDA GPU when there is one, else CPU), cpu, cuda, cuda:1, ...")
     server = parser.add_argument_group("server")
@@ -368,7 +417,8 @@ def main(argv: list[str] | None = None):
             print(note)
         name = display_name(folder, family, models)
         started = time.perf_counter()
-        models[name] = (family, load_recognizer(folder, family, device, args.trust_remote_code))
+        decoder = choose_decoder(folder, family, args.decoder)
+        models[name] = (family, load_recognizer(folder, family, device, args.trust_remote_code, decoder))
         print(f"loaded {name} from {folder} on {device} in {time.perf_counter() - started:.1f} s")
     demo = build_demo(models, args.max_seconds)
     demo.launch(server_name=args.host, server_port=args.port, share=args.share)

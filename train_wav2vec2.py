@@ -659,7 +659,9 @@ def pretrained_ctc_processor(model_id: str) -> Wav2Vec2Processor | None:
     try:
         config = AutoConfig.from_pretrained(model_id)
         processor = AutoProcessor.from_pretrained(model_id)
-    except AttributeError:  # a best_model/ saved with a language model: transformers 5 cannot load that class
+    except (AttributeError, ImportError):
+        # a best_model/ saved with a language model: transformers 5 cannot load that processor class (and
+        # without kenlm refuses to try), but its feature extractor and tokenizer are ordinary
         processor = Wav2Vec2Processor.from_pretrained(model_id)
     except (OSError, ValueError, TypeError):
         return None
@@ -1206,6 +1208,7 @@ ONSETS = ("ngh", "ng", "nh", "ch", "gh", "gi", "kh", "ph", "qu", "th", "tr",
 TONE_MARKS = ("\u0300", "\u0301", "\u0303", "\u0309", "\u0323")  # huyền, sắc, ngã, hỏi, nặng
 STOP_TONES = ("\u0301", "\u0323")  # a syllable ending in p, t, c or ch takes sắc or nặng only
 VOWELS = set("aăâeêioôơuưy")
+RHYME = re.compile("[aăâeêioôơuưy]{1,3}(?:ch|nh|ng|[cmnpt])?")  # vowels, then at most one final consonant
 # c, g and ng are written k, gh and ngh before e, ê, i (and y): either spelling elsewhere is not a word.
 FRONT_ONLY, NOT_FRONT = {"k", "gh", "ngh"}, {"c", "g", "ng"}
 
@@ -1236,15 +1239,10 @@ def syllable_parts(word: str) -> tuple[str, str, int | None, str] | None:
             letters[-1] += ch
         else:
             letters.append(ch)
-    letters = [unicodedata.normalize("NFC", letter) for letter in letters]
-    if not all(letter in VOWELS or letter.isascii() and letter.isalpha() or letter == "đ" for letter in letters):
-        return None
-    toneless = "".join(letters)
-    onset = next((o for o in ONSETS if toneless.startswith(o) and any(v in VOWELS for v in toneless[len(o):])), "")
-    if onset == "" and toneless.startswith("gi"):  # "gì": g + i
-        onset = "g"
+    toneless = unicodedata.normalize("NFC", "".join(letters))
+    onset = next((o for o in ONSETS if toneless.startswith(o) and RHYME.fullmatch(toneless[len(o):])), "")
     rhyme = toneless[len(onset):]
-    if not rhyme or rhyme[0] not in VOWELS and onset != "" or not any(v in VOWELS for v in rhyme):
+    if not RHYME.fullmatch(rhyme):
         return None
     if tone_at is not None and tone_at < len(onset):
         return None

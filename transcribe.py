@@ -65,6 +65,8 @@ AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".oga", ".mp3", ".opus", ".aif", ".ai
 # In --output-dir: {"written_by": "transcribe.py", "files": {NAME: sha256}}. A file listed with the same content
 # is ours to replace; any other (not listed, or edited since) is the user's.
 MANIFEST = "written_by_transcribe.json"
+DECODER_NAMES = {"beam": "beam search", "lm": "beam search with the n-gram language model",
+                 "greedy": "greedy decoding"}
 
 
 # Copied from train_whisper.InputError
@@ -202,20 +204,57 @@ def deepspeech2_code(folder: Path, trust_remote_code: bool):
     return importlib.import_module("modeling_deepspeech2")
 
 
-def load_recognizer(folder: Path, family: str, device: str, trust_remote_code: bool = False):
-    """A transformers ASR pipeline for Whisper and Wav2Vec2; for DeepSpeech2 (its code module, model)."""
+def language_model_problem(folder: Path) -> str | None:
+    """Why a CTC model folder cannot decode with its n-gram language model; None when it can."""
+    if not (folder / "alphabet.json").is_file() or not (folder / "language_model").is_dir():
+        return "the model was saved without a language model (trained with --lm-order 0, or before they existed)"
+    missing = [name for name in ("pyctcdecode", "kenlm") if importlib.util.find_spec(name) is None]
+    if missing:
+        return (f"{' and '.join(missing)} not installed: pip install --no-deps -r requirements-lm.txt (kenlm "
+                "needs a C++ compiler; see the README)")
+    return None
+
+
+def choose_decoder(folder: Path, family: str, asked: str) -> str:
+    """"lm" or "greedy" for a CTC model (--decoder auto: the language model when the folder has one that can
+    load, with one line when it cannot); Whisper decodes with its own beam search, "beam"."""
+    if family == "whisper":
+        return "beam"
+    problem = language_model_problem(folder) if asked != "greedy" else None
+    if asked == "lm" and problem:
+        raise InputError(f"--decoder lm: {problem}. Use --decoder greedy, or a model trained with a language model.")
+    if problem and (folder / "language_model").is_dir():
+        print(f"{folder}: decoding greedily, without its language model: {problem}")
+    return "greedy" if asked == "greedy" or problem else "lm"
+
+
+def load_recognizer(folder: Path, family: str, device: str, trust_remote_code: bool = False,
+                    decoder: str = "lm"):
+    """A transformers ASR pipeline for Whisper and Wav2Vec2 (with the folder's language model when decoder
+    is "lm"); for DeepSpeech2 (its code module, model)."""
     if family == "deepspeech2":
         code = deepspeech2_code(folder, trust_remote_code)
-        return code, code.load_model(folder).to(device)
+        model = code.load_model(folder).to(device)
+        if decoder == "greedy":
+            model.lm_decoder = None
+        return code, model
     from transformers import pipeline
 
+    if family == "wav2vec2" and decoder == "greedy" and (folder / "language_model").is_dir():
+        # Named by folder, the pipeline attaches the language model itself: given as objects, it decodes greedily.
+        from transformers import AutoModelForCTC, Wav2Vec2CTCTokenizer, Wav2Vec2FeatureExtractor
+
+        return pipeline("automatic-speech-recognition", model=AutoModelForCTC.from_pretrained(folder),
+                        tokenizer=Wav2Vec2CTCTokenizer.from_pretrained(folder),
+                        feature_extractor=Wav2Vec2FeatureExtractor.from_pretrained(folder), device=device)
     return pipeline("automatic-speech-recognition", model=str(folder), device=device)
 
 
-def decode_kwargs(family: str, asr) -> dict:
-    """Pipeline call arguments: Whisper transcribes Vietnamese with the beams its trainer scored with."""
+def decode_kwargs(family: str, asr, beam_width: int = 64) -> dict:
+    """Pipeline call arguments: Whisper transcribes Vietnamese with the beams its trainer scored with; a
+    Wav2Vec2 with a language model keeps beam_width beams, as its trainer scored it (--lm-beam-width)."""
     if family != "whisper":
-        return {}
+        return {"decoder_kwargs": {"beam_width": beam_width}} if getattr(asr, "type", "") == "ctc_with_lm" else {}
     config = asr.model.generation_config
     return {"ignore_warning": True,  # chunking long audio is what we want; the pipeline warns about it
             "generate_kwargs": {"language": getattr(config, "language", None) or "vi",
@@ -291,10 +330,11 @@ def pause_windows(waveform: np.ndarray, window_s: float) -> list[tuple[int, int]
     return windows + [(start, len(waveform))]
 
 
-def transcribe_hf(asr, family: str, waveforms: list[np.ndarray], chunk_s: float, batch_size: int) -> list[dict]:
+def transcribe_hf(asr, family: str, waveforms: list[np.ndarray], chunk_s: float, batch_size: int,
+                  beam_width: int = 64) -> list[dict]:
     """Whisper / Wav2Vec2 through the pipeline. A recording longer than chunk_s is decoded in overlapping
     chunks (batch_size at a time) with timestamps; a shorter one in one piece, as the trainers scored it."""
-    kwargs = decode_kwargs(family, asr)
+    kwargs = decode_kwargs(family, asr, beam_width)
     durations = [len(w) / SAMPLE_RATE for w in waveforms]
     short = [i for i, d in enumerate(durations) if d <= chunk_s]
     long = [i for i, d in enumerate(durations) if d > chunk_s]
@@ -318,13 +358,19 @@ def transcribe_hf(asr, family: str, waveforms: list[np.ndarray], chunk_s: float,
     return results
 
 
-def transcribe_deepspeech(model, waveforms: list[np.ndarray], chunk_s: float) -> list[dict]:
+def deepspeech2_decoding(net, beam_width: int) -> dict:
+    """modeling_deepspeech2.transcribe's decoder arguments: the language model when load_recognizer kept it."""
+    return {"decoder": "lm", "beam_width": beam_width} if getattr(net, "lm_decoder", None) else {"decoder": "greedy"}
+
+
+def transcribe_deepspeech(model, waveforms: list[np.ndarray], chunk_s: float, beam_width: int = 64) -> list[dict]:
     """DeepSpeech2: every recording cut into pause-aligned windows, all windows decoded by the model's own
     transcribe() (which batches them), each window one timestamped segment."""
     code, net = model
     pieces = [(i, start, end) for i, w in enumerate(waveforms) for start, end in pause_windows(w, chunk_s)]
     with torch.inference_mode():
-        texts = code.transcribe(net, [waveforms[i][start:end] for i, start, end in pieces])
+        texts = code.transcribe(net, [waveforms[i][start:end] for i, start, end in pieces],
+                                **deepspeech2_decoding(net, beam_width))
     results = [{"text": "", "segments": []} for _ in waveforms]
     for (i, start, end), text in zip(pieces, texts):
         text = normalize_text(text)
@@ -548,12 +594,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     decoding.add_argument("--batch-size", type=int, default=8,
                           help="files read per step, and clips or chunks of a long recording decoded "
                                "together; lower it if the GPU runs out of memory (default 8)")
+    decoding.add_argument("--decoder", choices=["auto", "lm", "greedy"], default="auto",
+                          help="Wav2Vec2 and DeepSpeech2: lm = beam search with the n-gram language model saved "
+                               "in the model folder, greedy = best path; auto (default): lm when the folder has one "
+                               "and pyctcdecode and kenlm are installed")
+    decoding.add_argument("--beam-width", type=int, default=64,
+                          help="beams the language-model decoder keeps (default 64, as the trainers score)")
     decoding.add_argument("--chunk-length", type=float, default=None,
                           help="seconds per chunk of a long recording (default 30 Whisper, 20 Wav2Vec2, "
                                "15 DeepSpeech2; Whisper at most 30)")
     args = parser.parse_args(argv)
-    if args.batch_size < 1:
-        parser.error("--batch-size must be at least 1")
+    if args.batch_size < 1 or args.beam_width < 1:
+        parser.error("--batch-size and --beam-width must be at least 1")
     if args.chunk_length is not None and args.chunk_length <= PAUSE_SEARCH_SECONDS:
         parser.error(f"--chunk-length must be more than {PAUSE_SEARCH_SECONDS:g} seconds")
     return args
@@ -590,16 +642,18 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"device:     {describe_device()}\ntorch:      {torch.__version__} ({build}), running on {device}\n"
           f"audio:      {len(files)} file{'s' if len(files) != 1 else ''}")
     started = time.perf_counter()
-    model = load_recognizer(folder, family, device, args.trust_remote_code)
-    print(f"{family} model from {folder} on {device} (loaded in {time.perf_counter() - started:.1f} s)")
+    decoder = choose_decoder(folder, family, args.decoder)
+    model = load_recognizer(folder, family, device, args.trust_remote_code, decoder)
+    print(f"{family} model from {folder} on {device}, {DECODER_NAMES[decoder]} "
+          f"(loaded in {time.perf_counter() - started:.1f} s)")
 
     results, written, audio_seconds, decode_seconds = [], 0, 0.0, 0.0
     progress = tqdm(total=len(files), unit="file", desc="transcribing")
     for first in range(0, len(files), args.batch_size):
         batch, waveforms = read_audio_files(files[first: first + args.batch_size], skipped)
         started = time.perf_counter()
-        decoded = (transcribe_deepspeech(model, waveforms, chunk_s) if family == "deepspeech2"
-                   else transcribe_hf(model, family, waveforms, chunk_s, args.batch_size))
+        decoded = (transcribe_deepspeech(model, waveforms, chunk_s, args.beam_width) if family == "deepspeech2"
+                   else transcribe_hf(model, family, waveforms, chunk_s, args.batch_size, args.beam_width))
         decode_seconds += time.perf_counter() - started
         outputs = {}
         for path, waveform, result in zip(batch, waveforms, decoded):
@@ -616,7 +670,8 @@ def main(argv: list[str] | None = None) -> dict:
     progress.close()
 
     rtf = round(decode_seconds / audio_seconds, 4) if audio_seconds else None
-    summary = {"model": str(folder), "family": family, "device": device, "audio_seconds": round(audio_seconds, 3),
+    summary = {"model": str(folder), "family": family, "decoder": decoder, "device": device,
+               "audio_seconds": round(audio_seconds, 3),
                "decode_seconds": round(decode_seconds, 3), "rtf": rtf, "skipped": skipped}
     if args.format in ("csv", "json") and results:
         write_outputs({planned[0]: table_bytes(results, summary, args.format)}, out_dir, manifest)

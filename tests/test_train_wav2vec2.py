@@ -153,15 +153,17 @@ def overfit_run(waveform_data, work_dir, tiny_model) -> tuple[Path, Path]:
 @pytest.mark.slow
 def test_overfits_a_handful_of_utterances_to_exact_transcripts(overfit_run):
     """From random initialisation, 8 espeak utterances are learned well enough that best_model/ transcribes
-    every one exactly through transformers.pipeline, as the run's own test predictions say."""
+    every one exactly through transformers.pipeline, which decodes with the run's language model, as the run's
+    own test predictions say (greedy and with the language model)."""
     from transformers import pipeline
 
     out, data = overfit_run
     few = load_from_disk(str(data))["test"]
     info = read_json(out / "run_info.json")
-    assert info["best_val_wer"] == 0.0 and info["stop_reason"] == "max_steps"
-    assert read_json(out / "test_metrics.json")["wer"] == 0.0
+    assert info["best_val_wer"] == 0.0 and info["stop_reason"] == "max_steps" and info["decoder"] == "lm"
+    assert read_json(out / "test_metrics.json")["wer"] == 0.0 == read_json(out / "test_metrics.json")["greedy_wer"]
     asr = pipeline("automatic-speech-recognition", model=str(out / "best_model"))
+    assert asr.type == "ctc_with_lm"
     heard = [asr(np.asarray(row["input_values"], dtype=np.float32))["text"] for row in few]
     assert heard == list(few["sentence"])
     assert [r["prediction"] for r in read_csv(out / "test_predictions.csv")] == heard
