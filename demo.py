@@ -253,8 +253,9 @@ def decode_kwargs(family: str, asr, beam_width: int = 64) -> dict:
 
 # Copied from transcribe.deepspeech2_decoding
 def deepspeech2_decoding(net, beam_width: int) -> dict:
-    """modeling_deepspeech2.transcribe's decoder arguments: the language model when load_recognizer kept it."""
-    return {"decoder": "lm", "beam_width": beam_width} if getattr(net, "lm_decoder", None) else {"decoder": "greedy"}
+    """modeling_deepspeech2.transcribe's decoder arguments: the language model when load_recognizer kept it, else
+    the module's default (greedy without one; an older module's own decoder)."""
+    return {"decoder": "lm", "beam_width": beam_width} if getattr(net, "lm_decoder", None) else {}
 
 
 # Copied from transcribe.scored_text

@@ -764,7 +764,6 @@ def architecture_facts(model) -> dict:
         "conv_channels": conv_dim[-1] if conv_dim else None,
         "feat_extract_norm": getattr(config, "feat_extract_norm", None),
         "frame_stride_ms": 1000 * math.prod(getattr(config, "conv_stride", [320])) / SAMPLE_RATE,
-        "decoder": "greedy CTC",
     }
 
 
@@ -1410,6 +1409,7 @@ def tune_lm_decoder(decoder, log_probs: list[np.ndarray], references: list[str],
             "model's text, so the chosen weight may favour the model's text more than new sentences need")
     if len(chosen) > LM_TUNE_UTTERANCES:
         chosen = [chosen[int(k)] for k in np.linspace(0, len(chosen) - 1, LM_TUNE_UTTERANCES)]
+        basis += f"; {LM_TUNE_UTTERANCES} of them, spread evenly, decoded for each setting"
     refs = [references[i] for i in chosen]
     grid = []
 
@@ -1698,6 +1698,15 @@ def model_index(name: str, metrics: dict) -> list[str]:
             f"    - {{type: cer, value: {100 * metrics['cer']:.2f}, name: Test CER}}", "---", ""]
 
 
+def decoding_sentence(run_info: dict, metrics: dict) -> str:
+    """How the test split was decoded, for the model card."""
+    lm = run_info["language_model"]
+    if not lm["used"]:
+        return f"greedy CTC decoding; no language model: {lm['reason']}"
+    return (f"CTC beam search with a word {lm['order']}-gram language model of the train transcripts, alpha "
+            f"{lm['alpha']}, beta {lm['beta']}, saved in language_model/; greedy decoding: WER "
+            f"{100 * metrics['greedy_wer']:.2f} %, CER {100 * metrics['greedy_cer']:.2f} %")
+
 def model_card(args: argparse.Namespace, run_info: dict, metrics: dict) -> str:
     """best_model/README.md: Hub metadata (language, base model, dataset, test scores) and the settings."""
     base_on_hub = not Path(args.model).exists()
@@ -1716,7 +1725,8 @@ def model_card(args: argparse.Namespace, run_info: dict, metrics: dict) -> str:
               f"`{args.data.name}` ({run_info['dataset']['splits']['train']} train utterances), text normalised "
               "(lower case, punctuation removed, tone marks kept).", "",
               f"Test WER **{100 * metrics['wer']:.2f} %**, CER **{100 * metrics['cer']:.2f} %** on "
-              f"{metrics['num_utterances']} test utterances (greedy CTC decoding, real-time factor {metrics['rtf']}).",
+              f"{metrics['num_utterances']} test utterances ({decoding_sentence(run_info, metrics)}, real-time "
+              f"factor {metrics['rtf']}).",
               "", f"Output: {vocabulary['size']} character tokens (`{vocabulary['word_delimiter']}` between words, "
               f"`{PAD}` as the CTC blank); {vocabulary['origin']}.", ""]
     lines += card_usage_and_settings(name, run_info)

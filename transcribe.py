@@ -359,8 +359,9 @@ def transcribe_hf(asr, family: str, waveforms: list[np.ndarray], chunk_s: float,
 
 
 def deepspeech2_decoding(net, beam_width: int) -> dict:
-    """modeling_deepspeech2.transcribe's decoder arguments: the language model when load_recognizer kept it."""
-    return {"decoder": "lm", "beam_width": beam_width} if getattr(net, "lm_decoder", None) else {"decoder": "greedy"}
+    """modeling_deepspeech2.transcribe's decoder arguments: the language model when load_recognizer kept it, else
+    the module's default (greedy without one; an older module's own decoder)."""
+    return {"decoder": "lm", "beam_width": beam_width} if getattr(net, "lm_decoder", None) else {}
 
 
 def transcribe_deepspeech(model, waveforms: list[np.ndarray], chunk_s: float, beam_width: int = 64) -> list[dict]:

@@ -33,6 +33,8 @@ HISTORY_COLUMNS = ["epoch", "step", "train_loss", "val_loss", "val_wer", "val_ce
 PREDICTION_COLUMNS = ["id", "speaker", "duration", "reference", "prediction", "raw_prediction", "wer", "cer"]
 METRIC_KEYS = {"wer", "cer", "ser", "substitutions", "deletions", "insertions", "hits", "ref_words",
                "num_utterances", "audio_seconds", "decode_seconds", "rtf"}
+CTC_PREDICTION_COLUMNS = ["greedy_prediction", "greedy_wer", "greedy_cer"]
+CTC_METRIC_KEYS = {"decoder", "greedy_wer", "greedy_cer", "greedy_decode_seconds"}
 RUN_INFO_KEYS = {"family", "base_model", "run_name", "params_total", "params_trainable", "architecture", "loss",
                  "optimizer", "learning_rate", "scheduler", "warmup_steps", "weight_decay", "batch_size",
                  "grad_accum", "effective_batch_size", "precision", "lora", "epochs_planned", "epochs_run",
@@ -97,8 +99,9 @@ def test_run_folder_has_the_files_and_columns_the_other_tools_read(family):
         assert (run / name).is_file(), name
     history = read_csv(run / "history.csv")
     assert list(history[0]) == HISTORY_COLUMNS and all(row["train_loss"] and row["val_wer"] for row in history)
-    assert list(read_csv(run / "test_predictions.csv")[0]) == PREDICTION_COLUMNS
-    assert set(read_json(run / "test_metrics.json")) == METRIC_KEYS
+    ctc = family.module.__name__ != "train_whisper"  # CTC runs score greedy decoding beside their decoder's
+    assert list(read_csv(run / "test_predictions.csv")[0]) == PREDICTION_COLUMNS + ctc * CTC_PREDICTION_COLUMNS
+    assert set(read_json(run / "test_metrics.json")) == METRIC_KEYS | (CTC_METRIC_KEYS if ctc else set())
     info = read_json(run / "run_info.json")
     assert RUN_INFO_KEYS <= set(info) and info["eval_only"] is False and info["train_seconds"] > 0
     assert info["command"].startswith(f"python {family.module.__name__}.py --data ")
