@@ -576,7 +576,8 @@ TEXT = {
     "t_lm": ("Word n-gram language model of {run} and its weights chosen on validation (WER in %)",
              "Mô hình ngôn ngữ n-gram theo từ của {run} và các trọng số chọn trên tập kiểm định (WER tính bằng %)"),
     "k_lm_order": ("order (words)", "bậc (số từ)"), "k_lm_ngrams": ("n-grams of each order", "số n-gram mỗi bậc"),
-    "k_lm_sentences": ("sentences", "số câu"), "k_lm_words": ("distinct words of the text", "số từ khác nhau của văn bản"),
+    "k_lm_sentences": ("sentences", "số câu"),
+    "k_lm_words": ("distinct words of the text", "số từ khác nhau của văn bản"),
     "k_lm_added": ("syllables added", "số âm tiết thêm vào"), "k_lm_alpha": ("alpha (LM weight)", "alpha (trọng số)"),
     "k_lm_beta": ("beta (word bonus)", "beta (điểm thưởng từ)"), "k_lm_beam": ("beam width", "số nhánh beam"),
     "k_lm_tuned": ("chosen on", "chọn trên"),
@@ -1893,7 +1894,8 @@ def language_model_blocks(run: dict, out: Path, lang: str) -> list[dict]:
     blocks = [heading(4, tr(lang, "h_lm"))]
     if lm.get("alpha") is None:  # never built: --lm-order 0 or pyctcdecode / kenlm missing
         return blocks + [paragraph(tr(lang, "lm_none", run=name, reason=no_lm_reason(str(lm.get("reason")), lang)))]
-    extra = tr(lang, "lm_extra", n=lm["extra_sentences"], path=lm.get("extra_text")) if lm.get("extra_sentences") else ""
+    extra = (tr(lang, "lm_extra", n=lm["extra_sentences"], path=lm.get("extra_text")) if lm.get("extra_sentences")
+             else "")
     tuned = tuned_on_text(str(lm.get("tuned_on", "?")), lang)
     text = tr(lang, "lm_used", order=lm.get("order"), kn=cite(lang, "kneser1995"), kenlm=cite(lang, "heafield2011"),
               beam=lm.get("beam_width"), sentences=grouped(lm.get("sentences")), extra=extra,
@@ -2134,14 +2136,15 @@ def decoder_rows(runs: list[dict], lang: str) -> pd.DataFrame:
         greedy = {key: metrics.get(f"greedy_{key}", metrics.get(key) if decoder == "greedy" else None)
                   for key in ("wer", "cer")}
         with_lm = {key: metrics.get(key) if decoder == "lm" else None for key in ("wer", "cer")}
-        if decoder == "lm" and isinstance(lm, dict):
-            note = tr(lang, "lm_note", order=lm.get("order"), alpha=lm.get("alpha"), beta=lm.get("beta"))
-        else:
-            note = no_lm_reason(str((lm or {}).get("reason")), lang) if isinstance(lm, dict) and lm.get("reason") else ""
+        lm = lm if isinstance(lm, dict) else {}
+        note = (tr(lang, "lm_note", order=lm.get("order"), alpha=lm.get("alpha"), beta=lm.get("beta"))
+                if decoder == "lm" and lm else no_lm_reason(str(lm["reason"]), lang) if lm.get("reason") else "")
         rows.append({tr(lang, "col_model"): run["name"], tr(lang, "col_family"): info.get("family"),
                      tr(lang, "col_decoder"): decoder_name(decoder, lang),
-                     tr(lang, "col_wer_greedy"): pct_or_dash(greedy["wer"]), tr(lang, "col_wer_lm"): pct_or_dash(with_lm["wer"]),
-                     tr(lang, "col_cer_greedy"): pct_or_dash(greedy["cer"]), tr(lang, "col_cer_lm"): pct_or_dash(with_lm["cer"]),
+                     tr(lang, "col_wer_greedy"): pct_or_dash(greedy["wer"]),
+                     tr(lang, "col_wer_lm"): pct_or_dash(with_lm["wer"]),
+                     tr(lang, "col_cer_greedy"): pct_or_dash(greedy["cer"]),
+                     tr(lang, "col_cer_lm"): pct_or_dash(with_lm["cer"]),
                      tr(lang, "col_note"): note})
     return pd.DataFrame(rows, dtype=object)
 
@@ -2171,7 +2174,8 @@ def comparison_section(runs: list[dict], out: Path, lang: str, dpi: int) -> list
                   change=pct(metrics["wer"]) - pct(metrics["greedy_wer"]), greedy_cer=pct(metrics.get("greedy_cer")),
                   lm_cer=pct(metrics.get("cer")))
                for run in runs for metrics in [run["metrics"] or run["recomputed"] or {}]
-               if run_decoder(run["info"]) == "lm" and metrics.get("greedy_wer") is not None]
+               if run_decoder(run["info"]) == "lm"
+               and None not in (metrics.get("greedy_wer"), metrics.get("greedy_cer"))]
     return blocks + [table_block(out, "ctc_decoders", tr(lang, "t_decoders"), decoders),
                      *(paragraph(change) for change in changes)]
 

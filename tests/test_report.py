@@ -485,14 +485,17 @@ def as_lm_contract(source: Path, folder: Path, name: str, language_model: dict, 
 
 @pytest.fixture(scope="module")
 def decoder_reports(wav2vec2_run, deepspeech_run, tmp_path_factory) -> dict:
-    """English and Vietnamese reports of: wav2vec2_run (language model), a DeepSpeech2 copy decoded with a
-    language model, one with --lm-order 0, deepspeech_run as it is (lexicon beam search, no greedy scores) and a
-    hand-made Whisper run."""
+    """English and Vietnamese reports of: wav2vec2_run (language model), DeepSpeech2 copies decoded with a
+    language model, with --lm-order 0 and with a language model that lost to greedy on validation,
+    deepspeech_run as it is (lexicon beam search, no greedy scores) and a hand-made Whisper run."""
     root = tmp_path_factory.mktemp("decoders") / "lần chạy"
     runs = {"wav2vec2": wav2vec2_run,
             "ds2-lm": as_lm_contract(deepspeech_run, root / "ds2 lm", "ds2-lm", LANGUAGE_MODEL, with_lm=True),
             "ds2-greedy": as_lm_contract(deepspeech_run, root / "ds2 greedy", "ds2-greedy",
                                          {"used": False, "reason": "--lm-order 0"}, with_lm=False),
+            "ds2-rejected": as_lm_contract(deepspeech_run, root / "ds2 rejected", "ds2-rejected",
+                                           {**LANGUAGE_MODEL, "used": False, "validation_wer_lm": 0.45,
+                                            "reason": "greedy decoding scored better on validation"}, with_lm=False),
             "ds2-old": deepspeech_run,
             "whisper": write_run(root / "whisper", "whisper-small", "whisper", OVERFIT, transcripts(1))}
     reports = {}
@@ -512,12 +515,14 @@ def test_ctc_runs_show_test_wer_greedy_and_with_the_language_model_side_by_side(
     comparison = read_csv(out / "comparison.csv").set_index("model")
     assert comparison["decoder"].to_dict() == {
         "wav2vec2 tiny": "CTC beam search + n-gram LM", "ds2-lm": "CTC beam search + n-gram LM",
-        "ds2-greedy": "CTC greedy decoding", "deepspeech2 tiny": "CTC beam search + lexicon", "whisper-small": "—"}
+        "ds2-greedy": "CTC greedy decoding", "ds2-rejected": "CTC greedy decoding",
+        "deepspeech2 tiny": "CTC beam search + lexicon", "whisper-small": "—"}
     for key, name in (("wav2vec2", "wav2vec2 tiny"), ("ds2-lm", "ds2-lm"), ("ds2-old", "deepspeech2 tiny")):
         assert comparison.loc[name, "test WER (%)"] == round(metrics[key]["wer"] * 100, 2)  # the decoder it names
 
     decoders = read_csv(out / "tables" / "ctc_decoders.csv").astype(str).set_index("model")
-    assert list(decoders.index) == ["wav2vec2 tiny", "ds2-lm", "ds2-greedy"]  # no Whisper, no run before the LM
+    assert list(decoders.index) == ["wav2vec2 tiny", "ds2-lm", "ds2-greedy", "ds2-rejected"]  # no Whisper, no
+    # run from before the language model
     predictions = pd.read_csv(runs["ds2-lm"] / "test_predictions.csv", keep_default_na=False, dtype=str)
     refs = predictions["reference"].tolist()
     greedy_wer = round(100 * jiwer.wer(refs, predictions["greedy_prediction"].tolist()), 2)
@@ -525,7 +530,8 @@ def test_ctc_runs_show_test_wer_greedy_and_with_the_language_model_side_by_side(
     assert greedy_wer > lm_wer
     assert decoders.loc["ds2-lm"].to_dict() == {
         "family": "deepspeech2", "decoder": "CTC beam search + n-gram LM", "test WER greedy (%)": str(greedy_wer),
-        "test WER with LM (%)": str(lm_wer), "test CER greedy (%)": str(round(100 * metrics["ds2-lm"]["greedy_cer"], 2)),
+        "test WER with LM (%)": str(lm_wer),
+        "test CER greedy (%)": str(round(100 * metrics["ds2-lm"]["greedy_cer"], 2)),
         "test CER with LM (%)": str(round(100 * metrics["ds2-lm"]["cer"], 2)), "note": "4-gram, alpha 0.8, beta 2.0"}
     wav2vec2 = decoders.loc["wav2vec2 tiny"]
     assert wav2vec2["test WER greedy (%)"] == str(round(100 * metrics["wav2vec2"]["greedy_wer"], 2))
@@ -533,16 +539,19 @@ def test_ctc_runs_show_test_wer_greedy_and_with_the_language_model_side_by_side(
     greedy_only = decoders.loc["ds2-greedy"]
     assert greedy_only["test WER greedy (%)"] == str(greedy_wer) and greedy_only["test WER with LM (%)"] == "—"
     assert greedy_only["note"] == "no LM: --lm-order 0"
+    assert decoders.loc["ds2-rejected", "note"] == "no LM: greedy decoding scored better on validation"
+    assert decoders.loc["ds2-rejected", "test WER with LM (%)"] == "—"
 
     text = (out / "report.md").read_text(encoding="utf-8")
     assert f"| ds2-lm | deepspeech2 | CTC beam search + n-gram LM | {greedy_wer} | {lm_wer} |" in text
     assert (f"ds2-lm: the language model takes test WER from {greedy_wer}% (greedy) to {lm_wer}% "
             f"({lm_wer - greedy_wer:+.2f} points)") in text
     status = read_csv(out / "tables" / "run_status.csv")
-    assert list(status["problems"]) == ["none"] * 5  # greedy scores recomputed from greedy_prediction agree
+    assert list(status["problems"]) == ["none"] * 6  # greedy scores recomputed from greedy_prediction agree
     checked = read_csv(out / "tables" / "ds2-lm_test_metrics.csv").astype(str).set_index("metric")
     assert checked.loc["WER, greedy decoding (%)"].tolist() == [str(greedy_wer), str(greedy_wer), "equal"]
-    assert "WER, greedy decoding (%)" not in set(read_csv(out / "tables" / "deepspeech2-tiny_test_metrics.csv")["metric"])
+    older = read_csv(out / "tables" / "deepspeech2-tiny_test_metrics.csv")
+    assert "WER, greedy decoding (%)" not in set(older["metric"])  # a run from before the language model
 
     document = pytest.importorskip("docx").Document(str(out / "report.docx"))
     table = next(t for t in document.tables if [c.text for c in t.rows[0].cells][:5] == [
@@ -562,6 +571,10 @@ def test_the_language_model_is_described_and_the_error_analysis_names_the_decode
             "whose sentence is not in the language model's text): validation WER 31.0% with the language model "
             "against 40.0% greedy.") in text
     assert "ds2-greedy decodes the test split greedily (no LM: --lm-order 0)." in text
+    assert ("validation WER 45.0% with the language model against 40.0% greedy. Greedy decoding scored better on "
+            "validation, so the test split is decoded greedily") in text
+    rejected = read_csv(out / "tables" / "ds2-rejected_language_model.csv").set_index("setting")["value"]
+    assert rejected["used for the test split"] == "no"
     facts = read_csv(out / "tables" / "ds2-lm_language_model.csv").set_index("setting")["value"]
     assert facts["n-grams of each order"] == "4,405 / 268 / 241 / 90" and facts["used for the test split"] == "yes"
     listed = text.split("## References\n\n")[1]
