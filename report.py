@@ -10,7 +10,7 @@ Writes into --out:
                                the references it cites (author-year); report.html is self-contained
     report.docx                the same report for Word / LibreOffice: real tables titled above, figures
                                at page width captioned below (Word caption fields), Times New Roman
-    comparison.csv/.md/.png    one row per run: size, training time, test WER/CER, RTF
+    comparison.csv/.md/.png    one row per run: size, training time, test WER/CER (of the decoder it names), RTF
     figures/*.png (+ .csv)     print-resolution figures, each with the numbers it plots beside it
     tables/*.csv               every table of the report (UTF-8 with BOM, so Excel shows Vietnamese)
 
@@ -2325,7 +2325,7 @@ def add_docx_table(document, table: pd.DataFrame) -> None:
     from docx.oxml import OxmlElement
     from docx.shared import Pt
 
-    size = Pt(9 if len(table.columns) <= 6 else 7.5)  # the comparison has 15 columns
+    size = Pt(9 if len(table.columns) <= 6 else 7.5)  # the comparison's many columns fit the page width
     word_table = document.add_table(rows=len(table) + 1, cols=len(table.columns))
     word_table.style = "Table Grid"
     values = [list(map(str, table.columns)), *([cell(v) for v in row] for row in table.itertuples(index=False))]
