@@ -10,7 +10,7 @@ Writes into --out:
                                the references it cites (author-year); report.html is self-contained
     report.docx                the same report for Word / LibreOffice: real tables titled above, figures
                                at page width captioned below (Word caption fields), Times New Roman
-    comparison.csv/.md/.png    one row per run: size, training time, test WER/CER, RTF
+    comparison.csv/.md/.png    one row per run: size, training time, test WER/CER (of the decoder it names), RTF
     figures/*.png (+ .csv)     print-resolution figures, each with the numbers it plots beside it
     tables/*.csv               every table of the report (UTF-8 with BOM, so Excel shows Vietnamese)
 
@@ -54,6 +54,7 @@ LENGTH_EDGES = [0, 2, 4, 6, 8, 10, 15, float("inf")]  # seconds; VIVOS utterance
 METRIC_TOLERANCE = 5e-5  # stored metrics may be rounded to 4 decimals; 0.005 WER points is invisible
 MAX_SPEAKERS_PLOTTED = 40
 PALETTE = {"train": "#1f77b4", "validation": "#ff7f0e", "test": "#2ca02c"}
+CTC_FAMILIES = ("wav2vec2", "deepspeech2")
 HISTORY_COLUMNS = ["epoch", "step", "train_loss", "val_loss", "val_wer", "val_cer", "train_wer", "train_cer",
                    "learning_rate"]
 
@@ -311,6 +312,8 @@ TEXT = {
     "m_ref_words": ("reference words", "số từ tham chiếu"), "m_num_utterances": ("utterances", "số câu"),
     "m_audio_seconds": ("audio (s)", "âm thanh (giây)"), "m_decode_seconds": ("decoding (s)", "giải mã (giây)"),
     "m_rtf": ("RTF", "RTF"),
+    "m_greedy_wer": ("WER, greedy decoding (%)", "WER, giải mã tham lam (%)"),
+    "m_greedy_cer": ("CER, greedy decoding (%)", "CER, giải mã tham lam (%)"),
     "check_ok": ("equal", "khớp"), "check_bad": ("MISMATCH", "SAI LỆCH"),
     "metrics_ok": ("All metrics recomputed from test_predictions.csv with jiwer equal test_metrics.json.",
                    "Mọi chỉ số tính lại từ test_predictions.csv bằng jiwer đều khớp với test_metrics.json."),
@@ -398,7 +401,22 @@ TEXT = {
     "col_gpu_mb": ("peak GPU memory (MB)", "bộ nhớ GPU cao nhất (MB)"),
     "col_test_wer": ("test WER (%)", "WER kiểm tra (%)"), "col_test_cer": ("test CER (%)", "CER kiểm tra (%)"),
     "col_wer_no_tone": ("test WER without tone marks (%)", "WER kiểm tra khi bỏ dấu thanh (%)"),
-    "col_rtf": ("RTF", "RTF"),
+    "col_rtf": ("RTF", "RTF"), "col_decoder": ("decoder", "bộ giải mã"),
+    "col_wer_greedy": ("test WER greedy (%)", "WER kiểm tra, tham lam (%)"),
+    "col_wer_lm": ("test WER with LM (%)", "WER kiểm tra, có mô hình ngôn ngữ (%)"),
+    "col_cer_greedy": ("test CER greedy (%)", "CER kiểm tra, tham lam (%)"),
+    "col_cer_lm": ("test CER with LM (%)", "CER kiểm tra, có mô hình ngôn ngữ (%)"),
+    "col_note": ("note", "ghi chú"),
+    "t_decoders": ("Test WER and CER of the CTC models, decoded greedily and with the n-gram language model (in %; "
+                   "— where that decoder was not run; the comparison's test WER is that of the decoder it names)",
+                   "WER và CER trên tập kiểm tra của các mô hình CTC, giải mã tham lam và có mô hình ngôn ngữ n-gram "
+                   "(tính bằng %; — khi không chạy bộ giải mã đó; WER kiểm tra trong bảng so sánh là của bộ giải mã "
+                   "ghi ở cột bộ giải mã)"),
+    "lm_note": ("{order}-gram, alpha {alpha}, beta {beta}", "{order}-gram, alpha {alpha}, beta {beta}"),
+    "lm_change": ("{run}: the language model takes test WER from {greedy}% (greedy) to {lm}% ({change:+.2f} points) "
+                  "and CER from {greedy_cer}% to {lm_cer}%.",
+                  "{run}: mô hình ngôn ngữ đưa WER kiểm tra từ {greedy}% (tham lam) về {lm}% ({change:+.2f} điểm) và "
+                  "CER từ {greedy_cer}% về {lm_cer}%."),
     "kind_trained": ("fine-tuned", "đã huấn luyện"), "kind_baseline": ("baseline (zero-shot)", "cơ sở (zero-shot)"),
     "tick_baseline": ("zero-shot baseline", "cơ sở zero-shot"),
     "c_comparison": ("Test WER and CER of all runs (%); hatched bars are zero-shot baselines (--eval-only).",
@@ -529,6 +547,53 @@ TEXT = {
     "d_decoder_beam": ("CTC beam search\n+ lexicon", "CTC beam search\n+ từ vựng"),
     "k_decoder": ("decoder of the test split", "bộ giải mã trên tập kiểm tra"),
     "d_decoder_greedy": ("CTC greedy\ndecoding", "CTC greedy\n(tham lam)"),
+    "d_decoder_lm": ("CTC beam search\n+ n-gram LM", "CTC beam search\n+ mô hình ngôn\nngữ n-gram"),
+    "decoded_with": ("{run} decoded with {decoder}", "{run} giải mã bằng {decoder}"),
+    # Language model of the CTC runs
+    "h_lm": ("Language model (decoding)", "Mô hình ngôn ngữ (giải mã)"),
+    "lm_used": ("Language model: a word {order}-gram model with Kneser-Ney smoothing ({kn}), queried with KenLM "
+                "({kenlm}), scores the hypotheses of a CTC beam search (pyctcdecode, {beam} beams). It is built from "
+                "{sentences} sentences (the training transcripts{extra}; never validation or test sentences), whose "
+                "{words} distinct words it knows, plus {added} other syllables spelled from the onsets, rhymes and "
+                "tones of those words, so a Vietnamese syllable missing from the text can still be written. The LM "
+                "weight alpha = {alpha} and the word bonus beta = {beta} were chosen on validation ({tuned}): "
+                "validation WER {lm}% with the language model against {greedy}% greedy.",
+                "Mô hình ngôn ngữ: mô hình {order}-gram theo từ, làm trơn Kneser-Ney ({kn}), truy vấn bằng KenLM "
+                "({kenlm}), chấm điểm các giả thuyết của CTC beam search (pyctcdecode, {beam} nhánh). Mô hình được "
+                "xây từ {sentences} câu (các câu phiên âm của tập huấn luyện{extra}; không bao giờ dùng câu của tập "
+                "kiểm định hay kiểm tra), biết {words} từ khác nhau của các câu đó, cộng thêm {added} âm tiết khác "
+                "ghép từ phụ âm đầu, vần và thanh của chính các từ ấy, để một âm tiết tiếng Việt không có trong văn "
+                "bản vẫn viết ra được. Trọng số mô hình ngôn ngữ alpha = {alpha} và điểm thưởng từ beta = {beta} "
+                "được chọn trên tập kiểm định ({tuned}): WER kiểm định {lm}% khi có mô hình ngôn ngữ so với "
+                "{greedy}% khi giải mã tham lam."),
+    "lm_extra": (" and {n} sentences of {path}", " và {n} câu của {path}"),
+    "lm_rejected": ("Greedy decoding scored better on validation, so the test split is decoded greedily and the "
+                    "model folder carries no language model.",
+                    "Giải mã tham lam cho kết quả tốt hơn trên tập kiểm định nên tập kiểm tra được giải mã tham lam "
+                    "và thư mục mô hình không kèm mô hình ngôn ngữ."),
+    "lm_none": ("{run} decodes the test split greedily ({reason}).",
+                "{run} giải mã tập kiểm tra theo cách tham lam ({reason})."),
+    "t_lm": ("Word n-gram language model of {run} and its weights chosen on validation (WER in %)",
+             "Mô hình ngôn ngữ n-gram theo từ của {run} và các trọng số chọn trên tập kiểm định (WER tính bằng %)"),
+    "k_lm_order": ("order (words)", "bậc (số từ)"), "k_lm_ngrams": ("n-grams of each order", "số n-gram mỗi bậc"),
+    "k_lm_sentences": ("sentences", "số câu"),
+    "k_lm_words": ("distinct words of the text", "số từ khác nhau của văn bản"),
+    "k_lm_added": ("syllables added", "số âm tiết thêm vào"), "k_lm_alpha": ("alpha (LM weight)", "alpha (trọng số)"),
+    "k_lm_beta": ("beta (word bonus)", "beta (điểm thưởng từ)"), "k_lm_beam": ("beam width", "số nhánh beam"),
+    "k_lm_tuned": ("chosen on", "chọn trên"),
+    "k_lm_val_greedy": ("validation WER greedy (%)", "WER kiểm định, tham lam (%)"),
+    "k_lm_val_lm": ("validation WER with LM (%)", "WER kiểm định, có mô hình ngôn ngữ (%)"),
+    "k_lm_used": ("used for the test split", "dùng cho tập kiểm tra"),
+    "tuned_new": ("{n} of {total} validation utterances whose sentence is not in the language model's text",
+                  "{n} trong {total} câu kiểm định có câu không nằm trong văn bản của mô hình ngôn ngữ"),
+    "tuned_all": ("all {total} validation utterances: only {n} have a sentence outside the language model's text, "
+                  "so the weight may favour that text", "cả {total} câu kiểm định: chỉ {n} câu nằm ngoài văn bản "
+                  "của mô hình ngôn ngữ nên trọng số có thể thiên về văn bản đó"),
+    "no_lm_order": ("no LM: --lm-order 0", "không có mô hình ngôn ngữ: --lm-order 0"),
+    "no_lm_missing": ("no LM: {packages} not installed", "không có mô hình ngôn ngữ: chưa cài {packages}"),
+    "no_lm_worse": ("no LM: greedy decoding scored better on validation",
+                    "không dùng mô hình ngôn ngữ: giải mã tham lam tốt hơn trên tập kiểm định"),
+    "no_lm_other": ("no LM: {reason}", "không có mô hình ngôn ngữ: {reason}"),
     # Precision, recall, F1
     "m_precision": ("word precision = H / (H + S + I) (%)", "độ chính xác (precision) từ = H / (H + S + I) (%)"),
     "m_recall": ("word recall = H / (H + S + D) (%)", "độ phủ (recall) từ = H / (H + S + D) (%)"),
@@ -574,9 +639,16 @@ REFERENCES = {
                    "Graves, A., Fernández, S., Gomez, F., & Schmidhuber, J. (2006). Connectionist temporal "
                    "classification: Labelling unsegmented sequence data with recurrent neural networks. In Proceedings "
                    "of the 23rd International Conference on Machine Learning (ICML), 369–376."),
+    "heafield2011": (("Heafield, 2011", "Heafield, 2011"),
+                     "Heafield, K. (2011). KenLM: Faster and smaller language model queries. In Proceedings of the "
+                     "Sixth Workshop on Statistical Machine Translation (WMT), 187–197."),
     "hu2021": (("Hu et al., 2021", "Hu et al., 2021"),
                "Hu, E. J., Shen, Y., Wallis, P., Allen-Zhu, Z., Li, Y., Wang, S., Wang, L., & Chen, W. (2021). LoRA: "
                "Low-rank adaptation of large language models. arXiv:2106.09685 (ICLR 2022)."),
+    "kneser1995": (("Kneser and Ney, 1995", "Kneser và Ney, 1995"),
+                   "Kneser, R., & Ney, H. (1995). Improved backing-off for m-gram language modeling. In Proceedings "
+                   "of the IEEE International Conference on Acoustics, Speech, and Signal Processing (ICASSP), "
+                   "181–184."),
     "ko2015": (("Ko et al., 2015", "Ko et al., 2015"),
                "Ko, T., Peddinti, V., Povey, D., & Khudanpur, S. (2015). Audio augmentation for speech recognition. "
                "In Proceedings of Interspeech 2015, 3586–3589."),
@@ -921,7 +993,11 @@ def read_history(folder: Path, info: dict, problems: list[str], lang: str) -> di
 def recompute_metrics(predictions: pd.DataFrame) -> dict:
     """test_metrics.json's text metrics, recomputed from test_predictions.csv with jiwer."""
     references, hypotheses = predictions["reference"].tolist(), predictions["prediction"].tolist()
-    return {**compute_wer_cer(references, hypotheses), "num_utterances": len(predictions)}
+    metrics = {**compute_wer_cer(references, hypotheses), "num_utterances": len(predictions)}
+    if "greedy_prediction" in predictions:  # a CTC run decoded with a language model keeps its greedy text beside
+        greedy = compute_wer_cer(references, predictions["greedy_prediction"].tolist())
+        metrics.update(greedy_wer=greedy["wer"], greedy_cer=greedy["cer"])
+    return metrics
 
 
 def metric_mismatches(stored: dict | None, recomputed: dict, lang: str) -> list[str]:
@@ -1062,6 +1138,11 @@ def find_data_folder(data: Path | None, runs: list[dict]) -> Path | None:
 def pct(value) -> float | None:
     """A fraction as a percentage rounded to 2 decimals (None stays None)."""
     return None if value is None or pd.isna(value) else round(float(value) * 100, 2)
+
+
+def pct_or_dash(value):
+    """pct, or "—" in a table where the value does not apply (a decoder that was not run)."""
+    return "—" if value is None else pct(value)
 
 
 def millions(value) -> float | None:
@@ -1287,6 +1368,45 @@ def remedies_used(info: dict, model_config: dict, lang: str) -> str:
 
 # ----------------------------------------------------------------------------- the report as blocks
 
+def run_decoder(info: dict) -> str | None:
+    """How a CTC run transcribed its test split: run_info's "decoder" (lm | beam | greedy), or "greedy" for a
+    wav2vec2 run from before the language model (it records "greedy CTC" among its architecture facts);
+    None for Whisper and for a run that records neither."""
+    if info.get("decoder") in ("lm", "beam", "greedy"):
+        return info["decoder"]
+    architecture = info.get("architecture") or {}
+    older = architecture.get("decoder") or architecture.get("decoding") or info.get("decoding")
+    return "greedy" if info.get("family") in CTC_FAMILIES and "greedy" in str(older or "") else None
+
+
+def decoder_name(decoder: str, lang: str) -> str:
+    """lm -> 'CTC beam search + n-gram LM': the diagram's label on one line."""
+    return tr(lang, f"d_decoder_{decoder}").replace("\n", " ")
+
+
+def no_lm_reason(reason: str, lang: str) -> str:
+    """run_info's language_model reason (the trainer's words) as a short note in the report's language."""
+    if reason == "--lm-order 0":
+        return tr(lang, "no_lm_order")
+    if " not installed" in reason:
+        return tr(lang, "no_lm_missing", packages=reason.split(" not installed")[0].replace(" and ", ", "))
+    if reason == "greedy decoding scored better on validation":
+        return tr(lang, "no_lm_worse")
+    return tr(lang, "no_lm_other", reason=reason)
+
+
+def tuned_on_text(tuned: str, lang: str) -> str:
+    """language_model tuned_on (which validation utterances chose alpha and beta) in the report's language;
+    a sentence of another form is shown as the trainer wrote it."""
+    new = re.match(r"(\d+) of (\d+) validation utterances", tuned)
+    every = re.match(r"all (\d+) validation utterances: only (\d+)", tuned)
+    if new:
+        return tr(lang, "tuned_new", n=new[1], total=new[2])
+    if every:
+        return tr(lang, "tuned_all", total=every[1], n=every[2])
+    return tuned
+
+
 def heading(level: int, text: str) -> dict:
     return {"kind": "heading", "level": level, "text": text}
 
@@ -1451,7 +1571,7 @@ def plot_comparison(table: pd.DataFrame, baselines: list[bool], lang: str) -> Fi
 
 def architecture_rows(family: str, arch: dict, lang: str, decoder: str | None = None) -> list[list[str]]:
     """The block labels of a family's diagram, one list per row, filled in from run_info architecture facts;
-    `decoder` is run_info's DeepSpeech2 decoder (beam | greedy), how its test split was transcribed."""
+    `decoder` is how a CTC run transcribed its test split (run_decoder: lm | beam | greedy; greedy when None)."""
     def fact(*names, default="?"):
         return next((arch[n] for n in names if arch.get(n) is not None), default)
 
@@ -1461,6 +1581,7 @@ def architecture_rows(family: str, arch: dict, lang: str, decoder: str | None = 
     ffn = f"FFN {fact('ffn_dim', 'encoder_ffn_dim', 'intermediate_size')}, {fact('activation', 'hidden_act')}"
     vocab = fact("vocab_size")
     audio, text = tr(lang, "d_audio"), tr(lang, "d_text")
+    decoding = tr(lang, f"d_decoder_{decoder or 'greedy'}")
     if family == "whisper":
         return [[f"{audio}\n16 kHz", f"log-Mel\n{fact('num_mel_bins', 'n_mels')} × 3000\n(30 s)",
                  f"Conv1D × 2\n{fact('activation', 'activation_function')}",
@@ -1473,19 +1594,19 @@ def architecture_rows(family: str, arch: dict, lang: str, decoder: str | None = 
                  f"CNN feature\nencoder × {fact('conv_layers', 'num_feat_extract_layers')}\n"
                  f"({float(fact('frame_stride_ms', default=20)):g} ms frames)",
                  "feature\nprojection +\nconv. position", f"Transformer\nencoder × {layers}\n{width}\n{ffn}",
-                 f"Linear (CTC)\n{vocab} chars", f"CTC greedy\ndecoding\n→ {text}"]]
+                 f"Linear (CTC)\n{vocab} chars", f"{decoding}\n→ {text}"]]
     return [[f"{audio}\n16 kHz", f"log-Mel\nspectrogram\n{fact('n_mels', 'num_mel_bins')} bins",
              f"Conv2D × {fact('conv_layers', 'num_conv_layers')}\n{fact('conv_channels', default='?')} channels\n"
              f"+ BatchNorm\n{fact('activation', 'conv_activation')}",
              f"Bi{str(fact('rnn_type', default='gru')).upper()} × {fact('rnn_layers', 'num_rnn_layers')}\n"
              f"{fact('rnn_hidden', 'rnn_hidden_size', 'hidden_size')} units\nper direction",
              f"Linear (CTC)\n{vocab} chars",
-             f"{tr(lang, 'd_decoder_beam' if decoder == 'beam' else 'd_decoder_greedy')}\n→ {text}"]]
+             f"{decoding}\n→ {text}"]]
 
 
 def plot_architecture(family: str, info: dict, lang: str) -> tuple[Figure, pd.DataFrame]:
     """A left-to-right block diagram of the family; Whisper's decoder row reads the encoder by cross-attention."""
-    rows = architecture_rows(family, info.get("architecture") or {}, lang, info.get("decoder"))
+    rows = architecture_rows(family, info.get("architecture") or {}, lang, run_decoder(info))
     box_w, box_h, gap, row_gap = 1.45, 1.05, 0.45, 0.9
     columns = max(len(row) for row in rows)
     width, height = columns * (box_w + gap) + 0.1, box_h + 0.85 + (len(rows) - 1) * (box_h + row_gap)
@@ -1723,7 +1844,8 @@ def model_section(run: dict, out: Path, lang: str, dpi: int, family_runs: int = 
     arch_rows = [(tr(lang, "k_family"), family), (tr(lang, "k_params_total"), grouped(total) if total else None),
                  (tr(lang, "k_params_trainable"), grouped(trainable) if trainable else None),
                  (tr(lang, "k_trainable_share"), round(100 * trainable / total, 2) if total and trainable else None),
-                 *((key, human_value(key, value, lang)) for key, value in (info.get("architecture") or {}).items()),
+                 *((key, human_value(key, value, lang)) for key, value in (info.get("architecture") or {}).items()
+                   if key != "decoder" or "decoder" not in info),  # the test decoder is a training-config row
                  (tr(lang, "k_loss"), info.get("loss"))]
     blocks.append(table_block(out, f"{run['slug']}_architecture", tr(lang, "t_arch", run=name),
                               key_value_table(arch_rows, lang)))
@@ -1733,8 +1855,8 @@ def model_section(run: dict, out: Path, lang: str, dpi: int, family_runs: int = 
                    "best_epoch", "best_step"]
     config_rows = [(tr(lang, f"k_{key}"), epoch_value(info.get(key)) if key in ("epochs_run", "best_epoch")
                     else human_value(key, info.get(key), lang)) for key in config_keys]
-    if info.get("decoder") in ("beam", "greedy"):  # DeepSpeech2: validation is greedy, test as recorded
-        config_rows.append((tr(lang, "k_decoder"), tr(lang, f"d_decoder_{info['decoder']}").replace("\n", " ")))
+    if info.get("decoder") in ("lm", "beam", "greedy"):  # CTC runs: validation is greedy, test as recorded
+        config_rows.append((tr(lang, "k_decoder"), decoder_name(info["decoder"], lang)))
     config_rows += [(tr(lang, "k_best_val_wer"), pct(info.get("best_val_wer"))),
                     (tr(lang, "k_stop_reason"), info.get("stop_reason")),
                     (tr(lang, "k_train_minutes"), round(seconds / 60, 1) if seconds is not None else None),
@@ -1752,6 +1874,7 @@ def model_section(run: dict, out: Path, lang: str, dpi: int, family_runs: int = 
         blocks += [heading(4, tr(lang, "h_loss")),
                    paragraph(tr(lang, "loss_ce" if family == "whisper" else "loss_ctc", run=name,
                                 ref=cite(lang, "graves2006")))]
+    blocks += language_model_blocks(run, out, lang)
     if not run["eval_only"]:
         start = tr(lang, "start_preset", preset=info["preset"]) if info.get("preset") else tr(lang, "start_defaults")
         tuning = (tr(lang, "hp_tuning_single", start=start, family=family) if family_runs < 2 else
@@ -1759,6 +1882,40 @@ def model_section(run: dict, out: Path, lang: str, dpi: int, family_runs: int = 
                      title=tr(lang, "t_tuning", family=family)))
         blocks += [heading(4, tr(lang, "h_hyper")), bullets(hyper_parameter_reasons(info, lang)), paragraph(tuning)]
     return blocks
+
+
+def language_model_blocks(run: dict, out: Path, lang: str) -> list[dict]:
+    """How a CTC run decoded its test split: its word n-gram language model, the weights chosen on validation
+    and validation WER with and without it; or why it decoded greedily. Nothing for a run that records no
+    language_model (Whisper, CTC runs from before the language model)."""
+    lm, name = run["info"].get("language_model"), run["name"]
+    if not isinstance(lm, dict):
+        return []
+    blocks = [heading(4, tr(lang, "h_lm"))]
+    if lm.get("alpha") is None:  # never built: --lm-order 0 or pyctcdecode / kenlm missing
+        return blocks + [paragraph(tr(lang, "lm_none", run=name, reason=no_lm_reason(str(lm.get("reason")), lang)))]
+    extra = (tr(lang, "lm_extra", n=lm["extra_sentences"], path=lm.get("extra_text")) if lm.get("extra_sentences")
+             else "")
+    tuned = tuned_on_text(str(lm.get("tuned_on", "?")), lang)
+    text = tr(lang, "lm_used", order=lm.get("order"), kn=cite(lang, "kneser1995"), kenlm=cite(lang, "heafield2011"),
+              beam=lm.get("beam_width"), sentences=grouped(lm.get("sentences")), extra=extra,
+              words=grouped(lm.get("words_in_text")), added=grouped(lm.get("words_added")), alpha=lm["alpha"],
+              beta=lm.get("beta"), tuned=tuned, lm=pct(lm.get("validation_wer_lm")),
+              greedy=pct(lm.get("validation_wer_greedy")))
+    if not lm.get("used"):
+        text += " " + tr(lang, "lm_rejected")
+    rows = [(tr(lang, "k_lm_order"), lm.get("order")),
+            (tr(lang, "k_lm_ngrams"), " / ".join(grouped(n) for n in lm.get("ngrams") or [])),
+            (tr(lang, "k_lm_sentences"), grouped(lm.get("sentences"))),
+            (tr(lang, "k_lm_words"), grouped(lm.get("words_in_text"))),
+            (tr(lang, "k_lm_added"), grouped(lm.get("words_added"))),
+            (tr(lang, "k_lm_alpha"), lm["alpha"]), (tr(lang, "k_lm_beta"), lm.get("beta")),
+            (tr(lang, "k_lm_beam"), lm.get("beam_width")), (tr(lang, "k_lm_tuned"), tuned),
+            (tr(lang, "k_lm_val_greedy"), pct(lm.get("validation_wer_greedy"))),
+            (tr(lang, "k_lm_val_lm"), pct(lm.get("validation_wer_lm"))),
+            (tr(lang, "k_lm_used"), tr(lang, "yes" if lm.get("used") else "no"))]
+    return blocks + [paragraph(text), table_block(out, f"{run['slug']}_language_model", tr(lang, "t_lm", run=name),
+                                                  key_value_table(rows, lang))]
 
 
 def training_section(run: dict, out: Path, lang: str, dpi: int) -> list[dict]:
@@ -1787,9 +1944,12 @@ def metrics_table(run: dict, lang: str) -> pd.DataFrame:
     stored = {**stored, "word_accuracy": 1 - stored["wer"] if stored.get("wer") is not None else None,
               **word_scores(stored)}
     rows = []
-    for key in ("wer", "cer", "ser", "word_accuracy", "precision", "recall", "f1", "substitutions", "deletions",
-                "insertions", "hits", "ref_words", "num_utterances", "audio_seconds", "decode_seconds", "rtf"):
-        as_pct = key in ("wer", "cer", "ser", "word_accuracy", "precision", "recall", "f1")
+    greedy = [key for key in ("greedy_wer", "greedy_cer") if key in stored or key in recomputed]
+    for key in ("wer", "cer", *greedy, "ser", "word_accuracy", "precision", "recall", "f1", "substitutions",
+                "deletions", "insertions", "hits", "ref_words", "num_utterances", "audio_seconds", "decode_seconds",
+                "rtf"):
+        as_pct = key in ("wer", "cer", "greedy_wer", "greedy_cer", "ser", "word_accuracy", "precision", "recall",
+                         "f1")
         value, again = stored.get(key), recomputed.get(key)
         check = ""
         if value is not None and again is not None:
@@ -1844,9 +2004,10 @@ def length_bins(durations: pd.Series) -> pd.Series:
     return pd.cut(durations, LENGTH_EDGES, labels=labels, right=False)
 
 
-def tone_blocks(run: dict, out: Path, lang: str, dpi: int) -> list[dict]:
-    """WER with and without tone marks, the 6 x 6 tone confusion matrix and the confused character pairs."""
-    predictions, name, slug = run["predictions"], run["name"], run["slug"]
+def tone_blocks(run: dict, out: Path, lang: str, dpi: int, name: str) -> list[dict]:
+    """WER with and without tone marks, the 6 x 6 tone confusion matrix and the confused character pairs
+    (`name`: the run as the captions call it)."""
+    predictions, slug = run["predictions"], run["slug"]
     references, hypotheses = predictions["reference"].tolist(), predictions["prediction"].tolist()
     wer = run["recomputed"]["wer"]
     plain = toneless_wer(references, hypotheses)
@@ -1888,11 +2049,13 @@ def tone_blocks(run: dict, out: Path, lang: str, dpi: int) -> list[dict]:
 
 
 def test_section(run: dict, out: Path, lang: str, dpi: int, worst: int, top: int) -> list[dict]:
-    """Metrics (checked), worst utterances, word errors, WER per speaker and length, tone analysis."""
-    name, slug = run["name"], run["slug"]
-    blocks = [heading(3, name)]
+    """Metrics (checked), worst utterances, word errors, WER per speaker and length, tone analysis; the
+    captions of a CTC run name the decoder whose transcripts (`prediction`) they analyse."""
+    slug, decoder = run["slug"], run_decoder(run["info"])
+    blocks = [heading(3, run["name"])]
     if run["predictions"] is None:
-        return blocks + [paragraph(tr(lang, "no_test", run=name), warning=True)]
+        return blocks + [paragraph(tr(lang, "no_test", run=run["name"]), warning=True)]
+    name = tr(lang, "decoded_with", run=run["name"], decoder=decoder_name(decoder, lang)) if decoder else run["name"]
     predictions = run["predictions"].copy()
     if "speaker" not in predictions:
         predictions["speaker"] = "unknown"
@@ -1925,7 +2088,7 @@ def test_section(run: dict, out: Path, lang: str, dpi: int, worst: int, top: int
     by_length["bin"] = by_length["bin"].astype(str)
     blocks.append(figure_block(out, f"{slug}_wer_breakdown", caption, plot_breakdown(speakers, by_length, lang),
                                speakers, dpi))
-    return blocks + tone_blocks(run, out, lang, dpi)
+    return blocks + tone_blocks(run, out, lang, dpi, name)
 
 
 def comparison_rows(runs: list[dict], lang: str) -> pd.DataFrame:
@@ -1936,7 +2099,7 @@ def comparison_rows(runs: list[dict], lang: str) -> pd.DataFrame:
         if metrics is None:
             continue
         info = run["info"]
-        seconds = info.get("train_seconds")
+        seconds, decoder = info.get("train_seconds"), run_decoder(info)
         predictions = run["predictions"]
         plain = None if predictions is None else toneless_wer(predictions["reference"].tolist(),
                                                               predictions["prediction"].tolist())
@@ -1952,10 +2115,38 @@ def comparison_rows(runs: list[dict], lang: str) -> pd.DataFrame:
                      tr(lang, "col_gpu_mb"): info.get("peak_gpu_memory_mb"),
                      tr(lang, "col_test_wer"): pct(metrics.get("wer")),
                      tr(lang, "col_test_cer"): pct(metrics.get("cer")),
+                     tr(lang, "col_decoder"): decoder_name(decoder, lang) if decoder else "—",
                      **{tr(lang, f"col_test_{key}"): pct(value) for key, value in word_scores(metrics).items()},
                      tr(lang, "col_wer_no_tone"): pct(plain),
                      tr(lang, "col_rtf"): round(metrics["rtf"], 4) if metrics.get("rtf") is not None else None})
     return pd.DataFrame(rows)
+
+
+def decoder_rows(runs: list[dict], lang: str) -> pd.DataFrame:
+    """One row per CTC run that records its decoders (test_metrics.json greedy_wer, or run_info.json
+    language_model): test WER and CER greedy and with the language model side by side, "—" where that decoder
+    was not run, and why a run has no language model."""
+    rows = []
+    for run in runs:
+        metrics, info = run["metrics"] or run["recomputed"] or {}, run["info"]
+        lm = info.get("language_model")
+        if info.get("family") not in CTC_FAMILIES or (metrics.get("greedy_wer") is None and not isinstance(lm, dict)):
+            continue
+        decoder = run_decoder(info) or "greedy"
+        greedy = {key: metrics.get(f"greedy_{key}", metrics.get(key) if decoder == "greedy" else None)
+                  for key in ("wer", "cer")}
+        with_lm = {key: metrics.get(key) if decoder == "lm" else None for key in ("wer", "cer")}
+        lm = lm if isinstance(lm, dict) else {}
+        note = (tr(lang, "lm_note", order=lm.get("order"), alpha=lm.get("alpha"), beta=lm.get("beta"))
+                if decoder == "lm" and lm else no_lm_reason(str(lm["reason"]), lang) if lm.get("reason") else "")
+        rows.append({tr(lang, "col_model"): run["name"], tr(lang, "col_family"): info.get("family"),
+                     tr(lang, "col_decoder"): decoder_name(decoder, lang),
+                     tr(lang, "col_wer_greedy"): pct_or_dash(greedy["wer"]),
+                     tr(lang, "col_wer_lm"): pct_or_dash(with_lm["wer"]),
+                     tr(lang, "col_cer_greedy"): pct_or_dash(greedy["cer"]),
+                     tr(lang, "col_cer_lm"): pct_or_dash(with_lm["cer"]),
+                     tr(lang, "col_note"): note})
+    return pd.DataFrame(rows, dtype=object)
 
 
 def comparison_section(runs: list[dict], out: Path, lang: str, dpi: int) -> list[dict]:
@@ -1973,9 +2164,20 @@ def comparison_section(runs: list[dict], out: Path, lang: str, dpi: int) -> list
     figure.savefig(out / "comparison.png", dpi=dpi)
     wer_column = tr(lang, "col_test_wer")
     best = table.loc[table[wer_column].astype(float).idxmin()]
-    return blocks + [block, {"kind": "figure", "caption": tr(lang, "c_comparison"), "png": "comparison.png",
-                             "width_in": figure.get_size_inches()[0]},
-                     paragraph(tr(lang, "comparison_best", run=best[tr(lang, "col_model")], wer=best[wer_column]))]
+    blocks += [block, {"kind": "figure", "caption": tr(lang, "c_comparison"), "png": "comparison.png",
+                       "width_in": figure.get_size_inches()[0]},
+               paragraph(tr(lang, "comparison_best", run=best[tr(lang, "col_model")], wer=best[wer_column]))]
+    decoders = decoder_rows(runs, lang)
+    if decoders.empty:
+        return blocks
+    changes = [tr(lang, "lm_change", run=run["name"], greedy=pct(metrics["greedy_wer"]), lm=pct(metrics["wer"]),
+                  change=pct(metrics["wer"]) - pct(metrics["greedy_wer"]), greedy_cer=pct(metrics.get("greedy_cer")),
+                  lm_cer=pct(metrics.get("cer")))
+               for run in runs for metrics in [run["metrics"] or run["recomputed"] or {}]
+               if run_decoder(run["info"]) == "lm"
+               and None not in (metrics.get("greedy_wer"), metrics.get("greedy_cer"))]
+    return blocks + [table_block(out, "ctc_decoders", tr(lang, "t_decoders"), decoders),
+                     *(paragraph(change) for change in changes)]
 
 
 # ----------------------------------------------------------------------------- rendering
@@ -2123,7 +2325,7 @@ def add_docx_table(document, table: pd.DataFrame) -> None:
     from docx.oxml import OxmlElement
     from docx.shared import Pt
 
-    size = Pt(9 if len(table.columns) <= 6 else 7.5)  # the comparison has 15 columns
+    size = Pt(9 if len(table.columns) <= 6 else 7.5)  # the comparison's many columns fit the page width
     word_table = document.add_table(rows=len(table) + 1, cols=len(table.columns))
     word_table.style = "Table Grid"
     values = [list(map(str, table.columns)), *([cell(v) for v in row] for row in table.itertuples(index=False))]

@@ -433,6 +433,198 @@ def test_real_runs_report_from_the_three_tiny_trainers(whisper_run, wav2vec2_run
         assert "?" not in " ".join(read_csv(diagram)["block"]), diagram.name
     decoder = json.loads((deepspeech_run / "run_info.json").read_text(encoding="utf-8"))["decoder"]
     blocks = " ".join(read_csv(next((out / "figures").glob("*deepspeech*_architecture.csv")))["block"])
-    assert ("CTC beam search" in blocks) == (decoder == "beam") and ("CTC greedy" in blocks) == (decoder == "greedy")
+    assert report.decoder_name(decoder, "en") in blocks  # lm, beam (before the language model) or greedy
+    wav2vec2 = " ".join(read_csv(next((out / "figures").glob("*wav2vec2*_architecture.csv")))["block"])
+    assert "CTC beam search + n-gram LM" in wav2vec2  # the tiny run decodes with its language model
     docx = pytest.importorskip("docx")
     assert len(docx.Document(str(out / "report.docx")).inline_shapes) == text.count("![")
+
+
+# ----------------------------------------------------------------------------- CTC decoders (needs the trainers)
+# wav2vec2_run decodes with its n-gram language model as the trainer writes it; copies of deepspeech_run are
+# rewritten the way the same run-folder contract has it (docs/FORMATS.md §4), with transcripts whose greedy and
+# language-model scores differ; deepspeech_run itself stays a run from before the language model.
+
+LANGUAGE_MODEL = {"used": True, "order": 4, "ngrams": [4405, 268, 241, 90], "words_in_text": 119,
+                  "words_added": 4283, "discounts": [0.36, 0.9, 0.44, 0.5], "sentences": 80,
+                  "extra_text": "văn bản thêm.txt", "extra_sentences": 8, "alpha": 0.8, "beta": 2.0,
+                  "beam_width": 16,
+                  "tuned_on": "30 of 40 validation utterances, those whose sentence is not in the language "
+                              "model's text",
+                  "validation_wer_lm": 0.31, "validation_wer_greedy": 0.4,
+                  "grid": [{"alpha": 0.8, "beta": 2.0, "wer": 0.31}]}
+
+
+def as_lm_contract(source: Path, folder: Path, name: str, language_model: dict, with_lm: bool) -> Path:
+    """A copy of a DeepSpeech2 run folder as a CTC run decoded by the contract: greedy transcripts (the
+    reference without its first and last words) beside the decoder's (without the last word when `with_lm`,
+    else the greedy ones), test_metrics.json with both scores, run_info.json's decoder and language_model."""
+    import shutil
+
+    shutil.copytree(source, folder)
+    predictions = pd.read_csv(folder / "test_predictions.csv", keep_default_na=False, dtype=str)
+    words = predictions["reference"].str.split()
+    predictions["greedy_prediction"] = words.map(lambda w: " ".join(w[1:-1]))
+    predictions["prediction"] = words.map(lambda w: " ".join(w[:-1])) if with_lm else predictions["greedy_prediction"]
+    predictions["raw_prediction"] = predictions["prediction"]
+    for prefix, column in (("", "prediction"), ("greedy_", "greedy_prediction")):
+        predictions[f"{prefix}wer"] = [jiwer.wer(r, h) for r, h in zip(predictions["reference"], predictions[column])]
+        predictions[f"{prefix}cer"] = [jiwer.cer(r, h) for r, h in zip(predictions["reference"], predictions[column])]
+    predictions.to_csv(folder / "test_predictions.csv", index=False)
+    predictions["duration"] = predictions["duration"].astype(float)
+    refs = predictions["reference"].tolist()
+    metrics = {**metrics_of(predictions), "decoder": "lm" if with_lm else "greedy",
+               "greedy_wer": jiwer.wer(refs, predictions["greedy_prediction"].tolist()),
+               "greedy_cer": jiwer.cer(refs, predictions["greedy_prediction"].tolist()), "greedy_decode_seconds": 0.5}
+    (folder / "test_metrics.json").write_text(json.dumps(metrics), encoding="utf-8")
+    info = json.loads((folder / "run_info.json").read_text(encoding="utf-8"))
+    info.update(run_name=name, decoder="lm" if with_lm else "greedy", language_model=language_model)
+    (folder / "run_info.json").write_text(json.dumps(info, ensure_ascii=False), encoding="utf-8")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def decoder_reports(wav2vec2_run, deepspeech_run, tmp_path_factory) -> dict:
+    """English and Vietnamese reports of: wav2vec2_run (language model), DeepSpeech2 copies decoded with a
+    language model, with --lm-order 0 and with a language model that lost to greedy on validation,
+    deepspeech_run as it is (lexicon beam search, no greedy scores) and a hand-made Whisper run."""
+    root = tmp_path_factory.mktemp("decoders") / "lần chạy"
+    runs = {"wav2vec2": wav2vec2_run,
+            "ds2-lm": as_lm_contract(deepspeech_run, root / "ds2 lm", "ds2-lm", LANGUAGE_MODEL, with_lm=True),
+            "ds2-greedy": as_lm_contract(deepspeech_run, root / "ds2 greedy", "ds2-greedy",
+                                         {"used": False, "reason": "--lm-order 0"}, with_lm=False),
+            "ds2-rejected": as_lm_contract(deepspeech_run, root / "ds2 rejected", "ds2-rejected",
+                                           {**LANGUAGE_MODEL, "used": False, "validation_wer_lm": 0.45,
+                                            "reason": "greedy decoding scored better on validation"}, with_lm=False),
+            "ds2-old": deepspeech_run,
+            "whisper": write_run(root / "whisper", "whisper-small", "whisper", OVERFIT, transcripts(1))}
+    reports = {}
+    for lang in ("en", "vi"):
+        reports[lang] = root / f"báo cáo {lang}"
+        assert report.main(["--runs", *map(str, runs.values()), "--out", str(reports[lang]), "--lang", lang,
+                            "--dpi", str(DPI), "--strict"]) == 0
+    return {"runs": runs, **reports}
+
+
+@pytest.mark.slow
+def test_ctc_runs_show_test_wer_greedy_and_with_the_language_model_side_by_side(decoder_reports):
+    out, runs = decoder_reports["en"], decoder_reports["runs"]
+    metrics = {key: json.loads((folder / "test_metrics.json").read_text(encoding="utf-8"))
+               for key, folder in runs.items()}
+    assert metrics["wav2vec2"]["decoder"] == "lm"  # the trainer decoded its test split with the language model
+    comparison = read_csv(out / "comparison.csv").set_index("model")
+    assert comparison["decoder"].to_dict() == {
+        "wav2vec2 tiny": "CTC beam search + n-gram LM", "ds2-lm": "CTC beam search + n-gram LM",
+        "ds2-greedy": "CTC greedy decoding", "ds2-rejected": "CTC greedy decoding",
+        "deepspeech2 tiny": "CTC beam search + lexicon", "whisper-small": "—"}
+    for key, name in (("wav2vec2", "wav2vec2 tiny"), ("ds2-lm", "ds2-lm"), ("ds2-old", "deepspeech2 tiny")):
+        assert comparison.loc[name, "test WER (%)"] == round(metrics[key]["wer"] * 100, 2)  # the decoder it names
+
+    decoders = read_csv(out / "tables" / "ctc_decoders.csv").astype(str).set_index("model")
+    assert list(decoders.index) == ["wav2vec2 tiny", "ds2-lm", "ds2-greedy", "ds2-rejected"]  # no Whisper, no
+    # run from before the language model
+    predictions = pd.read_csv(runs["ds2-lm"] / "test_predictions.csv", keep_default_na=False, dtype=str)
+    refs = predictions["reference"].tolist()
+    greedy_wer = round(100 * jiwer.wer(refs, predictions["greedy_prediction"].tolist()), 2)
+    lm_wer = round(100 * jiwer.wer(refs, predictions["prediction"].tolist()), 2)
+    assert greedy_wer > lm_wer
+    assert decoders.loc["ds2-lm"].to_dict() == {
+        "family": "deepspeech2", "decoder": "CTC beam search + n-gram LM", "test WER greedy (%)": str(greedy_wer),
+        "test WER with LM (%)": str(lm_wer),
+        "test CER greedy (%)": str(round(100 * metrics["ds2-lm"]["greedy_cer"], 2)),
+        "test CER with LM (%)": str(round(100 * metrics["ds2-lm"]["cer"], 2)), "note": "4-gram, alpha 0.8, beta 2.0"}
+    wav2vec2 = decoders.loc["wav2vec2 tiny"]
+    assert wav2vec2["test WER greedy (%)"] == str(round(100 * metrics["wav2vec2"]["greedy_wer"], 2))
+    assert wav2vec2["test WER with LM (%)"] == str(round(100 * metrics["wav2vec2"]["wer"], 2))
+    greedy_only = decoders.loc["ds2-greedy"]
+    assert greedy_only["test WER greedy (%)"] == str(greedy_wer) and greedy_only["test WER with LM (%)"] == "—"
+    assert greedy_only["note"] == "no LM: --lm-order 0"
+    assert decoders.loc["ds2-rejected", "note"] == "no LM: greedy decoding scored better on validation"
+    assert decoders.loc["ds2-rejected", "test WER with LM (%)"] == "—"
+
+    text = (out / "report.md").read_text(encoding="utf-8")
+    assert f"| ds2-lm | deepspeech2 | CTC beam search + n-gram LM | {greedy_wer} | {lm_wer} |" in text
+    assert (f"ds2-lm: the language model takes test WER from {greedy_wer}% (greedy) to {lm_wer}% "
+            f"({lm_wer - greedy_wer:+.2f} points)") in text
+    status = read_csv(out / "tables" / "run_status.csv")
+    assert list(status["problems"]) == ["none"] * 6  # greedy scores recomputed from greedy_prediction agree
+    checked = read_csv(out / "tables" / "ds2-lm_test_metrics.csv").astype(str).set_index("metric")
+    assert checked.loc["WER, greedy decoding (%)"].tolist() == [str(greedy_wer), str(greedy_wer), "equal"]
+    older = read_csv(out / "tables" / "deepspeech2-tiny_test_metrics.csv")
+    assert "WER, greedy decoding (%)" not in set(older["metric"])  # a run from before the language model
+
+    document = pytest.importorskip("docx").Document(str(out / "report.docx"))
+    table = next(t for t in document.tables if [c.text for c in t.rows[0].cells][:5] == [
+        "model", "family", "decoder", "test WER greedy (%)", "test WER with LM (%)"])
+    assert [c.text for c in table.rows[2].cells][3:5] == [str(greedy_wer), str(lm_wer)]
+
+
+@pytest.mark.slow
+def test_the_language_model_is_described_and_the_error_analysis_names_the_decoder(decoder_reports):
+    out = decoder_reports["en"]
+    text = (out / "report.md").read_text(encoding="utf-8")
+    assert ("Language model: a word 4-gram model with Kneser-Ney smoothing (Kneser and Ney, 1995), queried with "
+            "KenLM (Heafield, 2011)") in text
+    assert ("built from 80 sentences (the training transcripts and 8 sentences of văn bản thêm.txt; never "
+            "validation or test sentences), whose 119 distinct words it knows, plus 4,283 other syllables") in text
+    assert ("alpha = 0.8 and the word bonus beta = 2.0 were chosen on validation (30 of 40 validation utterances "
+            "whose sentence is not in the language model's text): validation WER 31.0% with the language model "
+            "against 40.0% greedy.") in text
+    assert "ds2-greedy decodes the test split greedily (no LM: --lm-order 0)." in text
+    assert ("validation WER 45.0% with the language model against 40.0% greedy. Greedy decoding scored better on "
+            "validation, so the test split is decoded greedily") in text
+    rejected = read_csv(out / "tables" / "ds2-rejected_language_model.csv").set_index("setting")["value"]
+    assert rejected["used for the test split"] == "no"
+    facts = read_csv(out / "tables" / "ds2-lm_language_model.csv").set_index("setting")["value"]
+    assert facts["n-grams of each order"] == "4,405 / 268 / 241 / 90" and facts["used for the test split"] == "yes"
+    listed = text.split("## References\n\n")[1]
+    assert "Heafield, K. (2011). KenLM: Faster and smaller language model queries." in listed
+    assert "Kneser, R., & Ney, H. (1995). Improved backing-off for m-gram language modeling." in listed
+
+    config = read_csv(out / "tables" / "ds2-lm_training_config.csv").set_index("setting")["value"]
+    assert config["decoder of the test split"] == "CTC beam search + n-gram LM"
+    old = read_csv(out / "tables" / "deepspeech2-tiny_training_config.csv").set_index("setting")["value"]
+    assert old["decoder of the test split"] == "CTC beam search + lexicon"  # a run from before the LM
+    diagram = " ".join(read_csv(out / "figures" / "wav2vec2-tiny_architecture.csv")["block"])
+    assert "CTC beam search + n-gram LM → Text" in diagram and "greedy" not in diagram
+    architecture = read_csv(out / "tables" / "wav2vec2-tiny_architecture.csv")
+    assert "greedy CTC" not in set(architecture["value"])  # the test decoder is stated once, in the config table
+
+    worst_title = "The 10 worst test utterances of ds2-lm decoded with CTC beam search + n-gram LM ("
+    assert worst_title in text and "Tone confusion matrix of ds2-lm decoded with CTC beam search + n-gram LM" in text
+    predictions = pd.read_csv(decoder_reports["runs"]["ds2-lm"] / "test_predictions.csv", keep_default_na=False)
+    worst = read_csv(out / "tables" / "ds2-lm_worst_utterances.csv")
+    assert set(worst["prediction"]) <= set(predictions["prediction"])  # the decoder's text, not the greedy one
+    assert not set(worst["prediction"]) & set(predictions["greedy_prediction"])
+    assert "The 10 worst test utterances of whisper-small (" in text  # no decoder to name
+
+
+@pytest.mark.slow
+def test_vietnamese_report_names_both_decoders(decoder_reports):
+    out = decoder_reports["vi"]
+    decoders = read_csv(out / "tables" / "ctc_decoders.csv").astype(str).set_index("mô hình")
+    assert list(decoders.columns) == ["họ", "bộ giải mã", "WER kiểm tra, tham lam (%)",
+                                      "WER kiểm tra, có mô hình ngôn ngữ (%)", "CER kiểm tra, tham lam (%)",
+                                      "CER kiểm tra, có mô hình ngôn ngữ (%)", "ghi chú"]
+    assert decoders.loc["ds2-lm", "bộ giải mã"] == "CTC beam search + mô hình ngôn ngữ n-gram"
+    assert decoders.loc["ds2-greedy", "ghi chú"] == "không có mô hình ngôn ngữ: --lm-order 0"
+    text = (out / "report.md").read_text(encoding="utf-8")
+    assert "làm trơn Kneser-Ney (Kneser và Ney, 1995), truy vấn bằng KenLM (Heafield, 2011)" in text
+    assert "(30 trong 40 câu kiểm định có câu không nằm trong văn bản của mô hình ngôn ngữ)" in text
+    assert "10 câu kiểm tra sai nhiều nhất của ds2-lm giải mã bằng CTC beam search + mô hình ngôn ngữ n-gram" in text
+    assert "ds2-greedy giải mã tập kiểm tra theo cách tham lam (không có mô hình ngôn ngữ: --lm-order 0)." in text
+
+
+def test_why_a_ctc_run_has_no_language_model_in_a_short_note():
+    missing = ("kenlm not installed, so decoding is greedy (no language model); to decode with it: pip install "
+               "--no-deps -r requirements-lm.txt (kenlm needs a C++ compiler: see the README)")
+    assert report.no_lm_reason(missing, "en") == "no LM: kenlm not installed"
+    assert report.no_lm_reason(missing.replace("kenlm", "pyctcdecode and kenlm", 1), "vi") == \
+        "không có mô hình ngôn ngữ: chưa cài pyctcdecode, kenlm"
+    assert report.no_lm_reason("greedy decoding scored better on validation", "en") == \
+        "no LM: greedy decoding scored better on validation"
+    assert report.tuned_on_text("all 24 validation utterances: only 5 have a sentence outside the language "
+                                "model's text, so ...", "vi").startswith("cả 24 câu kiểm định: chỉ 5 câu")
+    # run_info of a wav2vec2 run from before the language model: greedy, written among the architecture facts
+    assert report.run_decoder({"family": "wav2vec2", "architecture": {"decoder": "greedy CTC"}}) == "greedy"
+    assert report.run_decoder({"family": "whisper", "architecture": {"decoder_layers": 12}}) is None
