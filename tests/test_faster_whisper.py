@@ -137,3 +137,24 @@ def test_engine_faster_whisper_without_export_names_the_command(clips, tmp_path)
     with pytest.raises(SystemExit, match="30-s windows"):
         transcribe.main(["--model", str(model), "--export-ct2"])
     assert not [p for p in model.iterdir() if p.is_dir()]
+
+
+@pytest.mark.slow
+def test_demo_answers_with_faster_whisper_and_the_same_text(learnt_run, clips, monkeypatch, capsys):
+    from types import SimpleNamespace
+
+    import demo
+
+    transcribe.main(["--model", str(learnt_run), "--export-ct2"])
+    monkeypatch.setattr(demo, "build_demo", lambda models, max_seconds: SimpleNamespace(
+        models=models, launch=lambda **server: None))
+    with one_thread():
+        fast = demo.main(["--models", str(learnt_run), "--device", "cpu"]).models
+        slow = demo.main(["--models", str(learnt_run), "--device", "cpu", "--engine", "transformers"]).models
+    assert [family for family, _ in fast.values()] == ["faster-whisper"]
+    assert [family for family, _ in slow.values()] == ["whisper"]
+    for path, text in zip(*clips):
+        with one_thread():
+            assert demo.compare_models(fast, str(path), list(fast))[0] == text
+            assert demo.compare_models(slow, str(path), list(slow))[0] == text
+    assert "with faster-whisper" in capsys.readouterr().out
