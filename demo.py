@@ -299,13 +299,12 @@ def choose_engine(engine: str, folder: Path, family: str, device: str, model_arg
     usable = [export for export in exports if problems[export] is None]
     if not usable:
         command = export_command(model_arg, "float16" if kind == "cuda" else "int8")
-        if exports:
-            print(f"not using faster-whisper: {problems[exports[0]]}. Export it again with: {command}")
-            if engine == "auto":
-                return None
+        problem = problems[exports[0]] if exports else f"{folder} holds no ct2-<type>/ folder"
         if engine == "faster-whisper":
-            raise InputError(f"--engine faster-whisper needs a CTranslate2 export of {folder} (a ct2-<type>/ "
-                             f"folder in it), found none usable. Write one with: {command}")
+            raise InputError(f"--engine faster-whisper needs an up-to-date CTranslate2 export of the model: "
+                             f"{problem}. Write one with: {command}")
+        if exports:
+            print(f"not using faster-whisper: {problem}. Export it again with: {command}")
         return None
     try:
         importlib.import_module("faster_whisper")  # here: transformers serves everything without it

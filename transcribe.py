@@ -15,11 +15,14 @@ for Whisper and Wav2Vec2, windows cut at the quietest moment for DeepSpeech2. Th
 exactly as the trainers scored it. A file that cannot be read is reported and skipped; the others are
 still transcribed. Each transcript is printed, then the real-time factor.
 
+Whisper runs faster on a CPU through faster-whisper (CTranslate2): `--export-ct2` converts the model once into
+its folder (ct2-int8/), and from then on --engine auto decodes with it, to the same text and outputs.
+
 What it writes in --output-dir (default transcripts/):
   --format txt   one NAME.txt per audio file: the transcript                 (default)
   --format srt   one NAME.srt per audio file: subtitles, one per chunk or phrase
   --format csv   transcripts.csv: path,start,end,text, one row per chunk or phrase
-  --format json  transcripts.json: model, family, per file {path, duration, text, segments
+  --format json  transcripts.json: model, family, engine, per file {path, duration, text, segments
                  [{start, end, text}]}, skipped files with the reason, audio and decode seconds, rtf
 NAME keeps the files' folders below the inputs' common folder, so two a.wav never overwrite each other;
 a.wav and a.flac in one folder become a.wav.txt and a.flac.txt. written_by_transcribe.json lists the files
@@ -305,13 +308,12 @@ def choose_engine(engine: str, folder: Path, family: str, device: str, model_arg
     usable = [export for export in exports if problems[export] is None]
     if not usable:
         command = export_command(model_arg, "float16" if kind == "cuda" else "int8")
-        if exports:
-            print(f"not using faster-whisper: {problems[exports[0]]}. Export it again with: {command}")
-            if engine == "auto":
-                return None
+        problem = problems[exports[0]] if exports else f"{folder} holds no ct2-<type>/ folder"
         if engine == "faster-whisper":
-            raise InputError(f"--engine faster-whisper needs a CTranslate2 export of {folder} (a ct2-<type>/ "
-                             f"folder in it), found none usable. Write one with: {command}")
+            raise InputError(f"--engine faster-whisper needs an up-to-date CTranslate2 export of the model: "
+                             f"{problem}. Write one with: {command}")
+        if exports:
+            print(f"not using faster-whisper: {problem}. Export it again with: {command}")
         return None
     try:
         importlib.import_module("faster_whisper")  # here: transformers serves everything without it
