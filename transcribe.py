@@ -347,6 +347,10 @@ def faster_whisper_pieces(model, waveform: np.ndarray, timestamps: bool) -> list
     """(start, end, normalised text) of each segment faster-whisper decodes from one recording. Without timestamps
     (a clip of one window, decoded as the trainer scored it) each 30-s window is one segment."""
     whisper, options = model
+    if not timestamps:
+        # faster-whisper pads a short clip's log-Mel features with zeros; the transformers feature extractor, whose
+        # features the model was trained on, pads the audio with silence (the log-Mel floor). Pad the audio.
+        waveform = np.pad(waveform, (0, max(int(CHUNK_SECONDS["whisper"] * SAMPLE_RATE) - len(waveform), 0)))
     segments, _ = whisper.transcribe(waveform, without_timestamps=not timestamps, **options)
     return [(piece.start, piece.end, normalize_text(piece.text)) for piece in segments]
 

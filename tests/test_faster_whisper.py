@@ -39,7 +39,7 @@ def learnt_run(tmp_path_factory, clips) -> Path:
     run = tmp_path_factory.mktemp("runs") / "whisper đã học"
     folder = make_tiny_whisper(run / "best_model", shape=SHAPE, full_vocabulary=True)
     with one_thread():
-        overfit_whisper(folder, [transcribe.load_audio(path) for path in clips[0]], clips[1], steps=120, lr=4e-3)
+        overfit_whisper(folder, [transcribe.load_audio(path) for path in clips[0]], clips[1], steps=120)
     return run
 
 
