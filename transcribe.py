@@ -332,7 +332,8 @@ def load_faster_whisper(export: Path, folder: Path, device: str):
 
     kind, _, index = device.partition(":")
     quantization, supported = ct2_marker(export)["quantization"], ctranslate2.get_supported_compute_types(kind)
-    compute_type = next(t for t in (quantization, quantization[:4], "float32") if t in supported)
+    # int8_float16 on a CPU runs as int8, float16 as float32.
+    compute_type = next(t for t in (quantization, quantization.split("_")[0], "float32") if t in supported)
     whisper = WhisperModel(str(export), device=kind, device_index=int(index or 0), compute_type=compute_type,
                            cpu_threads=torch.get_num_threads())
     config = json.loads((folder / "generation_config.json").read_text(encoding="utf-8"))
@@ -819,8 +820,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     rtf = round(decode_seconds / audio_seconds, 4) if audio_seconds else None
     engine = "faster-whisper" if export else "torch" if family == "deepspeech2" else "transformers"
-    summary = {"model": str(folder), "family": family, "engine": engine, "device": device, "audio_seconds": round(audio_seconds, 3),
-               "decode_seconds": round(decode_seconds, 3), "rtf": rtf, "skipped": skipped}
+    summary = {"model": str(folder), "family": family, "engine": engine, "device": device,
+               "audio_seconds": round(audio_seconds, 3), "decode_seconds": round(decode_seconds, 3), "rtf": rtf,
+               "skipped": skipped}
     if args.format in ("csv", "json") and results:
         write_outputs({planned[0]: table_bytes(results, summary, args.format)}, out_dir, manifest)
         print(f"wrote {planned[0]}")

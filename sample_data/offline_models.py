@@ -157,6 +157,7 @@ def overfit_whisper(folder: Path, waveforms: list, texts: list[str], steps: int 
         optimizer.zero_grad()
     model.eval()
     generation = model.generation_config
-    generation.language, generation.task, generation.forced_decoder_ids, generation.num_beams = "vi", "transcribe", None, 1
+    generation.language, generation.task, generation.forced_decoder_ids = "vi", "transcribe", None
+    generation.num_beams = 1
     model.save_pretrained(folder)
     return folder
