@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import argparse
 import functools
+import hashlib
+import importlib
 import importlib.util
 import json
 import os
@@ -49,6 +51,12 @@ MAX_SECONDS = 30.0
 # louder. The models would still write words for such a clip, words nobody said.
 SILENCE_DBFS = -50.0
 LOUDNESS_FRAME = SAMPLE_RATE // 20  # 50 ms: one syllable is longer, so speech always fills a frame
+# faster-whisper exports: transcribe.py --export-ct2 writes them (see there).
+# Copied from transcribe.CT2_MARKER
+CT2_MARKER = "exported_by_transcribe.json"
+# Copied from transcribe.CT2_PREFERENCE
+CT2_PREFERENCE = {"cpu": ("int8", "float32", "int8_float16", "float16"),
+                  "cuda": ("float16", "int8_float16", "int8", "float32")}
 
 
 # Copied from train_whisper.InputError
@@ -277,6 +285,116 @@ def load_audio(path: Path) -> np.ndarray:
     return audio
 
 
+# Copied from transcribe.sha256_file
+def sha256_file(path: Path) -> str:
+    """sha256 of a file read in 16 MB blocks (model weights do not fit in memory twice)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 24), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# Copied from transcribe.weights_fingerprint
+def weights_fingerprint(folder: Path) -> dict[str, str]:
+    """sha256 of the files an export is converted from, so that a model trained again after its export (the
+    trainer rewrites best_model/ in place) is never decoded from the old export."""
+    files = ["config.json", "generation_config.json", *sorted(p.name for p in folder.glob("*.safetensors")),
+             *sorted(p.name for p in folder.glob("*.bin"))]
+    return {name: sha256_file(folder / name) for name in files if (folder / name).is_file()}
+
+
+# Copied from transcribe.ct2_marker
+def ct2_marker(export: Path) -> dict | None:
+    """The CT2_MARKER of a folder that transcribe.py --export-ct2 wrote; None for any other folder."""
+    try:
+        marker = json.loads((export / CT2_MARKER).read_text(encoding="utf-8"))
+        return marker if marker["written_by"] == "transcribe.py" else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+# Copied from transcribe.ct2_export_problem
+def ct2_export_problem(export: Path, folder: Path) -> str | None:
+    """Why the faster-whisper export `export` of the model in `folder` cannot be used (None: it can)."""
+    marker = ct2_marker(export)
+    if marker is None:
+        return f"{export} was not written by transcribe.py --export-ct2 (no {CT2_MARKER} in it)"
+    if marker.get("weights") != weights_fingerprint(folder):
+        return f"{export} was exported from other weights than {folder} holds now (the model was trained again)"
+    return None
+
+
+# Copied from transcribe.export_command
+def export_command(model: Path, quantization: str) -> str:
+    return f"python transcribe.py --model {quoted(model)} --export-ct2 --ct2-quantization {quantization}"
+
+
+# Copied from transcribe.choose_engine
+def choose_engine(engine: str, folder: Path, family: str, device: str, model_arg: Path) -> Path | None:
+    """The faster-whisper export to decode with, or None for transformers. auto: an up-to-date export of a Whisper
+    model when faster-whisper is installed. A reason to use transformers instead is said in one line."""
+    if engine == "transformers" or (engine == "auto" and family != "whisper"):
+        return None
+    if family != "whisper":
+        raise InputError(f"--engine faster-whisper decodes Whisper models; {folder} holds a {family} model. Leave "
+                         "--engine out (or pass --engine transformers).")
+    kind = "cuda" if device.startswith("cuda") else "cpu"
+    exports = [folder / f"ct2-{q}" for q in CT2_PREFERENCE[kind] if (folder / f"ct2-{q}").is_dir()]
+    problems = {export: ct2_export_problem(export, folder) for export in exports}
+    usable = [export for export in exports if problems[export] is None]
+    if not usable:
+        command = export_command(model_arg, "float16" if kind == "cuda" else "int8")
+        problem = problems[exports[0]] if exports else f"{folder} holds no ct2-<type>/ folder"
+        if engine == "faster-whisper":
+            raise InputError(f"--engine faster-whisper needs an up-to-date CTranslate2 export of the model: "
+                             f"{problem}. Write one with: {command}")
+        if exports:
+            print(f"not using faster-whisper: {problem}. Export it again with: {command}")
+        return None
+    try:
+        importlib.import_module("faster_whisper")  # here: transformers serves everything without it
+    except ImportError:
+        print(f"faster-whisper is not installed, so {usable[0].name}/ is not used: transcribing with transformers. "
+              "For the faster engine: pip install faster-whisper")
+        return None
+    return usable[0]
+
+
+# Copied from transcribe.load_faster_whisper
+def load_faster_whisper(export: Path, folder: Path, device: str):
+    """(faster_whisper.WhisperModel, decoding options): the language, task and beams the model was trained and
+    scored with, read from its generation_config.json, never detected from the audio."""
+    import ctranslate2
+    from faster_whisper import WhisperModel
+
+    kind, _, index = device.partition(":")
+    quantization, supported = ct2_marker(export)["quantization"], ctranslate2.get_supported_compute_types(kind)
+    # int8_float16 on a CPU runs as int8, float16 as float32.
+    compute_type = next(t for t in (quantization, quantization.split("_")[0], "float32") if t in supported)
+    whisper = WhisperModel(str(export), device=kind, device_index=int(index or 0), compute_type=compute_type,
+                           cpu_threads=torch.get_num_threads())
+    config = json.loads((folder / "generation_config.json").read_text(encoding="utf-8"))
+    # As the pipeline decodes: each window on its own, one temperature, no window dropped as silence.
+    options = {"language": config.get("language") or "vi", "task": config.get("task") or "transcribe",
+               "beam_size": config.get("num_beams") or 1, "temperature": 0.0, "condition_on_previous_text": False,
+               "no_speech_threshold": None, "vad_filter": False}
+    return whisper, options
+
+
+# Copied from transcribe.faster_whisper_pieces
+def faster_whisper_pieces(model, waveform: np.ndarray, timestamps: bool) -> list[tuple[float, float, str]]:
+    """(start, end, normalised text) of each segment faster-whisper decodes from one recording. Without timestamps
+    (a clip of one window, decoded as the trainer scored it) each 30-s window is one segment."""
+    whisper, options = model
+    if not timestamps:
+        # faster-whisper pads a short clip's log-Mel features with zeros; the transformers feature extractor, whose
+        # features the model was trained on, pads the audio with silence (the log-Mel floor). Pad the audio.
+        waveform = np.pad(waveform, (0, max(int(CHUNK_SECONDS["whisper"] * SAMPLE_RATE) - len(waveform), 0)))
+    segments, _ = whisper.transcribe(waveform, without_timestamps=not timestamps, **options)
+    return [(piece.start, piece.end, normalize_text(piece.text)) for piece in segments]
+
+
 # Copied from train_whisper.quoted
 def quoted(path) -> str:
     """A path as the shell of this machine reads it back from a pasted command: POSIX quoting, or double
@@ -296,7 +414,10 @@ def transcribe_clip(family: str, model, waveform: np.ndarray) -> str:
         code, net = model
         with torch.inference_mode():
             return normalize_text(code.transcribe(net, [waveform], **deepspeech2_decoding(net, 64))[0])
-    chunk_s = CHUNK_SECONDS[family]
+    chunk_s = CHUNK_SECONDS["whisper" if family == "faster-whisper" else family]
+    if family == "faster-whisper":
+        pieces = faster_whisper_pieces(model, waveform, timestamps=len(waveform) > chunk_s * SAMPLE_RATE)
+        return " ".join(text for *_, text in pieces if text)
     chunking = {"chunk_length_s": chunk_s} if len(waveform) > chunk_s * SAMPLE_RATE else {}
     output = model({"raw": waveform, "sampling_rate": SAMPLE_RATE}, **chunking, **decode_kwargs(family, model))
     return scored_text(family, model, output["text"])
@@ -394,6 +515,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "pyctcdecode and kenlm are installed")
     models.add_argument("--device", default="auto",
                         help="auto (CUDA GPU when there is one, else CPU), cpu, cuda, cuda:1, ...")
+    models.add_argument("--engine", choices=["auto", "transformers", "faster-whisper"], default="auto",
+                        help="Whisper: faster-whisper (CTranslate2) decodes with an export written by transcribe.py "
+                             "--export-ct2, transformers with the pipeline; auto (default): faster-whisper when the "
+                             "model has an up-to-date export and faster-whisper is installed, else transformers")
     server = parser.add_argument_group("server")
     server.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0 opens it to "
@@ -417,10 +542,13 @@ def main(argv: list[str] | None = None):
         if note:
             print(note)
         name = display_name(folder, family, models)
+        export = choose_engine(args.engine, folder, family, device, path)
         started = time.perf_counter()
         decoder = choose_decoder(folder, family, args.decoder)
-        models[name] = (family, load_recognizer(folder, family, device, args.trust_remote_code, decoder))
-        print(f"loaded {name} from {folder} on {device} in {time.perf_counter() - started:.1f} s")
+        models[name] = (("faster-whisper", load_faster_whisper(export, folder, device)) if export
+                        else (family, load_recognizer(folder, family, device, args.trust_remote_code, decoder)))
+        print(f"loaded {name} from {export or folder} on {device}{' with faster-whisper' if export else ''} in "
+              f"{time.perf_counter() - started:.1f} s")
     demo = build_demo(models, args.max_seconds)
     demo.launch(server_name=args.host, server_port=args.port, share=args.share)
     return demo

@@ -15,11 +15,14 @@ for Whisper and Wav2Vec2, windows cut at the quietest moment for DeepSpeech2. Th
 exactly as the trainers scored it. A file that cannot be read is reported and skipped; the others are
 still transcribed. Each transcript is printed, then the real-time factor.
 
+Whisper runs faster on a CPU through faster-whisper (CTranslate2): `--export-ct2` converts the model once into
+its folder (ct2-int8/), and from then on --engine auto decodes with it, to the same text and outputs.
+
 What it writes in --output-dir (default transcripts/):
   --format txt   one NAME.txt per audio file: the transcript                 (default)
   --format srt   one NAME.srt per audio file: subtitles, one per chunk or phrase
   --format csv   transcripts.csv: path,start,end,text, one row per chunk or phrase
-  --format json  transcripts.json: model, family, per file {path, duration, text, segments
+  --format json  transcripts.json: model, family, engine, per file {path, duration, text, segments
                  [{start, end, text}]}, skipped files with the reason, audio and decode seconds, rtf
 NAME keeps the files' folders below the inputs' common folder, so two a.wav never overwrite each other;
 a.wav and a.flac in one folder become a.wav.txt and a.flac.txt. written_by_transcribe.json lists the files
@@ -42,6 +45,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import unicodedata
 import zipfile
@@ -67,6 +71,15 @@ AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".oga", ".mp3", ".opus", ".aif", ".ai
 MANIFEST = "written_by_transcribe.json"
 DECODER_NAMES = {"beam": "beam search", "lm": "beam search with the n-gram language model",
                  "greedy": "greedy decoding"}
+# faster-whisper (CTranslate2) exports of a Whisper model live in its folder as ct2-<quantization>/, each with
+# this file, written last: {"written_by": "transcribe.py", "quantization", "weights": {file: sha256}}. A folder of
+# that name without it is the user's; an export whose weights differ from the model's is out of date.
+CT2_MARKER = "exported_by_transcribe.json"
+CT2_QUANTIZATIONS = ("int8", "int8_float16", "float16", "float32")
+# The export each device looks for first: int8 is CTranslate2's fast type on a CPU, float16 on a GPU; any other
+# export still runs, converted to a type the device supports when it loads.
+CT2_PREFERENCE = {"cpu": ("int8", "float32", "int8_float16", "float16"),
+                  "cuda": ("float16", "int8_float16", "int8", "float32")}
 
 
 # Copied from train_whisper.InputError
@@ -280,6 +293,108 @@ def load_audio(path: Path) -> np.ndarray:
     return audio
 
 
+def sha256_file(path: Path) -> str:
+    """sha256 of a file read in 16 MB blocks (model weights do not fit in memory twice)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 24), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def weights_fingerprint(folder: Path) -> dict[str, str]:
+    """sha256 of the files an export is converted from, so that a model trained again after its export (the
+    trainer rewrites best_model/ in place) is never decoded from the old export."""
+    files = ["config.json", "generation_config.json", *sorted(p.name for p in folder.glob("*.safetensors")),
+             *sorted(p.name for p in folder.glob("*.bin"))]
+    return {name: sha256_file(folder / name) for name in files if (folder / name).is_file()}
+
+
+def ct2_marker(export: Path) -> dict | None:
+    """The CT2_MARKER of a folder that transcribe.py --export-ct2 wrote; None for any other folder."""
+    try:
+        marker = json.loads((export / CT2_MARKER).read_text(encoding="utf-8"))
+        return marker if marker["written_by"] == "transcribe.py" else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def ct2_export_problem(export: Path, folder: Path) -> str | None:
+    """Why the faster-whisper export `export` of the model in `folder` cannot be used (None: it can)."""
+    marker = ct2_marker(export)
+    if marker is None:
+        return f"{export} was not written by transcribe.py --export-ct2 (no {CT2_MARKER} in it)"
+    if marker.get("weights") != weights_fingerprint(folder):
+        return f"{export} was exported from other weights than {folder} holds now (the model was trained again)"
+    return None
+
+
+def export_command(model: Path, quantization: str) -> str:
+    return f"python transcribe.py --model {quoted(model)} --export-ct2 --ct2-quantization {quantization}"
+
+
+def choose_engine(engine: str, folder: Path, family: str, device: str, model_arg: Path) -> Path | None:
+    """The faster-whisper export to decode with, or None for transformers. auto: an up-to-date export of a Whisper
+    model when faster-whisper is installed. A reason to use transformers instead is said in one line."""
+    if engine == "transformers" or (engine == "auto" and family != "whisper"):
+        return None
+    if family != "whisper":
+        raise InputError(f"--engine faster-whisper decodes Whisper models; {folder} holds a {family} model. Leave "
+                         "--engine out (or pass --engine transformers).")
+    kind = "cuda" if device.startswith("cuda") else "cpu"
+    exports = [folder / f"ct2-{q}" for q in CT2_PREFERENCE[kind] if (folder / f"ct2-{q}").is_dir()]
+    problems = {export: ct2_export_problem(export, folder) for export in exports}
+    usable = [export for export in exports if problems[export] is None]
+    if not usable:
+        command = export_command(model_arg, "float16" if kind == "cuda" else "int8")
+        problem = problems[exports[0]] if exports else f"{folder} holds no ct2-<type>/ folder"
+        if engine == "faster-whisper":
+            raise InputError(f"--engine faster-whisper needs an up-to-date CTranslate2 export of the model: "
+                             f"{problem}. Write one with: {command}")
+        if exports:
+            print(f"not using faster-whisper: {problem}. Export it again with: {command}")
+        return None
+    try:
+        importlib.import_module("faster_whisper")  # here: transformers serves everything without it
+    except ImportError:
+        print(f"faster-whisper is not installed, so {usable[0].name}/ is not used: transcribing with transformers. "
+              "For the faster engine: pip install faster-whisper")
+        return None
+    return usable[0]
+
+
+def load_faster_whisper(export: Path, folder: Path, device: str):
+    """(faster_whisper.WhisperModel, decoding options): the language, task and beams the model was trained and
+    scored with, read from its generation_config.json, never detected from the audio."""
+    import ctranslate2
+    from faster_whisper import WhisperModel
+
+    kind, _, index = device.partition(":")
+    quantization, supported = ct2_marker(export)["quantization"], ctranslate2.get_supported_compute_types(kind)
+    # int8_float16 on a CPU runs as int8, float16 as float32.
+    compute_type = next(t for t in (quantization, quantization.split("_")[0], "float32") if t in supported)
+    whisper = WhisperModel(str(export), device=kind, device_index=int(index or 0), compute_type=compute_type,
+                           cpu_threads=torch.get_num_threads())
+    config = json.loads((folder / "generation_config.json").read_text(encoding="utf-8"))
+    # As the pipeline decodes: each window on its own, one temperature, no window dropped as silence.
+    options = {"language": config.get("language") or "vi", "task": config.get("task") or "transcribe",
+               "beam_size": config.get("num_beams") or 1, "temperature": 0.0, "condition_on_previous_text": False,
+               "no_speech_threshold": None, "vad_filter": False}
+    return whisper, options
+
+
+def faster_whisper_pieces(model, waveform: np.ndarray, timestamps: bool) -> list[tuple[float, float, str]]:
+    """(start, end, normalised text) of each segment faster-whisper decodes from one recording. Without timestamps
+    (a clip of one window, decoded as the trainer scored it) each 30-s window is one segment."""
+    whisper, options = model
+    if not timestamps:
+        # faster-whisper pads a short clip's log-Mel features with zeros; the transformers feature extractor, whose
+        # features the model was trained on, pads the audio with silence (the log-Mel floor). Pad the audio.
+        waveform = np.pad(waveform, (0, max(int(CHUNK_SECONDS["whisper"] * SAMPLE_RATE) - len(waveform), 0)))
+    segments, _ = whisper.transcribe(waveform, without_timestamps=not timestamps, **options)
+    return [(piece.start, piece.end, normalize_text(piece.text)) for piece in segments]
+
+
 # ----------------------------------------------------------------------------- long audio and timestamps
 
 def segment(start: float, end: float, text: str) -> dict:
@@ -356,6 +471,70 @@ def transcribe_hf(asr, family: str, waveforms: list[np.ndarray], chunk_s: float,
             segments = whisper_segments(chunks, durations[i]) if family == "whisper" else phrase_segments(chunks)
             results[i] = {"text": text, "segments": segments}
     return results
+
+
+def transcribe_faster_whisper(model, waveforms: list[np.ndarray], chunk_s: float) -> list[dict]:
+    """Whisper through faster-whisper, one recording at a time: a clip of up to chunk_s decoded whole without
+    timestamps, as the trainer scored it; a longer one in faster-whisper's 30-s windows, with the timestamps
+    Whisper writes. The segments and text are those of transcribe_hf."""
+    results = []
+    for waveform in waveforms:
+        duration = len(waveform) / SAMPLE_RATE
+        pieces = faster_whisper_pieces(model, waveform, timestamps=duration > chunk_s)
+        text = " ".join(piece for *_, piece in pieces if piece)
+        segments = (whisper_segments([{"text": piece, "timestamp": (start, end)} for start, end, piece in pieces],
+                                     duration) if duration > chunk_s else whole_clip(text, duration))
+        results.append({"text": text, "segments": segments})
+    return results
+
+
+def export_ct2(folder: Path, family: str, quantization: str) -> Path:
+    """folder/ct2-<quantization>/: the Whisper in `folder` converted by CTranslate2's own converter, with the
+    preprocessor_config.json and tokenizer.json faster-whisper reads (transformers 5 saves the processor as
+    processor_config.json). Written in a hidden folder and renamed when complete, so an interrupted export
+    leaves nothing that is ever loaded; it replaces only an export this script wrote."""
+    if family != "whisper":
+        raise InputError(f"--export-ct2 converts Whisper models for faster-whisper; {folder} holds a {family} model. "
+                         "Leave --export-ct2 out to transcribe with it.")
+    target = folder / f"ct2-{quantization}"
+    if target.exists() and ct2_marker(target) is None:
+        raise InputError(f"{target} exists and transcribe.py did not write it (no {CT2_MARKER} in it), so it was "
+                         "left as it is and nothing was exported. Move it out of the model folder, then run the "
+                         "same command again.")
+    try:
+        from ctranslate2.converters import TransformersConverter
+    except ImportError:
+        raise InputError("--export-ct2 needs CTranslate2 and faster-whisper: pip install ctranslate2 faster-whisper")
+    from transformers import AutoTokenizer, WhisperFeatureExtractor
+
+    features = WhisperFeatureExtractor.from_pretrained(folder)
+    if features.chunk_length != CHUNK_SECONDS["whisper"]:
+        raise InputError(f"{folder} reads {features.chunk_length}-s windows; faster-whisper decodes Whisper's 30-s "
+                         "windows only, so this model cannot be exported. Transcribe it with --engine transformers.")
+    weights = weights_fingerprint(folder)
+    partial = Path(tempfile.mkdtemp(prefix=f".{target.name}-partial-", dir=folder))
+    try:
+        TransformersConverter(str(folder)).convert(str(partial), quantization=quantization, force=True)
+        vocabulary = json.loads((partial / "vocabulary.json").read_text(encoding="utf-8"))
+        generation = json.loads((folder / "generation_config.json").read_text(encoding="utf-8"))
+        # CTranslate2 tells a multilingual Whisper by the empty token its vocabulary holds; without it,
+        # faster-whisper would decode in English with no language token.
+        if generation.get("is_multilingual") and "" not in vocabulary:
+            raise InputError(f"{folder}: its generation_config is multilingual but its vocabulary lacks the empty "
+                             "token of Whisper's multilingual vocabulary, so faster-whisper would decode it as "
+                             "English-only. Transcribe it with --engine transformers.")
+        features.save_pretrained(partial)
+        AutoTokenizer.from_pretrained(folder).backend_tokenizer.save(str(partial / "tokenizer.json"))
+        (partial / CT2_MARKER).write_text(json.dumps({"written_by": "transcribe.py", "quantization": quantization,
+                                                      "weights": weights}, indent=1), encoding="utf-8")
+        old = target.rename(folder / f"{partial.name}-old") if target.exists() else None
+        partial.rename(target)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    if old:
+        shutil.rmtree(old)
+    return target
 
 
 def deepspeech2_decoding(net, beam_width: int) -> dict:
@@ -572,7 +751,7 @@ def write_outputs(outputs: dict[Path, bytes], out_dir: Path, manifest: dict[str,
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     inputs = parser.add_argument_group("input")
-    inputs.add_argument("audio", nargs="+", type=Path,
+    inputs.add_argument("audio", nargs="*", type=Path,
                         help="audio files and/or folders (searched recursively for .wav .flac .ogg .mp3 ...)")
     inputs.add_argument("--model", type=Path, required=True,
                         help="a run folder (OUTPUT_DIR of a trainer), its best_model/ folder or one of its "
@@ -592,6 +771,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     decoding = parser.add_argument_group("decoding")
     decoding.add_argument("--device", default="auto",
                           help="auto (CUDA GPU when there is one, else CPU), cpu, cuda, cuda:1, ...")
+    decoding.add_argument("--engine", choices=["auto", "transformers", "faster-whisper"], default="auto",
+                          help="Whisper: faster-whisper (CTranslate2) decodes with an export written by --export-ct2, "
+                               "transformers with the pipeline; auto (default): faster-whisper when the model has an "
+                               "up-to-date export and faster-whisper is installed, else transformers")
     decoding.add_argument("--batch-size", type=int, default=8,
                           help="files read per step, and clips or chunks of a long recording decoded "
                                "together; lower it if the GPU runs out of memory (default 8)")
@@ -604,7 +787,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     decoding.add_argument("--chunk-length", type=float, default=None,
                           help="seconds per chunk of a long recording (default 30 Whisper, 20 Wav2Vec2, "
                                "15 DeepSpeech2; Whisper at most 30)")
+    export = parser.add_argument_group("faster-whisper export (Whisper)")
+    export.add_argument("--export-ct2", action="store_true",
+                        help="convert the Whisper model to CTranslate2 into its folder as ct2-<type>/ for "
+                             "faster-whisper (replacing only an export of ours), then transcribe the audio, if given, "
+                             "with it; speed figures: bench/RESULTS.md")
+    export.add_argument("--ct2-quantization", choices=CT2_QUANTIZATIONS, default="int8",
+                        help="weight type of the export: int8 for a CPU (default), float16 or int8_float16 for a GPU")
     args = parser.parse_args(argv)
+    if not args.audio and not args.export_ct2:
+        parser.error("give the audio files or folders to transcribe (or --export-ct2 to export the model only)")
     if args.batch_size < 1 or args.beam_width < 1:
         parser.error("--batch-size and --beam-width must be at least 1")
     if args.chunk_length is not None and args.chunk_length <= PAUSE_SEARCH_SECONDS:
@@ -618,6 +810,13 @@ def main(argv: list[str] | None = None) -> dict:
     note = checkpoint_note(folder)
     if note:
         print(note)
+    if args.export_ct2:
+        started = time.perf_counter()
+        export = export_ct2(folder, family, args.ct2_quantization)
+        print(f"wrote {export} in {time.perf_counter() - started:.1f} s: transcribe.py and demo.py now decode this "
+              "model with faster-whisper when it is installed (--engine transformers for the pipeline)")
+        if not args.audio:
+            return {"model": str(folder), "family": family, "export": str(export)}
     chunk_s = args.chunk_length or CHUNK_SECONDS[family]
     if family == "whisper" and chunk_s > CHUNK_SECONDS["whisper"]:
         raise InputError(f"--chunk-length {chunk_s:g}: Whisper sees at most 30 s at once; pass 30 or less")
@@ -642,10 +841,13 @@ def main(argv: list[str] | None = None) -> dict:
     build = f"CUDA {torch.version.cuda} build" if torch.version.cuda else "CPU-only build"
     print(f"device:     {describe_device()}\ntorch:      {torch.__version__} ({build}), running on {device}\n"
           f"audio:      {len(files)} file{'s' if len(files) != 1 else ''}")
+    export = choose_engine(args.engine, folder, family, device, args.model)
     started = time.perf_counter()
     decoder = choose_decoder(folder, family, args.decoder)
-    model = load_recognizer(folder, family, device, args.trust_remote_code, decoder)
-    print(f"{family} model from {folder} on {device}, {DECODER_NAMES[decoder]} "
+    model = (load_faster_whisper(export, folder, device) if export
+             else load_recognizer(folder, family, device, args.trust_remote_code, decoder))
+    print(f"{family} model from {export or folder} on {device}{' with faster-whisper' if export else ''}, "
+          f"{DECODER_NAMES[decoder]} "
           f"(loaded in {time.perf_counter() - started:.1f} s)")
 
     results, written, audio_seconds, decode_seconds = [], 0, 0.0, 0.0
@@ -653,7 +855,8 @@ def main(argv: list[str] | None = None) -> dict:
     for first in range(0, len(files), args.batch_size):
         batch, waveforms = read_audio_files(files[first: first + args.batch_size], skipped)
         started = time.perf_counter()
-        decoded = (transcribe_deepspeech(model, waveforms, chunk_s, args.beam_width) if family == "deepspeech2"
+        decoded = (transcribe_faster_whisper(model, waveforms, chunk_s) if export
+                   else transcribe_deepspeech(model, waveforms, chunk_s, args.beam_width) if family == "deepspeech2"
                    else transcribe_hf(model, family, waveforms, chunk_s, args.batch_size, args.beam_width))
         decode_seconds += time.perf_counter() - started
         outputs = {}
@@ -671,9 +874,10 @@ def main(argv: list[str] | None = None) -> dict:
     progress.close()
 
     rtf = round(decode_seconds / audio_seconds, 4) if audio_seconds else None
-    summary = {"model": str(folder), "family": family, "decoder": decoder, "device": device,
-               "audio_seconds": round(audio_seconds, 3),
-               "decode_seconds": round(decode_seconds, 3), "rtf": rtf, "skipped": skipped}
+    engine = "faster-whisper" if export else "torch" if family == "deepspeech2" else "transformers"
+    summary = {"model": str(folder), "family": family, "engine": engine, "decoder": decoder, "device": device,
+               "audio_seconds": round(audio_seconds, 3), "decode_seconds": round(decode_seconds, 3), "rtf": rtf,
+               "skipped": skipped}
     if args.format in ("csv", "json") and results:
         write_outputs({planned[0]: table_bytes(results, summary, args.format)}, out_dir, manifest)
         print(f"wrote {planned[0]}")

@@ -117,6 +117,16 @@ def summary(groups: dict[str, list[dict]]) -> list[str]:
 
     lines.append(f"| Whisper | {whisper}{on_cpu('whisper-small')} | {stage('Whisper')} (tiny model: checks the "
                  "pipeline only) |")
+    fast = groups.get("bench_faster_whisper.py")
+    if fast:
+        rows = {row["engine"]: row for row in fast[0]["speed"]}
+        base, int8 = rows["transformers"], rows["faster-whisper int8"]
+        same = all(row["same_text"] for row in fast[0]["transcripts"]["engines"].values())
+        lines.append(f"| Whisper, `transcribe.py` on the CPU | whisper-small shape: faster-whisper int8 RTF "
+                     f"{num(int8['rtf'], 3)} vs transformers {num(base['rtf'], 3)} ({num(int8['speedup'], 2)}x), "
+                     f"peak {int8['peak_rss_mb']} vs {base['peak_rss_mb']} MB; "
+                     f"{'same' if same else 'different'} transcripts of a learnt model | "
+                     f"{num(fast[0]['bench_minutes'], 1)} min bench on {fast[0]['settings']['threads']} threads |")
     wav2vec2 = on_cpu("wav2vec2-base")[2:] or "no benchmark yet"
     lines.append(f"| Wav2Vec2 | {wav2vec2} | {stage('Wav2Vec2')} (tiny model: checks the pipeline only) |")
     runs = deepspeech_defaults(groups.get("bench_deepspeech_learning.py", []))
@@ -231,6 +241,32 @@ def estimates_section(records: list[dict]) -> list[str]:
     return lines + notes(records)
 
 
+def faster_whisper_section(records: list[dict]) -> list[str]:
+    settings = records[0]["settings"]
+    lines = ["## Whisper inference on the CPU: faster-whisper vs transformers (`bench/bench_faster_whisper.py`)", "",
+             "`transcribe.py --engine` on the same weights and clips, each engine in its own process. Speed and "
+             f"memory: whisper-small's shape with random weights; {settings['windows']} windows of about "
+             f"{settings['window_seconds']:g} s (sample clips joined), each decoded as one clip without timestamps, "
+             f"with exactly {settings['tokens_per_window']} text tokens generated per window by every engine (a "
+             "random model never stops on its own), after one warm-up window; peak memory is the process's peak "
+             "resident set (Python, torch and the model). Transcripts: a small Whisper with the 30-s input that "
+             f"learnt {settings['clips']} sample clips in {settings['steps']} steps, WER and CER against their "
+             "references.", "",
+             "| date | commit | engine | RTF | speed-up | peak RSS (MB) | WER | CER | WER diff | CER diff | "
+             "same text as transformers |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for record in records:
+        scores = record["transcripts"]["engines"]
+        for row in record["speed"]:
+            score = scores[row["engine"]]
+            lines.append(f"| {record['date'][:10]} | {record['commit']} | {row['engine']} | {num(row['rtf'], 3)} | "
+                         f"{num(row['speedup'], 2)}x | {row['peak_rss_mb']} | {num(score['wer'], 3)} | "
+                         f"{num(score['cer'], 3)} | {num(score['wer_diff'], 3)} | {num(score['cer_diff'], 3)} | "
+                         f"{'yes' if score['same_text'] else 'no'} |")
+    lines += ["", *[f"Machine ({record['commit']}): {record['machine']}; {record['settings']['threads']} threads "
+                    f"per engine; {record['bench_minutes']} min for the whole bench." for record in records]]
+    return lines + notes(records)
+
+
 def quickstart_section(records: list[dict]) -> list[str]:
     lines = ["## Quick start on the bundled sample (`python quickstart.py`)", "",
              "The bundled sample is synthetic (espeak-ng): its figures show that the pipeline works, not how well a "
@@ -253,7 +289,7 @@ def notes(records: list[dict]) -> list[str]:
 
 SECTIONS = {"bench_deepspeech_learning.py": deepspeech_section, "bench_prepare.py": prepare_section,
             "bench_whisper_memory.py": whisper_memory_section, "bench_estimates.py": estimates_section,
-            "quickstart.py": quickstart_section}
+            "bench_faster_whisper.py": faster_whisper_section, "quickstart.py": quickstart_section}
 
 
 def render(results_dir: Path = RESULTS_DIR) -> str:

@@ -55,16 +55,23 @@ def byte_level_bpe(vocab_size: int = 1000) -> tuple[dict[str, int], list[tuple[s
     return bpe["vocab"], [tuple(pair) for pair in bpe["merges"]]
 
 
-def make_tiny_whisper(folder: Path, num_mel_bins: int = 80, size: str = "tiny") -> Path:
-    """Save a randomly initialised multilingual Whisper of WHISPER_SIZES[size] (tiny: d_model 128, 2+2 layers)
-    and its processor."""
+def make_tiny_whisper(folder: Path, num_mel_bins: int = 80, size: str = "tiny", shape: dict | None = None,
+                      full_vocabulary: bool = False) -> Path:
+    """Save a randomly initialised multilingual Whisper of WHISPER_SIZES[size] (tiny: d_model 128, 2+2 layers), or
+    of `shape`, and its processor. full_vocabulary: a token for every row of the embedding, the last text token
+    empty as in OpenAI's multilingual vocabulary (CTranslate2, and so faster-whisper, tells a multilingual
+    Whisper by it), so that its CTranslate2 export decodes with the language and task tokens."""
     folder = Path(folder)
-    shape = dict(WHISPER_SIZES[size])
+    shape = dict(shape or WHISPER_SIZES[size])
     chunk_length = shape.pop("chunk_length")
     vocab, merges = byte_level_bpe()
+    if full_vocabulary:
+        vocab[""] = len(vocab)
     tokenizer = WhisperTokenizer(vocab=vocab, merges=merges, pad_token="<|endoftext|>")
     tokenizer.add_special_tokens({"additional_special_tokens": SPECIAL_TOKENS})
     tokenizer.add_tokens(TIMESTAMP_TOKENS)
+    if full_vocabulary:
+        tokenizer.add_tokens([f"<|unused{i}|>" for i in range(len(tokenizer), shape.get("vocab_size", 0))])
     tokenizer.set_prefix_tokens(language="vi", task="transcribe")
     feature_extractor = WhisperFeatureExtractor(feature_size=num_mel_bins, chunk_length=chunk_length)
     ids = {token: tokenizer.convert_tokens_to_ids(token) for token in SPECIAL_TOKENS}
@@ -128,4 +135,29 @@ def make_tiny_wav2vec2(folder: Path, vocab_chars: str | None = None, size: str =
             tokenizer = Wav2Vec2CTCTokenizer(str(vocab_file), unk_token="[UNK]", pad_token="[PAD]",
                                              word_delimiter_token="|", bos_token=None, eos_token=None)
             Wav2Vec2Processor(feature_extractor=feature_extractor, tokenizer=tokenizer).save_pretrained(folder)
+    return folder
+
+
+def overfit_whisper(folder: Path, waveforms: list, texts: list[str], steps: int = 60, lr: float = 6e-3) -> Path:
+    """Train the saved Whisper on a few clips until it transcribes them (full batch, no augmentation), with
+    the language, task and beams that train_whisper.py sets on generation_config; saves it in place."""
+    folder = Path(folder)
+    processor = WhisperProcessor.from_pretrained(folder)
+    model = WhisperForConditionalGeneration.from_pretrained(folder)
+    features = processor.feature_extractor(waveforms, sampling_rate=16000, return_tensors="pt").input_features
+    tokens = processor.tokenizer(texts, padding=True, return_tensors="pt")
+    # The model prepends <|startoftranscript|> itself: the labels start after it.
+    labels = tokens.input_ids.masked_fill(tokens.attention_mask.ne(1), -100)[:, 1:]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
+    torch.manual_seed(0)
+    model.train()
+    for _ in range(steps):
+        model(input_features=features, labels=labels).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.eval()
+    generation = model.generation_config
+    generation.language, generation.task, generation.forced_decoder_ids = "vi", "transcribe", None
+    generation.num_beams = 1
+    model.save_pretrained(folder)
     return folder
