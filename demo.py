@@ -223,6 +223,17 @@ def choose_decoder(folder: Path, family: str, asked: str) -> str:
     return "greedy" if asked == "greedy" or problem else "lm"
 
 
+# Copied from transcribe.trained_beam_width
+def trained_beam_width(folder: Path) -> int:
+    """The beams the run kept when it scored its test split with the language model (its run_info.json beside
+    best_model/), so a clip is decoded as the trainer decoded it; 64 for a folder without one."""
+    try:
+        info = json.loads((folder.parent / "run_info.json").read_text(encoding="utf-8"))
+        return int(info["language_model"]["beam_width"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 64
+
+
 # Copied from transcribe.load_recognizer
 def load_recognizer(folder: Path, family: str, device: str, trust_remote_code: bool = False,
                     decoder: str = "lm"):
@@ -233,6 +244,7 @@ def load_recognizer(folder: Path, family: str, device: str, trust_remote_code: b
         model = code.load_model(folder).to(device)
         if decoder == "greedy":
             model.lm_decoder = None
+        model.lm_beam_width = trained_beam_width(folder)
         return code, model
     from transformers import pipeline
 
@@ -243,15 +255,18 @@ def load_recognizer(folder: Path, family: str, device: str, trust_remote_code: b
         return pipeline("automatic-speech-recognition", model=AutoModelForCTC.from_pretrained(folder),
                         tokenizer=Wav2Vec2CTCTokenizer.from_pretrained(folder),
                         feature_extractor=Wav2Vec2FeatureExtractor.from_pretrained(folder), device=device)
-    return pipeline("automatic-speech-recognition", model=str(folder), device=device)
+    asr = pipeline("automatic-speech-recognition", model=str(folder), device=device)
+    asr.lm_beam_width = trained_beam_width(folder)
+    return asr
 
 
 # Copied from transcribe.decode_kwargs
-def decode_kwargs(family: str, asr, beam_width: int = 64) -> dict:
+def decode_kwargs(family: str, asr) -> dict:
     """Pipeline call arguments: Whisper transcribes Vietnamese with the beams its trainer scored with; a
-    Wav2Vec2 with a language model keeps beam_width beams, as its trainer scored it (--lm-beam-width)."""
+    Wav2Vec2 with a language model keeps as many beams as its trainer did (load_recognizer)."""
     if family != "whisper":
-        return {"decoder_kwargs": {"beam_width": beam_width}} if getattr(asr, "type", "") == "ctc_with_lm" else {}
+        return ({"decoder_kwargs": {"beam_width": asr.lm_beam_width}} if getattr(asr, "type", "") == "ctc_with_lm"
+                else {})
     config = asr.model.generation_config
     return {"ignore_warning": True,  # chunking long audio is what we want; the pipeline warns about it
             "generate_kwargs": {"language": getattr(config, "language", None) or "vi",
@@ -260,10 +275,10 @@ def decode_kwargs(family: str, asr, beam_width: int = 64) -> dict:
 
 
 # Copied from transcribe.deepspeech2_decoding
-def deepspeech2_decoding(net, beam_width: int) -> dict:
+def deepspeech2_decoding(net) -> dict:
     """modeling_deepspeech2.transcribe's decoder arguments: the language model when load_recognizer kept it, else
     the module's default (greedy without one; an older module's own decoder)."""
-    return {"decoder": "lm", "beam_width": beam_width} if getattr(net, "lm_decoder", None) else {}
+    return {"decoder": "lm", "beam_width": net.lm_beam_width} if getattr(net, "lm_decoder", None) else {}
 
 
 # Copied from transcribe.scored_text
@@ -413,7 +428,7 @@ def transcribe_clip(family: str, model, waveform: np.ndarray) -> str:
     if family == "deepspeech2":
         code, net = model
         with torch.inference_mode():
-            return normalize_text(code.transcribe(net, [waveform], **deepspeech2_decoding(net, 64))[0])
+            return normalize_text(code.transcribe(net, [waveform], **deepspeech2_decoding(net))[0])
     chunk_s = CHUNK_SECONDS["whisper" if family == "faster-whisper" else family]
     if family == "faster-whisper":
         pieces = faster_whisper_pieces(model, waveform, timestamps=len(waveform) > chunk_s * SAMPLE_RATE)

@@ -241,6 +241,16 @@ def choose_decoder(folder: Path, family: str, asked: str) -> str:
     return "greedy" if asked == "greedy" or problem else "lm"
 
 
+def trained_beam_width(folder: Path) -> int:
+    """The beams the run kept when it scored its test split with the language model (its run_info.json beside
+    best_model/), so a clip is decoded as the trainer decoded it; 64 for a folder without one."""
+    try:
+        info = json.loads((folder.parent / "run_info.json").read_text(encoding="utf-8"))
+        return int(info["language_model"]["beam_width"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 64
+
+
 def load_recognizer(folder: Path, family: str, device: str, trust_remote_code: bool = False,
                     decoder: str = "lm"):
     """A transformers ASR pipeline for Whisper and Wav2Vec2 (with the folder's language model when decoder
@@ -250,6 +260,7 @@ def load_recognizer(folder: Path, family: str, device: str, trust_remote_code: b
         model = code.load_model(folder).to(device)
         if decoder == "greedy":
             model.lm_decoder = None
+        model.lm_beam_width = trained_beam_width(folder)
         return code, model
     from transformers import pipeline
 
@@ -260,14 +271,17 @@ def load_recognizer(folder: Path, family: str, device: str, trust_remote_code: b
         return pipeline("automatic-speech-recognition", model=AutoModelForCTC.from_pretrained(folder),
                         tokenizer=Wav2Vec2CTCTokenizer.from_pretrained(folder),
                         feature_extractor=Wav2Vec2FeatureExtractor.from_pretrained(folder), device=device)
-    return pipeline("automatic-speech-recognition", model=str(folder), device=device)
+    asr = pipeline("automatic-speech-recognition", model=str(folder), device=device)
+    asr.lm_beam_width = trained_beam_width(folder)
+    return asr
 
 
-def decode_kwargs(family: str, asr, beam_width: int = 64) -> dict:
+def decode_kwargs(family: str, asr) -> dict:
     """Pipeline call arguments: Whisper transcribes Vietnamese with the beams its trainer scored with; a
-    Wav2Vec2 with a language model keeps beam_width beams, as its trainer scored it (--lm-beam-width)."""
+    Wav2Vec2 with a language model keeps as many beams as its trainer did (load_recognizer)."""
     if family != "whisper":
-        return {"decoder_kwargs": {"beam_width": beam_width}} if getattr(asr, "type", "") == "ctc_with_lm" else {}
+        return ({"decoder_kwargs": {"beam_width": asr.lm_beam_width}} if getattr(asr, "type", "") == "ctc_with_lm"
+                else {})
     config = asr.model.generation_config
     return {"ignore_warning": True,  # chunking long audio is what we want; the pipeline warns about it
             "generate_kwargs": {"language": getattr(config, "language", None) or "vi",
@@ -445,11 +459,10 @@ def pause_windows(waveform: np.ndarray, window_s: float) -> list[tuple[int, int]
     return windows + [(start, len(waveform))]
 
 
-def transcribe_hf(asr, family: str, waveforms: list[np.ndarray], chunk_s: float, batch_size: int,
-                  beam_width: int = 64) -> list[dict]:
+def transcribe_hf(asr, family: str, waveforms: list[np.ndarray], chunk_s: float, batch_size: int) -> list[dict]:
     """Whisper / Wav2Vec2 through the pipeline. A recording longer than chunk_s is decoded in overlapping
     chunks (batch_size at a time) with timestamps; a shorter one in one piece, as the trainers scored it."""
-    kwargs = decode_kwargs(family, asr, beam_width)
+    kwargs = decode_kwargs(family, asr)
     durations = [len(w) / SAMPLE_RATE for w in waveforms]
     short = [i for i, d in enumerate(durations) if d <= chunk_s]
     long = [i for i, d in enumerate(durations) if d > chunk_s]
@@ -537,20 +550,20 @@ def export_ct2(folder: Path, family: str, quantization: str) -> Path:
     return target
 
 
-def deepspeech2_decoding(net, beam_width: int) -> dict:
+def deepspeech2_decoding(net) -> dict:
     """modeling_deepspeech2.transcribe's decoder arguments: the language model when load_recognizer kept it, else
     the module's default (greedy without one; an older module's own decoder)."""
-    return {"decoder": "lm", "beam_width": beam_width} if getattr(net, "lm_decoder", None) else {}
+    return {"decoder": "lm", "beam_width": net.lm_beam_width} if getattr(net, "lm_decoder", None) else {}
 
 
-def transcribe_deepspeech(model, waveforms: list[np.ndarray], chunk_s: float, beam_width: int = 64) -> list[dict]:
+def transcribe_deepspeech(model, waveforms: list[np.ndarray], chunk_s: float) -> list[dict]:
     """DeepSpeech2: every recording cut into pause-aligned windows, all windows decoded by the model's own
     transcribe() (which batches them), each window one timestamped segment."""
     code, net = model
     pieces = [(i, start, end) for i, w in enumerate(waveforms) for start, end in pause_windows(w, chunk_s)]
     with torch.inference_mode():
         texts = code.transcribe(net, [waveforms[i][start:end] for i, start, end in pieces],
-                                **deepspeech2_decoding(net, beam_width))
+                                **deepspeech2_decoding(net))
     results = [{"text": "", "segments": []} for _ in waveforms]
     for (i, start, end), text in zip(pieces, texts):
         text = normalize_text(text)
@@ -782,8 +795,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                           help="Wav2Vec2 and DeepSpeech2: lm = beam search with the n-gram language model saved "
                                "in the model folder, greedy = best path; auto (default): lm when the folder has one "
                                "and pyctcdecode and kenlm are installed")
-    decoding.add_argument("--beam-width", type=int, default=64,
-                          help="beams the language-model decoder keeps (default 64, as the trainers score)")
+    decoding.add_argument("--beam-width", type=int, default=None,
+                          help="beams the language-model decoder keeps (default: as many as the run used on its "
+                               "test split, --lm-beam-width, usually 64)")
     decoding.add_argument("--chunk-length", type=float, default=None,
                           help="seconds per chunk of a long recording (default 30 Whisper, 20 Wav2Vec2, "
                                "15 DeepSpeech2; Whisper at most 30)")
@@ -797,7 +811,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if not args.audio and not args.export_ct2:
         parser.error("give the audio files or folders to transcribe (or --export-ct2 to export the model only)")
-    if args.batch_size < 1 or args.beam_width < 1:
+    if args.batch_size < 1 or args.beam_width is not None and args.beam_width < 1:
         parser.error("--batch-size and --beam-width must be at least 1")
     if args.chunk_length is not None and args.chunk_length <= PAUSE_SEARCH_SECONDS:
         parser.error(f"--chunk-length must be more than {PAUSE_SEARCH_SECONDS:g} seconds")
@@ -849,6 +863,8 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"{family} model from {export or folder} on {device}{' with faster-whisper' if export else ''}, "
           f"{DECODER_NAMES[decoder]} "
           f"(loaded in {time.perf_counter() - started:.1f} s)")
+    if args.beam_width and not export:
+        (model[1] if family == "deepspeech2" else model).lm_beam_width = args.beam_width
 
     results, written, audio_seconds, decode_seconds = [], 0, 0.0, 0.0
     progress = tqdm(total=len(files), unit="file", desc="transcribing")
@@ -856,8 +872,8 @@ def main(argv: list[str] | None = None) -> dict:
         batch, waveforms = read_audio_files(files[first: first + args.batch_size], skipped)
         started = time.perf_counter()
         decoded = (transcribe_faster_whisper(model, waveforms, chunk_s) if export
-                   else transcribe_deepspeech(model, waveforms, chunk_s, args.beam_width) if family == "deepspeech2"
-                   else transcribe_hf(model, family, waveforms, chunk_s, args.batch_size, args.beam_width))
+                   else transcribe_deepspeech(model, waveforms, chunk_s) if family == "deepspeech2"
+                   else transcribe_hf(model, family, waveforms, chunk_s, args.batch_size))
         decode_seconds += time.perf_counter() - started
         outputs = {}
         for path, waveform, result in zip(batch, waveforms, decoded):
