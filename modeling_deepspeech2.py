@@ -387,10 +387,11 @@ def log_probs(model: nn.Module, waveforms: list, batch_size: int = 16) -> list[n
 
 
 def transcribe(model: nn.Module, waveforms: list, batch_size: int = 16, decoder: str | None = None,
-               beam_width: int = 64) -> list[str]:
+               beam_width: int | None = None) -> list[str]:
     """Transcripts of 16 kHz mono float32 clips; order kept. decoder: "lm" (pyctcdecode beam search with the
-    model's word language model, `beam_width` beams) or "greedy" (best path); default: lm when the model
-    has one, else greedy."""
+    model's word language model, `beam_width` beams: by default as many as its trainer scored the test split
+    with, config.json "lm_beam_width", else 64) or "greedy" (best path); default: lm when the model has one,
+    else greedy."""
     if decoder is None:
         decoder = "lm" if model.lm_decoder is not None else "greedy"
     elif decoder == "lm" and model.lm_decoder is None:
@@ -400,4 +401,5 @@ def transcribe(model: nn.Module, waveforms: list, batch_size: int = 16, decoder:
     scores = log_probs(model, waveforms, batch_size)
     if decoder == "greedy":
         return [ctc_greedy_text(frames.argmax(axis=-1), model.tokens, model.settings["blank_id"]) for frames in scores]
-    return [unicodedata.normalize("NFC", model.lm_decoder.decode(frames, beam_width=beam_width)) for frames in scores]
+    beams = beam_width or model.settings.get("lm_beam_width", 64)
+    return [unicodedata.normalize("NFC", model.lm_decoder.decode(frames, beam_width=beams)) for frames in scores]

@@ -1914,6 +1914,8 @@ def main(argv: list[str] | None = None) -> dict:
     out = write_run_files(trainer, rows, metrics, run_info)
     best_dir = out / "best_model"
     model.settings["decoder"] = "lm" if decoder else "greedy"
+    if decoder is not None:  # transcribe.py and demo.py then decode as the test split was scored
+        model.settings["lm_beam_width"] = args.lm_beam_width
     save_best_model(model, best_dir)
     # A previous run's language model in this best_model/ would decode with this run's weights: replaced.
     shutil.rmtree(best_dir / LM_FOLDER, ignore_errors=True)

@@ -273,7 +273,7 @@ def ctc_lm_section(records: list[dict]) -> list[str]:
             model = record["language_models"].get(row["decoder"])
             weights = f"{model['alpha']} / {model['beta']}" if model else "–"
             lines.append(f"| {row['decoder']} | {num(row['wer'])} | {num(row['cer'])} | "
-                         f"{num(row['ms_per_utterance'], 1)} | {num(row['rtf'], 4)} | {weights} | {record['commit']} |")
+                         f"{num(row['ms_per_utterance'], 2)} | {num(row['rtf'], 4)} | {weights} | {record['commit']} |")
     return lines + notes(records)
 
 

@@ -260,10 +260,15 @@ def test_best_model_gets_the_model_file_verbatim_and_it_needs_only_torch_numpy_s
     ds2.save_best_model(random_model(), tmp_path)
     assert (tmp_path / "modeling_deepspeech2.py").read_bytes() == (REPO / "modeling_deepspeech2.py").read_bytes()
     tree = ast.parse((REPO / "modeling_deepspeech2.py").read_text(encoding="utf-8"))
-    imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
-                for alias in node.names}
-    imported |= {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
-    assert imported == {"__future__", "json", "math", "unicodedata", "pathlib", "numpy", "torch", "safetensors"}
+
+    def imported(nodes) -> set[str]:
+        return ({alias.name.split(".")[0] for node in nodes if isinstance(node, ast.Import) for alias in node.names}
+                | {node.module.split(".")[0] for node in nodes if isinstance(node, ast.ImportFrom)})
+
+    assert imported(tree.body) == {"__future__", "importlib", "json", "math", "unicodedata", "pathlib", "numpy",
+                                   "torch", "safetensors"}
+    # the language model's decoder only when a folder has one and it is installed
+    assert imported(list(ast.walk(tree))) - imported(tree.body) == {"pyctcdecode"}
 
 
 def test_history_rows_average_the_losses_since_the_previous_evaluation():
@@ -401,7 +406,9 @@ def test_the_language_model_is_the_train_text_weighted_on_validation(deepspeech_
     model = modeling.load_model(best)
     waves = list(splits["test"].with_format("numpy", columns=["input_values"])["input_values"])[:6]
     assert model.lm_decoder is not None
-    assert modeling.transcribe(model, waves, decoder="lm", beam_width=8) == [p["raw_prediction"] for p in predictions[:6]]
+    # by default with the language model and the beams the run scored with (--lm-beam-width 8)
+    assert modeling.transcribe(model, waves) == [p["raw_prediction"] for p in predictions[:6]]
+    assert read_json(best / "config.json")["lm_beam_width"] == 8
     assert [ds2.normalize_text(t) for t in modeling.transcribe(model, waves, decoder="greedy")] == \
         [p["greedy_prediction"] for p in predictions[:6]]
 
