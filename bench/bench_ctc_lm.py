@@ -4,13 +4,15 @@ then decodes the same model's test scores four ways.
 
     python bench/bench_ctc_lm.py                              # about 1 GB of disk in a temporary folder
     python bench/bench_ctc_lm.py --work-dir /tmp/lm-bench --keep
+    python bench/bench_ctc_lm.py --work-dir /tmp/lm-bench --keep --family wav2vec2   # same corpus, Wav2Vec2
 
 Corpus (sample_data/make_vivos_like.py --text sample_data/vietnamese_text.txt): espeak-ng voices read real
 Vietnamese prose, each sentence read by one voice. 14 train voices x 30 utterances (prepare_vivos.py holds 2
 voices out for validation, so validation sentences are not in the train text) and 3 unseen test voices x 40
 unseen sentences; the file's remaining sentences (in no split) are the extra text of `--lm-text`.
-train_deepspeech.py trains with its defaults (plus anything after `--`), one torch thread. On the best
-model's test scores: greedy; the lexicon beam search over the train words that train_deepspeech.py used
+train_deepspeech.py trains with its defaults (plus anything after `--`), one torch thread; with --family
+wav2vec2, train_wav2vec2.py trains a small Wav2Vec2 from random weights instead (no pre-trained checkpoint is
+offline). On the best model's test scores: greedy; the lexicon beam search over the train words that train_deepspeech.py used
 before (kept here as the baseline); the language model of the train text; and of the train text plus the
 extra text; each language model weighted on validation as train_deepspeech.py does. WER, CER and decode time
 (ms per utterance after the network, and the real-time factor with the network) go to a result file in
@@ -46,6 +48,16 @@ from write_results import save_result  # noqa: E402
 
 TEXT = REPO / "sample_data" / "vietnamese_text.txt"
 CORPUS = {"train_speakers": 14, "train_per_speaker": 30, "test_speakers": 3, "test_per_speaker": 40, "seed": 0}
+# A small Wav2Vec2 for --family wav2vec2 (sample_data/offline_models.py's tiny one, wider and deeper: the tiny
+# one stayed near CER 0.7 here) and its training flags; no language model in its run (the bench builds them).
+WAV2VEC2_SMALL = {"hidden_size": 192, "num_hidden_layers": 3, "num_attention_heads": 4, "intermediate_size": 768,
+                  "conv_dim": (96, 96, 96, 96), "conv_kernel": (10, 8, 4, 4), "conv_stride": (5, 4, 4, 4),
+                  "num_conv_pos_embeddings": 16, "num_conv_pos_embedding_groups": 4, "feat_extract_norm": "layer",
+                  "do_stable_layer_norm": True}
+WAV2VEC2_ARGS = ["--epochs", "50", "--batch-size", "8", "--grad-accum", "1", "--eval-batch-size", "16", "--lr", "2e-3",
+                 "--warmup-ratio", "0.1", "--dropout", "0", "--layerdrop", "0", "--no-spec-augment",
+                 "--train-eval-size", "0", "--eval-every", "450", "--logging-steps", "50", "--save-total-limit", "1",
+                 "--patience", "0", "--num-workers", "0", "--seed", "0", "--lm-order", "0"]
 # The lexicon beam search's settings as train_deepspeech.py shipped them (chosen on validation then).
 BEAM_DEFAULTS = {"beam_width": 16, "lm_weight": 0.2, "word_bonus": 1.0, "oov_penalty": -8.0, "prune_log_prob": -8.0}
 
@@ -178,27 +190,67 @@ def language_model_row(name: str, vocab: dict, sentences: list[str], validation:
     return row, {**facts, "sentences": len(sentences), **tuning}
 
 
+def train_wav2vec2_run(data: Path, run: Path, work: Path, extra: list[str]) -> None:
+    """A small Wav2Vec2 (WAV2VEC2_SMALL) trained from random weights: no pre-trained checkpoint is offline."""
+    import offline_models
+    import train_wav2vec2
+
+    offline_models.WAV2VEC2_SIZES["bench small"] = WAV2VEC2_SMALL
+    model = offline_models.make_tiny_wav2vec2(work / "wav2vec2 small", size="bench small")
+    train_wav2vec2.main(["--data", str(data), "--model", str(model), "--output-dir", str(run), *WAV2VEC2_ARGS, *extra])
+
+
+def wav2vec2_scores(run: Path, dataset) -> tuple[dict, dict, dict]:
+    """(vocabulary, split -> each utterance's log-probabilities, split -> seconds the network took)."""
+    import train_wav2vec2
+    from transformers import Wav2Vec2ForCTC, Wav2Vec2Processor
+
+    model = Wav2Vec2ForCTC.from_pretrained(run / "best_model").eval()
+    processor = Wav2Vec2Processor.from_pretrained(run / "best_model")
+    scores, seconds = {}, {}
+    for name in ("validation", "test"):
+        began = time.perf_counter()
+        scores[name] = train_wav2vec2.ctc_log_probs(model, processor, dataset[name], 16)
+        seconds[name] = time.perf_counter() - began
+    return processor.tokenizer.get_vocab(), scores, seconds
+
+
+def deepspeech2_scores(run: Path, dataset) -> tuple[dict, dict, dict]:
+    model = modeling_deepspeech2.load_model(run / "best_model")
+    scores, seconds = {}, {}
+    for name in ("validation", "test"):
+        waves = list(dataset[name].with_format("numpy", columns=["input_values"])["input_values"])
+        began = time.perf_counter()
+        scores[name] = modeling_deepspeech2.log_probs(model, waves, 32)
+        seconds[name] = time.perf_counter() - began
+    return model.vocab, scores, seconds
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work-dir", type=Path, help="where corpus, dataset and run go (default: a temporary folder)")
     parser.add_argument("--keep", action="store_true", help="keep the work dir (default: delete a temporary one)")
-    parser.add_argument("--beam-width", type=int, default=64, help="language-model beams (train_deepspeech.py's default)")
-    parser.add_argument("train_args", nargs="*", help="extra train_deepspeech.py flags, after `--`")
+    parser.add_argument("--family", choices=["deepspeech2", "wav2vec2"], default="deepspeech2",
+                        help="the CTC model trained and decoded (wav2vec2: a small one from random weights)")
+    parser.add_argument("--beam-width", type=int, default=64, help="language-model beams (the trainers' default)")
+    parser.add_argument("train_args", nargs="*", help="extra trainer flags, after `--`")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)  # a small recurrent model on a shared CPU runs faster on one thread than on two
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="lm-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     try:
-        corpus, data, run = work / "corpus", work / "data", work / "run"
+        corpus, data = work / "corpus", work / "data"
+        run = work / ("run" if args.family == "deepspeech2" else "run wav2vec2")
         if not (corpus / "test" / "prompts.txt").is_file():
             make_corpus(corpus, **CORPUS, text=TEXT)
         if not (data / "prepare_summary.json").is_file():
             prepare_vivos.main(["--vivos-dir", str(corpus), "--out", str(data), "--features", "waveform",
                                 "--val-ratio", "0.1", "--seed", "0"])
-        began = time.perf_counter()
-        if not (run / "best_model" / "model.safetensors").is_file():
-            train_deepspeech.main(["--data", str(data), "--output-dir", str(run), *args.train_args])
-        train_seconds = time.perf_counter() - began
+        if not (run / "run_info.json").is_file():
+            if args.family == "deepspeech2":
+                train_deepspeech.main(["--data", str(data), "--output-dir", str(run), *args.train_args])
+            else:
+                train_wav2vec2_run(data, run, work, args.train_args)
 
         dataset = datasets.load_from_disk(str(data))
         normalize = train_deepspeech.normalize_text
@@ -208,21 +260,15 @@ def main(argv: list[str] | None = None) -> dict:
                  if s and s not in prompts(corpus) and s not in held_out]
         test_words = [w for s in dataset["test"]["sentence"] for w in normalize(s).split()]
         train_words = {w for s in train_text for w in s.split()}
-        model = modeling_deepspeech2.load_model(run / "best_model")
-        vocab, tokens, blank = model.vocab, model.tokens, model.settings["blank_id"]
-        scores, references, network = {}, {}, {}
-        for name in ("validation", "test"):
-            waves = list(dataset[name].with_format("numpy", columns=["input_values"])["input_values"])
-            began = time.perf_counter()
-            scores[name] = modeling_deepspeech2.log_probs(model, waves, 32)
-            network[name] = time.perf_counter() - began
-            references[name] = [normalize(s) for s in dataset[name]["sentence"]]
+        vocab, scores, network = (deepspeech2_scores if args.family == "deepspeech2" else wav2vec2_scores)(run, dataset)
+        references = {name: [normalize(s) for s in dataset[name]["sentence"]] for name in ("validation", "test")}
+        tokens, blank, labels = {i: t for t, i in vocab.items()}, vocab["[PAD]"], train_deepspeech.lm_labels(vocab)
         audio = float(sum(dataset["test"]["duration"]))
         refs, net = references["test"], network["test"]
 
         rows = []
         began = time.perf_counter()
-        texts = [modeling_deepspeech2.ctc_greedy_text(f.argmax(axis=-1), tokens, blank) for f in scores["test"]]
+        texts = [train_deepspeech.best_path_text(f, labels) for f in scores["test"]]
         rows.append(scored("greedy", refs, texts, time.perf_counter() - began, net, audio))
         lexicon = Lexicon(word_counts(train_text))
         began = time.perf_counter()
@@ -244,10 +290,12 @@ def main(argv: list[str] | None = None) -> dict:
             "splits": {name: len(dataset[name]) for name in ("train", "validation", "test")},
             "extra_text_sentences": len(extra),
             "test_words_not_in_train_text": round(sum(w not in train_words for w in test_words) / len(test_words), 3),
+            "family": args.family, "params": info["params_total"],
             "beam_width": args.beam_width, "lexicon_beam": BEAM_DEFAULTS, "torch_threads": torch.get_num_threads(),
-            "train_args": args.train_args or "defaults", "epochs_run": info["epochs_run"],
-            "train_minutes": round(train_seconds / 60, 1), "test_audio_seconds": round(audio, 1),
-            "network_ms_per_utterance": round(1000 * net / len(refs), 2),
+            "train_args": " ".join(args.train_args) or "defaults" if args.family == "deepspeech2"
+            else " ".join(WAV2VEC2_ARGS + args.train_args),
+            "epochs_run": info["epochs_run"], "train_minutes": round(info["train_seconds"] / 60, 1),
+            "test_audio_seconds": round(audio, 1), "network_ms_per_utterance": round(1000 * net / len(refs), 2),
         }
         result = {"rows": rows, "language_models": models,
                   "trainer_run": {key: metrics.get(key) for key in ("decoder", "wer", "cer", "greedy_wer", "greedy_cer")}}

@@ -261,18 +261,19 @@ def ctc_lm_section(records: list[dict]) -> list[str]:
              + ", ".join(f"{name} {count}" for name, count in settings["splits"].items())
              + f"; {settings['extra_text_sentences']} further sentences of the text are the `--lm-text` extra text; "
              f"{100 * settings['test_words_not_in_train_text']:.0f} % of test words are not in the train text. "
-             f"DeepSpeech2 trained with {settings['train_args']} ({settings['epochs_run']} epochs, "
-             f"{settings['train_minutes']} min, {settings['torch_threads']} torch thread), then its test scores "
-             f"decoded each way; language models weighted on validation as the trainer does, "
-             f"{settings['beam_width']} beams. Decode time is after the network "
-             f"({num(settings['network_ms_per_utterance'], 1)} ms per utterance); the real-time factor includes it.",
-             "", "| decoder | test WER | test CER | decode ms / utterance | real-time factor | alpha / beta | commit |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+             "Each model's test scores decoded each way; the language models weighted on validation as the trainers "
+             "do. Decode time is after the network; the real-time factor includes the network (one CPU thread).",
+             "", "| model | decoder | test WER | test CER | decode ms / utterance | real-time factor | alpha / beta | "
+             "commit |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for record in records:
+        run = record["settings"]
+        model = (f"{run.get('family', 'deepspeech2')}, {run['params']:,} parameters, {run['epochs_run']:g} epochs, "
+                 f"{run['train_minutes']} min" if "params" in run else
+                 f"deepspeech2, defaults, {run['epochs_run']:g} epochs, {run['train_minutes']} min")
         for row in record["rows"]:
-            model = record["language_models"].get(row["decoder"])
-            weights = f"{model['alpha']} / {model['beta']}" if model else "–"
-            lines.append(f"| {row['decoder']} | {num(row['wer'])} | {num(row['cer'])} | "
+            lm = record["language_models"].get(row["decoder"])
+            weights = f"{lm['alpha']} / {lm['beta']}" if lm else "–"
+            lines.append(f"| {model} | {row['decoder']} | {num(row['wer'])} | {num(row['cer'])} | "
                          f"{num(row['ms_per_utterance'], 2)} | {num(row['rtf'], 4)} | {weights} | {record['commit']} |")
     return lines + notes(records)
 
