@@ -1661,7 +1661,9 @@ ds2 = importlib.util.module_from_spec(spec); spec.loader.exec_module(ds2)
 model = ds2.load_model("best_model")
 print(ds2.transcribe(model, [waveform_16k_float32]))
 ```
-or `python transcribe.py --model best_model audio.wav`.
+or `python transcribe.py --model best_model audio.wav`. With `language_model/` in the folder and pyctcdecode and
+kenlm installed (`pip install --no-deps -r requirements-lm.txt`), `transcribe` decodes with the language model;
+without them it decodes greedily (`model.lm_note` says why), as `decoder="greedy"` does.
 
 Command: `{run_info['command']}`
 
