@@ -1692,11 +1692,12 @@ def decoder_description(language_model: dict) -> str:
     """The model card's and run_info.json's one line on how best_model/ decodes."""
     if not language_model["used"]:
         return f"greedy CTC (best path); no language model: {language_model['reason']}"
-    text = "the train transcripts" + (" and --lm-text" if language_model["extra_sentences"] else "")
-    return (f"pyctcdecode CTC beam search ({language_model['beam_width']} beams) with a word {language_model['order']}-gram "
-            f"Kneser-Ney language model of {text} (best_model/language_model/, {language_model['sentences']} "
-            f"sentences, {language_model['words_added']} Vietnamese syllables added that the text makes possible), "
-            f"alpha {language_model['alpha']}, beta {language_model['beta']} chosen on validation")
+    lm = language_model
+    text = "the train transcripts" + (" and --lm-text" if lm["extra_sentences"] else "")
+    return (f"pyctcdecode CTC beam search ({lm['beam_width']} beams) with a word {lm['order']}-gram Kneser-Ney "
+            f"language model of {text} (best_model/language_model/, {lm['sentences']} sentences, "
+            f"{lm['words_added']} Vietnamese syllables added that the text makes possible), alpha {lm['alpha']}, "
+            f"beta {lm['beta']} chosen on validation")
 
 
 # Copied from train_whisper.stop_reason

@@ -12,12 +12,12 @@ voices out for validation, so validation sentences are not in the train text) an
 unseen sentences; the file's remaining sentences (in no split) are the extra text of `--lm-text`.
 train_deepspeech.py trains with its defaults (plus anything after `--`), one torch thread; with --family
 wav2vec2, train_wav2vec2.py trains a small Wav2Vec2 from random weights instead (no pre-trained checkpoint is
-offline). On the best model's test scores: greedy; the lexicon beam search over the train words that train_deepspeech.py used
-before (kept here as the baseline); the language model of the train text; and of the train text plus the
-extra text; each language model weighted on validation as train_deepspeech.py does. WER, CER and decode time
-(ms per utterance after the network, and the real-time factor with the network) go to a result file in
-bench/results/ (`python bench/write_results.py` then updates bench/RESULTS.md). Needs espeak-ng, sox,
-pyctcdecode and kenlm.
+offline). On the best model's test scores: greedy; the lexicon beam search over the train words that
+train_deepspeech.py used before (kept here as the baseline); the language model of the train text, without and
+with the syllables the text makes possible; and of the train text plus the extra text; each language model
+weighted on validation as the trainers do. WER, CER and decode time (ms per utterance after the network, and
+the real-time factor with the network) go to a result file in bench/results/ (`python bench/write_results.py`
+then updates bench/RESULTS.md). Needs espeak-ng, sox, pyctcdecode and kenlm.
 """
 from __future__ import annotations
 
@@ -297,8 +297,8 @@ def main(argv: list[str] | None = None) -> dict:
             "epochs_run": info["epochs_run"], "train_minutes": round(info["train_seconds"] / 60, 1),
             "test_audio_seconds": round(audio, 1), "network_ms_per_utterance": round(1000 * net / len(refs), 2),
         }
-        result = {"rows": rows, "language_models": models,
-                  "trainer_run": {key: metrics.get(key) for key in ("decoder", "wer", "cer", "greedy_wer", "greedy_cer")}}
+        trainer_run = {key: metrics.get(key) for key in ("decoder", "wer", "cer", "greedy_wer", "greedy_cer")}
+        result = {"rows": rows, "language_models": models, "trainer_run": trainer_run}
         save_result("bench_ctc_lm", settings, result)
         print(json.dumps(settings, indent=2, ensure_ascii=False))
         return result
