@@ -1,6 +1,6 @@
 """Does a word n-gram language model (pyctcdecode + KenLM, as train_deepspeech.py now decodes) beat greedy
-decoding and the lexicon beam search it replaced? Trains one DeepSpeech2 with its defaults on held-out text,
-then decodes the same model's test scores four ways.
+decoding and the lexicon beam search it replaced? Trains one CTC model (DeepSpeech2 with its defaults, or a
+small Wav2Vec2) on held-out text, then decodes the same model's test scores five ways.
 
     python bench/bench_ctc_lm.py                              # about 1 GB of disk in a temporary folder
     python bench/bench_ctc_lm.py --work-dir /tmp/lm-bench --keep
