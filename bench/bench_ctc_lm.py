@@ -299,6 +299,9 @@ def main(argv: list[str] | None = None) -> dict:
         }
         trainer_run = {key: metrics.get(key) for key in ("decoder", "wer", "cer", "greedy_wer", "greedy_cer")}
         result = {"rows": rows, "language_models": models, "trainer_run": trainer_run}
+        if rows[0]["wer"] >= 0.95:
+            result["notes"] = [f"{args.family}: the model has not learnt to write words (greedy test WER "
+                               f"{rows[0]['wer']:.3f}), so its rows say little about the decoders"]
         save_result("bench_ctc_lm", settings, result)
         print(json.dumps(settings, indent=2, ensure_ascii=False))
         return result
