@@ -1,14 +1,17 @@
 """DeepSpeech2 (Amodei et al., 2016) for 16 kHz speech: log-Mel and pitch features computed inside the model,
-2-D convolutions, bidirectional LSTM/GRU layers and a CTC head over characters, with greedy and lexicon
-beam-search decoding. train_deepspeech.py trains it and copies this file into best_model/; transcribe.py
-and demo.py load saved models with it. Needs torch, numpy and safetensors only.
+2-D convolutions, bidirectional LSTM/GRU layers and a CTC head over characters, decoded greedily or, when the
+model folder holds a word language model (alphabet.json and language_model/, pyctcdecode's layout), by
+pyctcdecode's beam search with that model. train_deepspeech.py trains it and copies this file into
+best_model/; transcribe.py and demo.py load saved models with it. Needs torch, numpy and safetensors;
+decoding with the language model also needs pyctcdecode and kenlm (pip install --no-deps -r requirements-lm.txt).
 
     import modeling_deepspeech2 as ds2
-    model = ds2.load_model("runs/deepspeech2/best_model")      # eval mode
+    model = ds2.load_model("runs/deepspeech2/best_model")      # eval mode; model.lm_decoder or model.lm_note
     print(ds2.transcribe(model, [waveform]))                    # float32 numpy arrays, 16 kHz mono
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import unicodedata
@@ -23,10 +26,6 @@ from torch.utils.checkpoint import checkpoint
 
 BLANK_FAVOUR = 1e4  # logit gap that makes padded frames decode as blank (fits in fp16)
 PITCH_PROJECTION = 32  # learnt inputs the 3 pitch features become
-# Lexicon beam search settings, chosen on the validation split of bench/bench_deepspeech_learning.py (what they
-# gain over greedy decoding: bench/RESULTS.md). Leaving the lexicon costs about what deleting a clearly heard
-# one-syllable word would (-8), so a new word still comes through; best_model/config.json "beam" overrides these.
-BEAM_DEFAULTS = {"beam_width": 16, "lm_weight": 0.2, "word_bonus": 1.0, "oov_penalty": -8.0, "prune_log_prob": -8.0}
 
 
 def mel_filterbank(n_mels: int, n_fft: int, sampling_rate: int) -> torch.Tensor:
@@ -244,7 +243,9 @@ class DeepSpeech2(nn.Module):
         # `settings`, not `config`: the Trainer treats a `config` attribute as a PretrainedConfig.
         self.settings, self.vocab = dict(config), dict(vocab)
         self.tokens = {index: token for token, index in vocab.items()}
-        self.lexicon = None  # a Lexicon for beam search: built from the train text, saved as lexicon.json
+        # pyctcdecode's decoder with the folder's word language model (load_model attaches it), or None and
+        # the one line that says why decoding is greedy.
+        self.lm_decoder, self.lm_note = None, "the model was saved without a language model"
         self.gradient_checkpointing = False
         self.augment = True  # speed perturbation and SpecAugment in train mode; AugmentAfterWarmup switches it
         self.features = LogMelSpectrogram(config)
@@ -330,122 +331,75 @@ def ctc_greedy_text(ids: np.ndarray, tokens: dict[int, str], blank_id: int) -> s
     return unicodedata.normalize("NFC", " ".join(text.split()))
 
 
-def log_add(a: float, b: float) -> float:
-    if a == -math.inf:
-        return b
-    if b == -math.inf:
-        return a
-    return max(a, b) + math.log1p(math.exp(-abs(a - b)))
+# Copied from train_wav2vec2.lm_packages_missing
+def lm_packages_missing() -> str | None:
+    """None when pyctcdecode and kenlm import; else what to install, for the one line that says why
+    decoding is greedy."""
+    missing = [name for name in ("pyctcdecode", "kenlm") if importlib.util.find_spec(name) is None]
+    if not missing:
+        return None
+    return (f"{' and '.join(missing)} not installed, so decoding is greedy (no language model); "
+            "to decode with it: pip install --no-deps -r requirements-lm.txt (kenlm needs a C++ compiler: "
+            "see the README)")
 
 
-class Lexicon:
-    """The words of the train transcripts with their log relative frequency (a unigram language model),
-    and every prefix of them, for decoding. Vietnamese writes one syllable per word, and the syllables of a
-    language form a closed set, so the train text covers most of the words a test set uses."""
+def load_lm_decoder(folder: Path) -> tuple:
+    """(pyctcdecode decoder of the folder's alphabet.json and language_model/, None) or (None, the reason
+    there is none). Imported here, not at the top: the model and greedy decoding need neither package."""
+    if not ((folder / "alphabet.json").is_file() and (folder / "language_model").is_dir()):
+        return None, "the model was saved without a language model (no alphabet.json and language_model/)"
+    missing = lm_packages_missing()
+    if missing:
+        return None, missing
+    from pyctcdecode import BeamSearchDecoderCTC
 
-    def __init__(self, counts: dict[str, int]):
-        total = max(sum(counts.values()), 1)
-        self.counts = dict(counts)
-        self.log_prob = {word: math.log(count / total) for word, count in counts.items()}
-        self.prefixes = {word[:k] for word in self.log_prob for k in range(len(word) + 1)}
-
-
-def ctc_lexicon_beam_search(log_probs: np.ndarray, tokens: dict[int, str], blank_id: int, lexicon: Lexicon,
-                            settings: dict) -> str:
-    """CTC prefix beam search (Hannun et al., 2014) over characters, scored with the lexicon's unigram
-    model: a finished word adds lm_weight * log P(word) + word_bonus; a word that leaves every lexicon
-    prefix pays oov_penalty once. `log_probs` is (frames, vocabulary) log-softmax of one utterance.
-
-    Greedy decoding spells what it hears ("chời" for "trời" where a dialect merges tr and ch); this
-    prefers words the train text contains and still lets a new word through when the sound insists."""
-    width, lm_weight = settings["beam_width"], settings["lm_weight"]
-    bonus, oov = settings["word_bonus"], settings["oov_penalty"]
-    space = next(i for i, t in tokens.items() if t == "|")
-    chars = {i: ("\ufffd" if t == "[UNK]" else t) for i, t in tokens.items() if i not in (blank_id, space)}
-
-    def word_end(word: str) -> float:
-        if word in lexicon.log_prob:
-            return lm_weight * lexicon.log_prob[word] + bonus
-        return bonus + (oov if word in lexicon.prefixes else 0.0)  # else it paid on leaving the prefixes
-
-    # A beam is (finished words, partial word) -> [log P(ends in blank), log P(ends in a character),
-    # language score, last token]; the last two depend on the text only.
-    beams = {("", ""): [0.0, -math.inf, 0.0, None]}
-    for frame in log_probs:
-        candidates = [int(i) for i in np.flatnonzero(frame > settings["prune_log_prob"])]
-        grown: dict = {}
-
-        def add(key, blank_score, char_score, language, last):
-            entry = grown.setdefault(key, [-math.inf, -math.inf, language, last])
-            entry[0], entry[1] = log_add(entry[0], blank_score), log_add(entry[1], char_score)
-
-        for (done, part), (p_blank, p_char, language, last) in beams.items():
-            p_total = log_add(p_blank, p_char)
-            for token in candidates:
-                p = float(frame[token])
-                if token == blank_id or (token == space and not part):  # no text change
-                    add((done, part), p_total + p, -math.inf, language, last)
-                    continue
-                if token == last:  # a repeat merges unless a blank came between
-                    add((done, part), -math.inf, p_char + p, language, last)
-                    source = p_blank
-                else:
-                    source = p_total
-                if source == -math.inf:
-                    continue
-                if token == space:
-                    add(((done + " " + part).strip(), ""), -math.inf, source + p, language + word_end(part), token)
-                else:
-                    longer = part + chars[token]
-                    leaves = part in lexicon.prefixes and longer not in lexicon.prefixes
-                    add((done, longer), -math.inf, source + p, language + (oov if leaves else 0.0), token)
-        ranked = sorted(grown.items(), key=lambda kv: log_add(kv[1][0], kv[1][1]) + kv[1][2], reverse=True)
-        beams = dict(ranked[:width])
-
-    def final(item):
-        (done, part), (p_blank, p_char, language, _) = item
-        return log_add(p_blank, p_char) + language + (word_end(part) if part else 0.0)
-
-    done, part = max(beams.items(), key=final)[0]
-    return unicodedata.normalize("NFC", (done + " " + part).strip())
+    return BeamSearchDecoderCTC.load_from_dir(str(folder)), None
 
 
 def load_model(folder) -> nn.Module:
-    """The DeepSpeech2 saved in `folder` (config.json, vocab.json, model.safetensors, and lexicon.json
-    when it was saved with one), in eval mode."""
+    """The DeepSpeech2 saved in `folder` (config.json, vocab.json, model.safetensors), in eval mode, with
+    model.lm_decoder when the folder holds a language model that can be loaded (else model.lm_note says
+    why not). A folder saved with a lexicon.json (an older decoder) loads too; it decodes greedily."""
     folder = Path(folder)
     config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     vocab = json.loads((folder / "vocab.json").read_text(encoding="utf-8"))
     model = DeepSpeech2(config, vocab)
     model.load_state_dict(load_file(str(folder / "model.safetensors")))
-    if (folder / "lexicon.json").is_file():
-        model.lexicon = Lexicon(json.loads((folder / "lexicon.json").read_text(encoding="utf-8")))
+    model.lm_decoder, model.lm_note = load_lm_decoder(folder)
     return model.eval()
 
 
 @torch.no_grad()
-def transcribe(model: nn.Module, waveforms: list, batch_size: int = 16, decoder: str | None = None) -> list[str]:
-    """Transcripts of 16 kHz mono float32 clips, batched by length; order kept. decoder: "greedy" (best
-    path) or "beam" (lexicon beam search, needs the model's lexicon); default: the model's config, greedy
-    for a model saved without a lexicon."""
-    if decoder is None:
-        decoder = model.settings.get("decoder", "greedy") if model.lexicon is not None else "greedy"
-    elif decoder == "beam" and model.lexicon is None:
-        raise ValueError("decoder 'beam' needs the model's lexicon (lexicon.json next to the weights)")
+def log_probs(model: nn.Module, waveforms: list, batch_size: int = 16) -> list[np.ndarray]:
+    """Each clip's (output frames x vocabulary) float32 log-probabilities, in the given order; clips go in
+    batches of similar length, and each is trimmed to its own frames."""
     device = next(model.parameters()).device
     order = sorted(range(len(waveforms)), key=lambda i: len(waveforms[i]))
-    texts = [""] * len(waveforms)
-    blank_id = model.settings["blank_id"]
+    scores: list = [None] * len(waveforms)
     for start in range(0, len(order), batch_size):
         chosen = order[start: start + batch_size]
         values, lengths = pad_waveforms([waveforms[i] for i in chosen])
         logits = model(values.to(device), lengths.to(device))["logits"].float()
-        if decoder == "greedy":
-            for i, row in zip(chosen, logits.argmax(dim=-1).cpu().numpy()):
-                texts[i] = ctc_greedy_text(row, model.tokens, blank_id)
-            continue
         frames = model.output_lengths(lengths).tolist()
         for i, row, n in zip(chosen, logits.log_softmax(dim=-1).cpu().numpy(), frames):
-            texts[i] = ctc_lexicon_beam_search(row[:n], model.tokens, blank_id, model.lexicon,
-                                               {**BEAM_DEFAULTS, **model.settings.get("beam", {})})
-    return texts
+            scores[i] = row[:n]
+    return scores
+
+
+def transcribe(model: nn.Module, waveforms: list, batch_size: int = 16, decoder: str | None = None,
+               beam_width: int | None = None) -> list[str]:
+    """Transcripts of 16 kHz mono float32 clips; order kept. decoder: "lm" (pyctcdecode beam search with the
+    model's word language model, `beam_width` beams: by default as many as its trainer scored the test split
+    with, config.json "lm_beam_width", else 64) or "greedy" (best path); default: lm when the model has one,
+    else greedy."""
+    if decoder is None:
+        decoder = "lm" if model.lm_decoder is not None else "greedy"
+    elif decoder == "lm" and model.lm_decoder is None:
+        raise ValueError(f"decoder 'lm' needs the model's language model: {model.lm_note}")
+    elif decoder not in ("lm", "greedy"):
+        raise ValueError(f"decoder {decoder!r}: give 'lm' or 'greedy'")
+    scores = log_probs(model, waveforms, batch_size)
+    if decoder == "greedy":
+        return [ctc_greedy_text(frames.argmax(axis=-1), model.tokens, model.settings["blank_id"]) for frames in scores]
+    beams = beam_width or model.settings.get("lm_beam_width", 64)
+    return [unicodedata.normalize("NFC", model.lm_decoder.decode(frames, beam_width=beams)) for frames in scores]

@@ -14,9 +14,14 @@ Shortest command (the dataset comes from `prepare_vivos.py --features waveform`)
 The model itself (features, layers, decoding, load_model, transcribe) is modeling_deepspeech2.py, which
 must sit next to this script (in Colab: clone the repository, or write that file in a cell first).
 
+The test split is decoded with a word n-gram language model of the train transcripts (and --lm-text), its
+weight chosen on validation, by pyctcdecode + KenLM (pip install --no-deps -r requirements-lm.txt); without
+them, or with --lm-order 0, greedily. Greedy scores are kept beside.
+
 Writes in --output-dir: checkpoint-N/ (resume), best_model/ (model.safetensors, config.json, vocab.json,
-lexicon.json, a copy of modeling_deepspeech2.py, README.md model card), trainer_state.json, history.csv (one
-row per evaluation), run_info.json, test_predictions.csv, test_metrics.json and runs/ (TensorBoard).
+a copy of modeling_deepspeech2.py, alphabet.json and language_model/ when the language model decodes, README.md
+model card), trainer_state.json, history.csv (one row per evaluation), run_info.json, test_predictions.csv,
+test_metrics.json and runs/ (TensorBoard).
 Re-running the same command resumes from the last complete checkpoint. `--estimate` instead times a few real
 steps with the same flags and writes only estimate.json (minutes, memory, disk, whether it fits).
 """
@@ -39,6 +44,7 @@ import tempfile
 import time
 import unicodedata
 import zipfile
+from collections import Counter
 from importlib import metadata
 from pathlib import Path
 
@@ -63,8 +69,7 @@ except ModuleNotFoundError as error:
                      "copy modeling_deepspeech2.py from the repository next to train_deepspeech.py. In Colab: git "
                      "clone the repository and %cd into it, or first run a cell holding %%writefile "
                      "modeling_deepspeech2.py followed by that file's text.")
-from modeling_deepspeech2 import (BEAM_DEFAULTS, DeepSpeech2, Lexicon, LogMelSpectrogram, ctc_greedy_text,
-                                  load_model, pad_waveforms, transcribe)
+from modeling_deepspeech2 import DeepSpeech2, LogMelSpectrogram, ctc_greedy_text, load_model, pad_waveforms, transcribe
 
 SAMPLING_RATE = 16000  # every prepared dataset is 16 kHz mono
 IGNORE_INDEX = -100  # label padding the Trainer also uses when it concatenates batches
@@ -249,10 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     regular.add_argument("--mask-feature-prob", type=float, default=0.15, help="share of Mel bins masked")
     regular.add_argument("--mask-feature-length", type=int, default=10, help="Mel bins per mask")
 
-    groups["evaluation and checkpoints"].add_argument(
-        "--decoder", choices=["beam", "greedy"], default="beam",
-        help="how the test split (and later transcribe.py / demo.py) decode: beam = CTC beam search favouring words "
-             "of the train transcripts (default), greedy = best path; validation during training is always greedy")
+    add_lm_arguments(groups["evaluation and checkpoints"])  # validation during training is always greedy
     return parser
 
 
@@ -655,8 +657,9 @@ def model_config(args, vocab: dict[str, int], mean: list[float], std: list[float
 
 
 def training_config(args) -> dict:
-    """The config entries that flags set even for a loaded model: training-only settings and the decoder."""
-    return {"decoder": args.decoder, "dropout": args.dropout, "speed_perturb": args.speed_perturb,
+    """The config entries that flags set even for a loaded model: training-only settings and the decoder
+    (greedy in checkpoints; best_model/ records "lm" when it is saved with its language model)."""
+    return {"decoder": "greedy", "dropout": args.dropout, "speed_perturb": args.speed_perturb,
             "spec_augment": args.spec_augment,
             "mask_time_prob": args.mask_time_prob, "mask_time_length": args.mask_time_length,
             "mask_feature_prob": args.mask_feature_prob, "mask_feature_length": args.mask_feature_length}
@@ -705,15 +708,6 @@ def feature_statistics(split, config: dict, limit: int, seed: int) -> tuple[list
 
 
 # ----------------------------------------------------------------------------- 5. preprocessing
-
-def word_counts(sentences: list[str]) -> dict[str, int]:
-    """How often each word occurs in the (normalised) sentences, most frequent first: lexicon.json."""
-    counts: dict[str, int] = {}
-    for sentence in sentences:
-        for word in sentence.split():
-            counts[word] = counts.get(word, 0) + 1
-    return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
-
 
 def encode_text(sentence: str, vocab: dict[str, int]) -> list[int]:
     unknown = vocab["[UNK]"]
@@ -991,7 +985,7 @@ class SortaGradTrainer(Trainer):
                                 for_estimate=self.for_estimate)
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
-        """Each checkpoint's weights as a model folder (config, vocabulary, lexicon), so that --model can start
+        """Each checkpoint's weights as a model folder (config, vocabulary), so that --model can start
         a new run from a checkpoint and transcribe.py can use a run cut off before best_model/. Written before
         trainer_state.json, so a save cut off here still reads as incomplete."""
         if self.args.should_save:
@@ -1163,6 +1157,372 @@ def run_training(trainer, args: argparse.Namespace, checkpoint: Path | None) -> 
 
 # ----------------------------------------------------------------------------- 8. test
 
+# The decoder's files, in pyctcdecode's layout: best_model/alphabet.json and
+# best_model/language_model/{attrs.json, unigrams.txt, lm.arpa}, which modeling_deepspeech2.load_model reads.
+# Copied from train_wav2vec2.LM_FOLDER
+LM_FOLDER = "language_model"
+# Copied from train_wav2vec2.LM_BUILD_FOLDER
+LM_BUILD_FOLDER = ".language-model-build"  # in --output-dir while the run decodes its test split; removed after
+# Copied from train_wav2vec2.LM_TUNE_UTTERANCES
+LM_TUNE_UTTERANCES = 300  # validation utterances the alpha/beta search decodes (each setting decodes them all)
+# Copied from train_wav2vec2.LM_ALPHAS
+LM_ALPHAS = (0.3, 0.5, 0.8, 1.2)  # LM weights tried first (with word bonus 1.0), then the bonuses
+# Copied from train_wav2vec2.LM_BETAS
+LM_BETAS = (0.0, 1.0, 2.0, 3.0)
+# Vietnamese spelling: initial consonants (longest first) and the tone marks, as combining characters.
+# Copied from train_wav2vec2.ONSETS
+ONSETS = ("ngh", "ng", "nh", "ch", "gh", "gi", "kh", "ph", "qu", "th", "tr",
+          "b", "c", "d", "đ", "g", "h", "k", "l", "m", "n", "p", "r", "s", "t", "v", "x")
+# Copied from train_wav2vec2.TONE_MARKS
+TONE_MARKS = ("\u0300", "\u0301", "\u0303", "\u0309", "\u0323")  # huyền, sắc, ngã, hỏi, nặng
+# Copied from train_wav2vec2.STOP_TONES
+STOP_TONES = ("\u0301", "\u0323")  # a syllable ending in p, t, c or ch takes sắc or nặng only
+# Copied from train_wav2vec2.VOWELS
+VOWELS = set("aăâeêioôơuưy")
+# c, g and ng are written k, gh and ngh before e, ê, i (and y): either spelling elsewhere is not a word.
+FRONT_ONLY, NOT_FRONT = {"k", "gh", "ngh"}, {"c", "g", "ng"}
+
+
+# Copied from train_wav2vec2.lm_packages_missing
+def lm_packages_missing() -> str | None:
+    """None when pyctcdecode and kenlm import; else what to install, for the one line that says why
+    decoding is greedy."""
+    missing = [name for name in ("pyctcdecode", "kenlm") if importlib.util.find_spec(name) is None]
+    if not missing:
+        return None
+    return (f"{' and '.join(missing)} not installed, so decoding is greedy (no language model); "
+            "to decode with it: pip install --no-deps -r requirements-lm.txt (kenlm needs a C++ compiler: "
+            "see the README)")
+
+
+# Copied from train_wav2vec2.syllable_parts
+def syllable_parts(word: str) -> tuple[str, str, int | None, str] | None:
+    """(onset, toneless rhyme, index in the rhyme of the letter carrying the tone mark, tone mark) of a
+    Vietnamese syllable, or None for a word that is not one (a loan word, a letter run)."""
+    letters, tone, tone_at = [], "", None
+    for ch in unicodedata.normalize("NFD", word):
+        if ch in TONE_MARKS:
+            if tone or not letters:
+                return None
+            tone, tone_at = ch, len(letters) - 1
+        elif unicodedata.combining(ch):
+            if not letters:
+                return None
+            letters[-1] += ch
+        else:
+            letters.append(ch)
+    letters = [unicodedata.normalize("NFC", letter) for letter in letters]
+    if not all(letter in VOWELS or letter.isascii() and letter.isalpha() or letter == "đ" for letter in letters):
+        return None
+    toneless = "".join(letters)
+    onset = next((o for o in ONSETS if toneless.startswith(o) and any(v in VOWELS for v in toneless[len(o):])), "")
+    if onset == "" and toneless.startswith("gi"):  # "gì": g + i
+        onset = "g"
+    rhyme = toneless[len(onset):]
+    if not rhyme or rhyme[0] not in VOWELS and onset != "" or not any(v in VOWELS for v in rhyme):
+        return None
+    if tone_at is not None and tone_at < len(onset):
+        return None
+    return onset, rhyme, None if tone_at is None else tone_at - len(onset), tone
+
+
+# Copied from train_wav2vec2.spelled
+def spelled(onset: str, rhyme: str) -> bool:
+    """Whether onset + rhyme follows the spelling rules (k/gh/ngh before front vowels, qu without a second u)."""
+    front = unicodedata.normalize("NFD", rhyme)[0] in "eiy"
+    if onset in FRONT_ONLY and not front or onset in NOT_FRONT and front:
+        return False
+    return not (onset == "qu" and rhyme.startswith("u") or onset == "gi" and rhyme.startswith("i"))
+
+
+# Copied from train_wav2vec2.with_tone
+def with_tone(onset: str, rhyme: str, position: int, tone: str) -> str:
+    letters = list(onset + rhyme)
+    at = len(onset) + position
+    letters[at] = unicodedata.normalize("NFC", unicodedata.normalize("NFD", letters[at]) + tone)
+    return unicodedata.normalize("NFC", "".join(letters))
+
+
+# Copied from train_wav2vec2.possible_syllables
+def possible_syllables(words: set[str]) -> set[str]:
+    """Vietnamese syllables the given words make possible: every onset seen in them with every rhyme seen in
+    them, in every tone the rhyme allows, spelled by the rules and with the tone mark on the letter the
+    words put it. A Vietnamese word is one syllable from a closed set of a few thousand, so this covers most
+    words a test set uses that the train text lacks, without reaching beyond the text's own spelling."""
+    onsets, rhymes = {""}, {}
+    for word in words:
+        parts = syllable_parts(word)
+        if parts is None:
+            continue
+        onset, rhyme, position, _ = parts
+        onsets.add(onset)
+        if position is not None or rhyme not in rhymes:
+            rhymes[rhyme] = position if position is not None else rhymes.get(rhyme)
+    syllables = set()
+    for rhyme, position in rhymes.items():
+        stop = rhyme.endswith(("p", "t", "c", "ch"))
+        tones = STOP_TONES if stop else ("",) + TONE_MARKS
+        for onset in onsets:
+            if not spelled(onset, rhyme):
+                continue
+            for tone in tones:
+                if tone == "":
+                    syllables.add(onset + rhyme)
+                elif position is not None:
+                    syllables.add(with_tone(onset, rhyme, position, tone))
+    return syllables
+
+
+# Copied from train_wav2vec2.ngram_counts
+def ngram_counts(sentences: list[str], order: int) -> list[Counter]:
+    """Counts of every 1..order-gram in the sentences, each padded with <s> and </s>."""
+    counts = [Counter() for _ in range(order)]
+    for sentence in sentences:
+        words = ["<s>", *sentence.split(), "</s>"]
+        for n in range(1, order + 1):
+            counts[n - 1].update(tuple(words[i:i + n]) for i in range(len(words) - n + 1))
+    del counts[0][("<s>",)]
+    return counts
+
+
+# Copied from train_wav2vec2.kneser_ney_counts
+def kneser_ney_counts(counts: list[Counter]) -> list[Counter]:
+    """Kneser-Ney's counts: the highest order keeps its counts; a lower-order n-gram counts the distinct
+    words seen before it (how many contexts it continues), except one starting with <s>, which has none."""
+    adjusted = [Counter() for _ in counts]
+    adjusted[-1] = Counter(counts[-1])
+    for n in range(len(counts) - 1, 0, -1):
+        for gram in counts[n]:
+            adjusted[n - 1][gram[1:]] += 1
+        for gram, count in counts[n - 1].items():
+            if gram[0] == "<s>":
+                adjusted[n - 1][gram] = count
+    return adjusted
+
+
+# Copied from train_wav2vec2.write_arpa
+def write_arpa(sentences: list[str], order: int, extra_words: set[str], path: Path) -> dict:
+    """An interpolated Kneser-Ney word n-gram model of the sentences, in ARPA format (what KenLM reads).
+    The unigram level is interpolated with a uniform distribution over the seen words plus `extra_words`,
+    so a word the text lacks but the language allows costs a small known probability, not the decoder's
+    unknown-word penalty. Returns counts for run_info.json."""
+    counts = kneser_ney_counts(ngram_counts(sentences, order))
+    discounts = []
+    for level in counts:
+        n1 = sum(1 for c in level.values() if c == 1)
+        n2 = sum(1 for c in level.values() if c == 2)
+        discounts.append(min(max(n1 / (n1 + 2 * n2), 0.1), 0.9) if n1 and n2 else 0.5)
+    seen = {gram[0] for gram in counts[0]}
+    vocabulary = (seen | set(extra_words) | {"<unk>"}) - {"<s>"}
+    histories = [dict() for _ in range(order)]  # per order n: history -> (total count, distinct next words)
+    for n in range(1, order):
+        totals: dict = {}
+        for gram, count in counts[n].items():
+            total, types = totals.get(gram[:-1], (0, 0))
+            totals[gram[:-1]] = (total + count, types + 1)
+        histories[n] = totals
+    total = sum(counts[0].values())
+    uniform_share = discounts[0] * len(counts[0]) / total / len(vocabulary)
+    probs = [{} for _ in range(order)]
+    for word in vocabulary:
+        probs[0][(word,)] = max(counts[0].get((word,), 0) - discounts[0], 0) / total + uniform_share
+    for n in range(1, order):
+        for gram, count in counts[n].items():
+            history_total, history_types = histories[n][gram[:-1]]
+            backoff = discounts[n] * history_types / history_total
+            probs[n][gram] = (count - discounts[n]) / history_total + backoff * probs[n - 1][gram[1:]]
+    backoffs = [{} for _ in range(order)]
+    for n in range(1, order):
+        for history, (history_total, history_types) in histories[n].items():
+            backoffs[n - 1][history] = discounts[n] * history_types / history_total
+    with open(path, "w", encoding="utf-8", newline="\n") as arpa:
+        arpa.write("\\data\\\n")
+        sizes = [len(probs[0]) + 1] + [len(level) for level in probs[1:]]
+        arpa.writelines(f"ngram {n + 1}={size}\n" for n, size in enumerate(sizes))
+        for n in range(order):
+            arpa.write(f"\n\\{n + 1}-grams:\n")
+            if n == 0:
+                arpa.write(f"-99\t<s>\t{math.log10(backoffs[0].get(('<s>',), 1.0)):.6f}\n")
+            for gram, prob in sorted(probs[n].items()):
+                line = f"{math.log10(prob):.6f}\t{' '.join(gram)}"
+                if n < order - 1:  # pyctcdecode reads unigrams from lines with three fields
+                    line += f"\t{math.log10(backoffs[n].get(gram, 1.0)):.6f}"
+                arpa.write(line + "\n")
+        arpa.write("\n\\end\\\n")
+    return {"order": order, "ngrams": sizes, "words_in_text": len(seen - {"</s>"}),
+            "words_added": len(vocabulary - seen - {"<unk>"}), "discounts": [round(d, 3) for d in discounts]}
+
+
+# Copied from train_wav2vec2.lm_labels
+def lm_labels(vocab: dict[str, int]) -> list[str]:
+    """The CTC vocabulary in id order, as pyctcdecode reads it ([PAD] the blank, | the space, [UNK] ⁇)."""
+    return [token for token, _ in sorted(vocab.items(), key=lambda item: item[1])]
+
+
+# Copied from train_wav2vec2.build_lm_decoder
+def build_lm_decoder(vocab: dict[str, int], sentences: list[str], order: int, folder: Path) -> tuple:
+    """A pyctcdecode beam-search decoder with a word n-gram model of `sentences` (written to folder/lm.arpa):
+    (decoder, facts for run_info.json)."""
+    from pyctcdecode import build_ctcdecoder
+
+    words = {word for sentence in sentences for word in sentence.split()}
+    writable = set(vocab) - {"[PAD]", "[UNK]", "|"}  # a word with a letter the model never writes is no use
+    folder.mkdir(parents=True, exist_ok=True)
+    arpa = folder / "lm.arpa"
+    facts = write_arpa(sentences, order, {s for s in possible_syllables(words) if set(s) <= writable}, arpa)
+    unigrams = [line.split("\t")[1] for line in arpa.read_text(encoding="utf-8").split("\\2-grams:")[0].splitlines()
+                if line.count("\t") == 2]
+    decoder = build_ctcdecoder(lm_labels(vocab), str(arpa), unigrams=unigrams)
+    return decoder, {**facts, "sentences": len(sentences)}
+
+
+# Copied from train_wav2vec2.lm_decode
+def lm_decode(decoder, log_probs: list[np.ndarray], beam_width: int) -> list[str]:
+    return [decoder.decode(frames, beam_width=beam_width) for frames in log_probs]
+
+
+# Copied from train_wav2vec2.tune_lm_decoder
+def tune_lm_decoder(decoder, log_probs: list[np.ndarray], references: list[str], greedy: list[str],
+                    lm_sentences: set[str], beam_width: int) -> dict:
+    """Choose the LM weight (alpha) and word bonus (beta) on validation: alpha first (beta 1), then beta.
+    Only utterances whose sentence the LM's text lacks are used when there are enough of them: on a
+    sentence the LM has seen, its weight looks better than it is on new text."""
+    new = [i for i, reference in enumerate(references) if reference not in lm_sentences]
+    if len(new) >= min(20, len(references)):
+        chosen, basis = new, (f"{len(new)} of {len(references)} validation utterances, those whose sentence "
+                              "is not in the language model's text")
+    else:
+        chosen, basis = list(range(len(references))), (
+            f"all {len(references)} validation utterances: only {len(new)} have a sentence outside the language "
+            "model's text, so the chosen weight may favour the model's text more than new sentences need")
+    if len(chosen) > LM_TUNE_UTTERANCES:
+        chosen = [chosen[int(k)] for k in np.linspace(0, len(chosen) - 1, LM_TUNE_UTTERANCES)]
+    refs = [references[i] for i in chosen]
+    grid = []
+
+    def wer_at(alpha: float, beta: float) -> float:
+        decoder.reset_params(alpha=float(alpha), beta=float(beta))
+        hyps = [normalize_text(text) for text in lm_decode(decoder, [log_probs[i] for i in chosen], beam_width)]
+        grid.append({"alpha": alpha, "beta": beta, "wer": round(compute_wer_cer(refs, hyps)["wer"], 5)})
+        return grid[-1]["wer"]
+
+    alpha = min(LM_ALPHAS, key=lambda a: wer_at(a, 1.0))
+    beta = min(LM_BETAS, key=lambda b: wer_at(alpha, b) if b != 1.0 else
+               next(g["wer"] for g in grid if g["alpha"] == alpha and g["beta"] == 1.0))
+    best = next(g["wer"] for g in grid if g["alpha"] == alpha and g["beta"] == beta)
+    greedy_wer = compute_wer_cer(refs, [greedy[i] for i in chosen])["wer"]
+    decoder.reset_params(alpha=float(alpha), beta=float(beta))
+    return {"alpha": alpha, "beta": beta, "beam_width": beam_width, "tuned_on": basis,
+            "validation_wer_lm": best, "validation_wer_greedy": round(greedy_wer, 5), "grid": grid}
+
+
+# Copied from train_wav2vec2.add_lm_arguments
+def add_lm_arguments(group) -> None:
+    group.add_argument("--lm-order", type=int, default=3,
+                       help="word n-gram language model for the test split, transcribe.py and demo.py, built from "
+                            "the train transcripts (never validation or test) and weighted on validation "
+                            "(default 3; 0: greedy decoding only)")
+    group.add_argument("--lm-beam-width", type=int, default=64,
+                       help="beams the language-model decoder keeps (default 64; fewer is faster, a little less "
+                            "accurate); transcribe.py and demo.py have --beam-width")
+    group.add_argument("--lm-text", type=Path, metavar="FILE",
+                       help="more text for the language model: one sentence a line, UTF-8 (normalised like the "
+                            "transcripts; sentences of the validation or test split are left out)")
+
+
+# Copied from train_wav2vec2.check_lm_arguments
+def check_lm_arguments(args: argparse.Namespace, dataset) -> list[str]:
+    """--lm-order and --lm-text checked before any training; returns --lm-text's sentences."""
+    if not 0 <= args.lm_order <= 6:
+        raise InputError(f"--lm-order {args.lm_order}: give 0 (no language model) or an order from 1 to 6 (3 is usual).")
+    if args.lm_beam_width < 1:
+        raise InputError(f"--lm-beam-width {args.lm_beam_width}: give 1 or more (64 is usual).")
+    if args.lm_text is None or args.lm_order == 0:
+        return []
+    held_out = {normalize_text(s) for name in ("validation", "test") for s in dataset[name]["sentence"]}
+    return read_lm_text(args.lm_text, held_out)
+
+
+# Copied from train_wav2vec2.best_path_text
+def best_path_text(log_probs: np.ndarray, labels: list[str]) -> str:
+    """Greedy CTC text of one utterance's (frames x vocabulary) scores: repeats merged, blanks (id 0)
+    dropped, `|` a space, [UNK] dropped."""
+    ids = log_probs.argmax(axis=-1)
+    keep = np.ones(len(ids), dtype=bool)
+    keep[1:] = ids[1:] != ids[:-1]
+    text = "".join(" " if labels[i] == "|" else "" if labels[i] in ("[PAD]", "[UNK]") else labels[i]
+                   for i in ids[keep])
+    return " ".join(text.split())
+
+
+# Copied from train_wav2vec2.language_model_for_test
+def language_model_for_test(args: argparse.Namespace, vocab: dict[str, int], dataset, lm_text: list[str],
+                            log_probs_of) -> tuple:
+    """Step 8's decoder: pyctcdecode with a word n-gram model of the train transcripts (and --lm-text), its
+    weights chosen on validation; None, with the reason, when --lm-order is 0, pyctcdecode or kenlm is
+    missing, or greedy decoding scores better on validation. `log_probs_of(split name)` gives each
+    utterance's (frames x vocabulary) log-probabilities. Returns (decoder, run_info's "language_model")."""
+    if args.lm_order == 0:
+        return None, {"used": False, "reason": "--lm-order 0"}
+    missing = lm_packages_missing()
+    if missing:
+        say(missing)
+        return None, {"used": False, "reason": missing}
+    sentences = [s for s in (normalize_text(s) for s in dataset["train"]["sentence"]) if s] + lm_text
+    say(f"Language model: {args.lm_order}-gram of {len(sentences)} sentences (train transcripts"
+        f"{' and --lm-text' if lm_text else ''}); choosing its weight on validation")
+    decoder, facts = build_lm_decoder(vocab, sentences, args.lm_order, args.output_dir / LM_BUILD_FOLDER)
+    log_probs = log_probs_of("validation")
+    labels = lm_labels(vocab)
+    greedy = [normalize_text(best_path_text(frames, labels)) for frames in log_probs]
+    references = [normalize_text(s) for s in dataset["validation"]["sentence"]]
+    tuning = tune_lm_decoder(decoder, log_probs, references, greedy, set(sentences), args.lm_beam_width)
+    info = {"used": True, **facts, "extra_text": str(args.lm_text) if lm_text else None,
+            "extra_sentences": len(lm_text), **tuning}
+    if tuning["validation_wer_lm"] > tuning["validation_wer_greedy"]:
+        say(f"Language model: validation WER {tuning['validation_wer_lm']:.4f} against {tuning['validation_wer_greedy']:.4f} "
+            "greedy, so the test split and best_model/ decode greedily")
+        return None, {**info, "used": False, "reason": "greedy decoding scored better on validation"}
+    say(f"Language model: alpha {tuning['alpha']}, beta {tuning['beta']}; validation WER "
+        f"{tuning['validation_wer_lm']:.4f} (greedy {tuning['validation_wer_greedy']:.4f})")
+    return decoder, info
+
+
+# Copied from train_wav2vec2.add_greedy_scores
+def add_greedy_scores(rows: list[dict], metrics: dict, greedy_raw: list[str], greedy_seconds: float,
+                      decoder: str) -> None:
+    """Beside the default decoder's text and scores, the greedy ones: test_predictions.csv's
+    greedy_prediction, greedy_wer, greedy_cer and test_metrics.json's greedy_wer, greedy_cer."""
+    for row, raw in zip(rows, greedy_raw):
+        text = normalize_text(raw)
+        scores = compute_wer_cer([row["reference"]], [text])
+        row.update({"greedy_prediction": text, "greedy_wer": scores["wer"], "greedy_cer": scores["cer"]})
+    corpus = compute_wer_cer([row["reference"] for row in rows], [row["greedy_prediction"] for row in rows])
+    metrics.update({"decoder": decoder, "greedy_wer": corpus["wer"], "greedy_cer": corpus["cer"],
+                    "greedy_decode_seconds": round(greedy_seconds, 3)})
+
+
+# Copied from train_wav2vec2.read_lm_text
+def read_lm_text(path: Path, held_out: set[str]) -> list[str]:
+    """--lm-text's sentences, normalised, without those of the validation and test splits (a language model
+    that knows a test sentence makes the test score meaningless)."""
+    if not path.is_file():
+        raise InputError(f"--lm-text {quoted(path)}: no such file. Give a text file with one sentence a line.")
+    data = path.read_bytes()
+    encoding = "utf-16" if data[:2] in (b"\xff\xfe", b"\xfe\xff") else "utf-8-sig"
+    try:
+        lines = data.decode(encoding).splitlines()
+    except UnicodeDecodeError as error:
+        raise InputError(f"--lm-text {quoted(path)} is not UTF-8 (byte {error.start}): save it as UTF-8 "
+                         "(in Notepad: Save as, Encoding UTF-8) and run again.") from None
+    sentences = [normalize_text(line) for line in lines]
+    kept = [s for s in sentences if s and s not in held_out]
+    if len(kept) < sum(1 for s in sentences if s):
+        say(f"--lm-text: left out {sum(1 for s in sentences if s) - len(kept)} sentences that the validation or "
+            "test split contains")
+    return kept
+
+
 def transcribe_in_chunks(model: DeepSpeech2, split, batch_size: int) -> tuple[list[str], float]:
     """Raw transcripts of a split and the seconds spent transcribing; the audio is read from disk a chunk at
     a time, so memory stays flat on the full test set."""
@@ -1171,9 +1531,20 @@ def transcribe_in_chunks(model: DeepSpeech2, split, batch_size: int) -> tuple[li
     for start in range(0, len(split), TEST_CHUNK):
         chunk = waves[start: start + TEST_CHUNK]["input_values"]
         began = time.perf_counter()
-        texts += transcribe(model, list(chunk), batch_size=batch_size)
+        texts += transcribe(model, list(chunk), batch_size=batch_size, decoder="greedy")
         seconds += time.perf_counter() - began
     return texts, seconds
+
+
+def split_log_probs(model: DeepSpeech2, split, batch_size: int) -> list[np.ndarray]:
+    """Each utterance's (frames x vocabulary) log-probabilities, for the language-model decoder; the audio is
+    read from disk a chunk at a time, as in transcribe_in_chunks."""
+    scores = []
+    waves = split.with_format("numpy", columns=["input_values"])
+    for start in range(0, len(split), TEST_CHUNK):
+        scores += modeling_deepspeech2.log_probs(model, list(waves[start: start + TEST_CHUNK]["input_values"]),
+                                                 batch_size)
+    return scores
 
 
 # Copied from train_whisper.test_predictions
@@ -1203,8 +1574,8 @@ def test_metrics(rows: list[dict], decode_seconds: float) -> dict:
 # ----------------------------------------------------------------------------- 9. run folder
 
 def save_best_model(model: DeepSpeech2, folder: Path) -> None:
-    """Weights, config (with the train feature statistics), vocabulary, lexicon and a copy of
-    modeling_deepspeech2.py, so the folder alone is enough to load the model."""
+    """Weights, config (with the train feature statistics), vocabulary and a copy of modeling_deepspeech2.py,
+    so the folder alone is enough to load the model (step 9 adds the language model to best_model/)."""
     folder.mkdir(parents=True, exist_ok=True)
     state = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
     save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
@@ -1213,15 +1584,12 @@ def save_best_model(model: DeepSpeech2, folder: Path) -> None:
 
 
 def write_model_description(model: DeepSpeech2, folder: Path) -> None:
-    """config.json (with the train feature statistics), vocab.json and, once built, lexicon.json: what
-    modeling_deepspeech2.load_model needs beside the weights."""
+    """config.json (with the train feature statistics) and vocab.json: what modeling_deepspeech2.load_model
+    needs beside the weights."""
     config = {**model.settings, "feature_mean": model.features.mean.tolist(),
               "feature_std": model.features.std.tolist()}
     (folder / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
     (folder / "vocab.json").write_text(json.dumps(model.vocab, ensure_ascii=False, indent=2), encoding="utf-8")
-    if model.lexicon is not None:
-        (folder / "lexicon.json").write_text(json.dumps(model.lexicon.counts, ensure_ascii=False, indent=0),
-                                             encoding="utf-8")
 
 
 def model_card(args: argparse.Namespace, run_info: dict, metrics: dict) -> str:
@@ -1293,7 +1661,9 @@ ds2 = importlib.util.module_from_spec(spec); spec.loader.exec_module(ds2)
 model = ds2.load_model("best_model")
 print(ds2.transcribe(model, [waveform_16k_float32]))
 ```
-or `python transcribe.py --model best_model audio.wav`.
+or `python transcribe.py --model best_model audio.wav`. With `language_model/` in the folder and pyctcdecode and
+kenlm installed (`pip install --no-deps -r requirements-lm.txt`), `transcribe` decodes with the language model;
+without them it decodes greedily (`model.lm_note` says why), as `decoder="greedy"` does.
 
 Command: `{run_info['command']}`
 
@@ -1318,12 +1688,16 @@ def architecture_facts(model) -> dict:
     }
 
 
-def decoder_description(model: DeepSpeech2) -> str:
-    if model.settings["decoder"] != "beam":
-        return "greedy CTC (best path)"
-    return ("CTC prefix beam search over the words of the train transcripts (best_model/lexicon.json, "
-            f"{len(model.lexicon.counts)} words) with their unigram frequencies, "
-            f"{ {**BEAM_DEFAULTS, **model.settings.get('beam', {})} }")
+def decoder_description(language_model: dict) -> str:
+    """The model card's and run_info.json's one line on how best_model/ decodes."""
+    if not language_model["used"]:
+        return f"greedy CTC (best path); no language model: {language_model['reason']}"
+    lm = language_model
+    text = "the train transcripts" + (" and --lm-text" if lm["extra_sentences"] else "")
+    return (f"pyctcdecode CTC beam search ({lm['beam_width']} beams) with a word {lm['order']}-gram Kneser-Ney "
+            f"language model of {text} (best_model/language_model/, {lm['sentences']} sentences, "
+            f"{lm['words_added']} Vietnamese syllables added that the text makes possible), alpha {lm['alpha']}, "
+            f"beta {lm['beta']} chosen on validation")
 
 
 # Copied from train_whisper.stop_reason
@@ -1457,6 +1831,7 @@ def main(argv: list[str] | None = None) -> dict:
     # 3. Prepared dataset, checked.
     dataset, summary = load_prepared_dataset(args.data, {"input_values", "sentence", "duration"}, args.eval_only)
     train_split, val_split, test_split = dataset["train"], dataset["validation"], dataset["test"]
+    lm_text = check_lm_arguments(args, dataset)
 
     # 4. Model and vocabulary: a new model sized by the flags, or a saved one.
     if args.model == "scratch":
@@ -1474,8 +1849,6 @@ def main(argv: list[str] | None = None) -> dict:
                 module.p = args.dropout
         vocab = model.vocab
         say(f"loaded {folder} (its architecture and vocabulary; the model-size flags do not apply)")
-    if model.lexicon is None or not args.eval_only:  # a saved model evaluated keeps its own lexicon
-        model.lexicon = Lexicon(word_counts(list(train_split["sentence"])))
     model.gradient_checkpointing = args.gradient_checkpointing
     say(f"DeepSpeech2: {sum(p.numel() for p in model.parameters()):,} parameters, vocabulary of {len(vocab)} tokens")
     unknown = {name: unknown_characters(list(split["sentence"]), vocab)
@@ -1515,24 +1888,44 @@ def main(argv: list[str] | None = None) -> dict:
     if not trainer.is_world_process_zero():
         return {}
 
-    # 8. Test: the best model (loaded by the Trainer at the end of training) transcribes the test split.
+    # 8. Test: the best model (loaded by the Trainer at the end of training) transcribes the test split,
+    # greedily and with the language model weighted on validation.
     model = trainer.model.float().eval()
-    raw, decode_seconds = transcribe_in_chunks(model, test_split, args.eval_batch_size)
+    greedy_raw, greedy_seconds = transcribe_in_chunks(model, test_split, args.eval_batch_size)
+    decoder, language_model = language_model_for_test(
+        args, vocab, dataset, lm_text, lambda name: split_log_probs(model, dataset[name], args.eval_batch_size))
+    raw, decode_seconds = greedy_raw, greedy_seconds
+    if decoder is not None:
+        began = time.perf_counter()
+        raw = [unicodedata.normalize("NFC", text) for text in
+               lm_decode(decoder, split_log_probs(model, test_split, args.eval_batch_size), args.lm_beam_width)]
+        decode_seconds = time.perf_counter() - began
     rows = test_predictions(test_split, raw)
     metrics = test_metrics(rows, decode_seconds)
+    add_greedy_scores(rows, metrics, greedy_raw, greedy_seconds, "lm" if decoder else "greedy")
 
     # 9. Run folder.
     run_info = {
         "family": "deepspeech2", **run_facts(args, trainer, checkpoint, precision, optim),
         "architecture": architecture_facts(model), "loss": "ctc", "lora": None,
-        "decoder": model.settings["decoder"], "decoder_description": decoder_description(model),
+        "decoder": "lm" if decoder else "greedy", "decoder_description": decoder_description(language_model),
+        "language_model": language_model,
         "dataset": {"path": str(args.data), "features": summary.get("features"),
                     "splits": {name: len(dataset[name]) for name in ("train", "validation", "test")}},
         "unknown_characters": unknown,
     }
     out = write_run_files(trainer, rows, metrics, run_info)
     best_dir = out / "best_model"
+    model.settings["decoder"] = "lm" if decoder else "greedy"
+    if decoder is not None:  # transcribe.py and demo.py then decode as the test split was scored
+        model.settings["lm_beam_width"] = args.lm_beam_width
     save_best_model(model, best_dir)
+    # A previous run's language model in this best_model/ would decode with this run's weights: replaced.
+    shutil.rmtree(best_dir / LM_FOLDER, ignore_errors=True)
+    (best_dir / "alphabet.json").unlink(missing_ok=True)
+    if decoder is not None:
+        decoder.save_to_dir(str(best_dir))  # alphabet.json and language_model/, which load_model reads
+    shutil.rmtree(args.output_dir / LM_BUILD_FOLDER, ignore_errors=True)
     finish_run_folder(args, best_dir, model_card(args, run_info, metrics), run_info, metrics)
     return run_info
 

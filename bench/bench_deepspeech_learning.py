@@ -8,8 +8,8 @@ and 3 test voices x 60 utterances whose sentences never occur in train. prepare_
 the train voices (one per gender) for validation, leaving 720 train utterances of 12 voices; the test
 split is 180 utterances of 3 unseen voices reading unseen sentences. Then train_deepspeech.py trains a
 DeepSpeech2 from scratch with its defaults (only --data and --output-dir given, plus anything after
-`--`), and the test CER/WER (with the run's decoder, by default the lexicon beam search, and with greedy
-decoding of the same model), epochs and wall time are printed and saved as a result file in bench/results/
+`--`), and the test CER/WER (with the run's decoder, by default the word language model of the train text,
+and with greedy decoding of the same model), epochs and wall time are printed and saved as a result file in bench/results/
 (`python bench/write_results.py` then updates bench/RESULTS.md).
 
 Target: CER <= 0.05 and WER <= 0.13 on the test split after 9 epochs, in about 7 minutes on 2 CPU cores.
@@ -101,8 +101,8 @@ def main(argv: list[str] | None = None) -> dict:
                     {"corpus": "make_vivos_like.py, 14 train voices x 60 + 3 test voices x 60 utterances, seed 0",
                      "splits": result["splits"],
                      "validation": "2 held-out voices reading train sentences, greedy decoding",
-                     "test": "3 unseen voices reading unseen sentences; beam = the lexicon beam search (default "
-                             "decoder), greedy = the same model decoded greedily",
+                     "test": "3 unseen voices reading unseen sentences, with the run's decoder (by default the "
+                             "word language model of the train text) and greedily",
                      "epochs": train_args.epochs, "batch_size": info["batch_size"],
                      "torch_threads": result["torch_threads"], "target": TARGET},
                     {"runs": [run_row]})

@@ -150,15 +150,17 @@ def deepspeech_section(records: list[dict]) -> list[str]:
              f"{settings['torch_threads']} torch thread per run, unless the setting says otherwise. Newest first; * the CPU was shared with a further "
              "program. A seed whose model leaves CTC's blank-only start late (high validation CER after epoch 1) "
              "ends worse.", "",
-             "| setting | seed | val CER after epoch 1 | val CER / WER | test CER / WER, beam | test CER / WER, greedy | "
+             "| setting | seed | val CER after epoch 1 | val CER / WER | test CER / WER, the run's decoder | "
+             "test CER / WER, greedy | "
              "minutes | commit |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for record in records:
         for run in record["runs"]:
             shared = " *" if run.get("shared_cpu") else ""
+            decoder = f" ({run['decoder']})" if "decoder" in run else ""  # runs saved before it was recorded
             lines.append(f"| {run['setting']} | {run['seed']} | {num(run.get('val_cer_epoch1'), 2)} | "
                          f"{pair(run['val_cer'], run['val_wer'])} | "
-                         f"{pair(run['test_cer'], run['test_wer'])} | "
+                         f"{pair(run['test_cer'], run['test_wer'])}{decoder} | "
                          f"{pair(run['test_cer_greedy'], run['test_wer_greedy'])} | {num(run['minutes'], 1)}{shared} | "
                          f"{record['commit']} |")
     lines += notes(records)
@@ -287,7 +289,33 @@ def notes(records: list[dict]) -> list[str]:
     return ["", "Notes:", "", *lines] if lines else []
 
 
-SECTIONS = {"bench_deepspeech_learning.py": deepspeech_section, "bench_prepare.py": prepare_section,
+def ctc_lm_section(records: list[dict]) -> list[str]:
+    """Decoders of one trained CTC model compared on the same test scores, newest run first."""
+    settings = records[0]["settings"]
+    lines = ["## CTC decoding with a language model (`bench/bench_ctc_lm.py`)", "",
+             f"Corpus: {settings['corpus']}; splits "
+             + ", ".join(f"{name} {count}" for name, count in settings["splits"].items())
+             + f"; {settings['extra_text_sentences']} further sentences of the text are the `--lm-text` extra text; "
+             f"{100 * settings['test_words_not_in_train_text']:.0f} % of test words are not in the train text. "
+             "Each model's test scores decoded each way; the language models weighted on validation as the trainers "
+             "do. Decode time is after the network; the real-time factor includes the network (one CPU thread).",
+             "", "| model | decoder | test WER | test CER | decode ms / utterance | real-time factor | alpha / beta | "
+             "commit |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for record in records:
+        run = record["settings"]
+        model = (f"{run.get('family', 'deepspeech2')}, {run['params']:,} parameters, {run['epochs_run']:g} epochs, "
+                 f"{run['train_minutes']} min" if "params" in run else
+                 f"deepspeech2, defaults, {run['epochs_run']:g} epochs, {run['train_minutes']} min")
+        for row in record["rows"]:
+            lm = record["language_models"].get(row["decoder"])
+            weights = f"{lm['alpha']} / {lm['beta']}" if lm else "–"
+            lines.append(f"| {model} | {row['decoder']} | {num(row['wer'])} | {num(row['cer'])} | "
+                         f"{num(row['ms_per_utterance'], 2)} | {num(row['rtf'], 4)} | {weights} | {record['commit']} |")
+    return lines + notes(records)
+
+
+SECTIONS = {"bench_deepspeech_learning.py": deepspeech_section, "bench_ctc_lm.py": ctc_lm_section,
+            "bench_prepare.py": prepare_section,
             "bench_whisper_memory.py": whisper_memory_section, "bench_estimates.py": estimates_section,
             "bench_faster_whisper.py": faster_whisper_section, "quickstart.py": quickstart_section}
 

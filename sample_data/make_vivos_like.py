@@ -9,6 +9,11 @@ Writes the raw VIVOS release layout, so every script reads it exactly like the r
     OUT/train/waves/VIVOSSPK01/VIVOSSPK01_R001.wav   (16 kHz mono 16-bit; --format flac for .flac)
     OUT/test/...            the same for the test speakers (VIVOSDEV01, ...)
 
+With --text FILE the speakers read sentences of that file (one a line, e.g. sample_data/vietnamese_text.txt,
+real Vietnamese prose) instead of random word sequences, each sentence read by one speaker only: the voices
+that prepare_vivos.py holds out for validation then read sentences no train voice reads, and the file's
+unused sentences are text no split contains (for a language model's --lm-text).
+
 Each "speaker" is one espeak-ng voice: a dialect (northern, central, southern) with a voice variant
 (+m1..+m7 male, +f1..+f5 female), its own speaking rate and pitch. Test speakers and test sentences
 are never seen in train. The tests and the bundled sample (`sample_data/vivos_sample/`) are made by
@@ -77,14 +82,17 @@ def synthesize(text: str, voice: dict, wav_path: Path, sample_rate: int = 16000)
 
 
 def write_split(split_dir: Path, prefix: str, voices: list[dict], sentences: list[str], per_speaker: int,
-                rng: random.Random, sample_rate: int, audio_format: str) -> None:
-    """One VIVOS split folder: each speaker reads `per_speaker` sentences drawn from `sentences`."""
+                rng: random.Random, sample_rate: int, audio_format: str, one_reader: bool = False) -> None:
+    """One VIVOS split folder: each speaker reads `per_speaker` sentences drawn from `sentences` (with
+    one_reader, the next `per_speaker` of them, so no two speakers read the same sentence)."""
     jobs, prompts, genders = [], [], []
     for number, voice in enumerate(voices, start=1):
         speaker = f"{prefix}{number:02d}"
         genders.append(f"{speaker} {voice['gender']}")
         (split_dir / "waves" / speaker).mkdir(parents=True, exist_ok=True)
-        for r, sentence in enumerate(rng.sample(sentences, per_speaker), start=1):
+        read = (sentences[(number - 1) * per_speaker: number * per_speaker] if one_reader
+                else rng.sample(sentences, per_speaker))
+        for r, sentence in enumerate(read, start=1):
             utt_id = f"{speaker}_R{r:03d}"
             prompts.append(f"{utt_id} {sentence}")
             jobs.append((sentence, voice, split_dir / "waves" / speaker / f"{utt_id}.{audio_format}"))
@@ -95,8 +103,10 @@ def write_split(split_dir: Path, prefix: str, voices: list[dict], sentences: lis
 
 
 def make_corpus(out: Path, train_speakers: int = 8, test_speakers: int = 3, train_per_speaker: int = 12,
-                test_per_speaker: int = 8, seed: int = 0, sample_rate: int = 16000, audio_format: str = "wav") -> Path:
-    """Write a VIVOS-shaped corpus to `out`; test speakers and test sentences are unseen in train."""
+                test_per_speaker: int = 8, seed: int = 0, sample_rate: int = 16000, audio_format: str = "wav",
+                text: Path | None = None) -> Path:
+    """Write a VIVOS-shaped corpus to `out`; test speakers and test sentences are unseen in train. With
+    `text`, the sentences come from that file and each is read by one speaker."""
     for tool in ("espeak-ng", "sox"):
         if shutil.which(tool) is None:
             raise SystemExit(f"{tool} not found: install it (Debian/Ubuntu: apt-get install espeak-ng sox)")
@@ -107,16 +117,26 @@ def make_corpus(out: Path, train_speakers: int = 8, test_speakers: int = 3, trai
     test_voices = [by_gender["fm"[k % 2]].pop() if by_gender["fm"[k % 2]] else by_gender["mf"[k % 2]].pop()
                    for k in range(test_speakers)]
     voices = [v for v in voices if v not in test_voices] + test_voices
-    n_train_sentences = max(train_per_speaker * 3, train_speakers * train_per_speaker // 2)
-    n_test_sentences = max(test_per_speaker * 2, test_speakers * test_per_speaker)
-    sentences = make_sentences(n_train_sentences + n_test_sentences, rng)
+    if text is None:
+        n_train_sentences = max(train_per_speaker * 3, train_speakers * train_per_speaker // 2)
+        n_test_sentences = max(test_per_speaker * 2, test_speakers * test_per_speaker)
+        sentences = make_sentences(n_train_sentences + n_test_sentences, rng)
+    else:
+        n_train_sentences, n_test_sentences = train_speakers * train_per_speaker, test_speakers * test_per_speaker
+        sentences = sorted({line.strip().upper() for line in Path(text).read_text(encoding="utf-8").splitlines()
+                            if line.strip()})
+        if len(sentences) < n_train_sentences + n_test_sentences:
+            raise SystemExit(f"--text {text}: {len(sentences)} distinct sentences, and {n_train_sentences} train + "
+                             f"{n_test_sentences} test readings of one sentence each need more: ask for fewer "
+                             "speakers or utterances per speaker")
     rng.shuffle(sentences)
-    train_sentences, test_sentences = sentences[:n_train_sentences], sentences[n_train_sentences:]
     out = Path(out)
+    train_sentences = sentences[:n_train_sentences]
+    test_sentences = sentences[n_train_sentences: n_train_sentences + n_test_sentences]
     write_split(out / "train", "VIVOSSPK", voices[:train_speakers], train_sentences, train_per_speaker, rng,
-                sample_rate, audio_format)
+                sample_rate, audio_format, one_reader=text is not None)
     write_split(out / "test", "VIVOSDEV", voices[train_speakers:], test_sentences, test_per_speaker, rng,
-                sample_rate, audio_format)
+                sample_rate, audio_format, one_reader=text is not None)
     return out
 
 
@@ -130,9 +150,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sample-rate", type=int, default=16000)
     parser.add_argument("--format", choices=["wav", "flac"], default="wav", help="flac: half the size, lossless")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--text", type=Path, metavar="FILE",
+                        help="read this file's sentences (one a line, UTF-8), each by one speaker, instead of "
+                             "random word sequences")
     args = parser.parse_args(argv)
     make_corpus(args.out, args.train_speakers, args.test_speakers, args.train_per_speaker,
-                args.test_per_speaker, args.seed, args.sample_rate, args.format)
+                args.test_per_speaker, args.seed, args.sample_rate, args.format, args.text)
     print(f"wrote {args.out}")
 
 

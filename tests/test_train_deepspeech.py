@@ -74,36 +74,16 @@ def spelled(vocab: dict[str, int], frames: list[dict[str, float]]) -> np.ndarray
     return log_probs
 
 
-def test_lexicon_beam_search_prefers_train_words_but_lets_a_clear_new_word_through():
-    vocab = ds2.build_vocab(["trời chơi xe xem"])
-    tokens = {i: t for t, i in vocab.items()}
-    lexicon = modeling.Lexicon({"trời": 3, "chơi": 2})
-    # "trời" in a dialect that merges tr and ch: each letter of the pair only slightly ahead
-    heard = spelled(vocab, [{"c": 0.5, "t": 0.45}, {"h": 0.5, "r": 0.45}, {"ờ": 0.95}, {}, {"i": 0.95},
-                            {"|": 0.95}, {"x": 0.999}, {}, {"e": 0.999}])
-    assert modeling.ctc_greedy_text(heard.argmax(axis=1), tokens, vocab["[PAD]"]) == "chời xe"
-    assert modeling.ctc_lexicon_beam_search(heard, tokens, vocab["[PAD]"], lexicon,
-                                            modeling.BEAM_DEFAULTS) == "trời xe"
-    # a word that stops inside a lexicon word ("xe" of "xem") is not a word: the faint "m" is taken
-    faint_end = spelled(vocab, [{"x": 0.9}, {"e": 0.9}, {"m": 0.3}])
-    assert modeling.ctc_greedy_text(faint_end.argmax(axis=1), tokens, vocab["[PAD]"]) == "xe"
-    assert modeling.ctc_lexicon_beam_search(faint_end, tokens, vocab["[PAD]"], modeling.Lexicon({"xem": 3}),
-                                       modeling.BEAM_DEFAULTS) == "xem"
-    # a letter repeated in the text needs a blank between its frames, in the beam as in greedy decoding
-    both = modeling.Lexicon({"xe": 1, "xee": 1})
-    for frames, text in (([{"x": 0.99}, {"e": 0.99}, {"e": 0.99}], "xe"),
-                         ([{"x": 0.99}, {"e": 0.99}, {}, {"e": 0.99}], "xee")):
-        assert modeling.ctc_lexicon_beam_search(spelled(vocab, frames), tokens, vocab["[PAD]"], both,
-                                           modeling.BEAM_DEFAULTS) == text
-
-
-def test_beam_decoding_needs_a_lexicon_and_a_model_without_one_decodes_greedily():
+def test_lm_decoding_needs_a_language_model_and_a_model_without_one_decodes_greedily():
     model = random_model()
     clip = [np.random.default_rng(0).normal(0, 0.1, 8000).astype(np.float32)]
-    with pytest.raises(ValueError, match="lexicon.json"):
-        modeling.transcribe(model, clip, decoder="beam")
-    assert model.settings["decoder"] == "beam" and model.lexicon is None
+    with pytest.raises(ValueError, match="saved without a language model"):
+        modeling.transcribe(model, clip, decoder="lm")
+    assert model.lm_decoder is None
     assert modeling.transcribe(model, clip) == modeling.transcribe(model, clip, decoder="greedy")
+    scores = modeling.log_probs(model, clip + [clip[0][:4000]], batch_size=2)
+    assert [len(s) for s in scores] == model.output_lengths(torch.tensor([8000, 4000])).tolist()
+    np.testing.assert_allclose(np.exp(scores[1]).sum(axis=1), 1.0, rtol=1e-4)
 
 
 def test_spec_augment_masks_cover_about_the_requested_share():
@@ -213,6 +193,21 @@ def test_a_config_saved_by_earlier_versions_loads_and_transcribes_as_trained(tmp
     assert modeling.transcribe(loaded, clip, decoder="greedy") == modeling.transcribe(model, clip, decoder="greedy")
 
 
+def test_a_folder_saved_with_the_old_lexicon_decoder_loads_and_decodes_greedily(tmp_path):
+    """Folders saved before the language model say "decoder": "beam" and hold lexicon.json: they still load
+    and transcribe, greedily, and say why there is no language model."""
+    model = random_model()
+    ds2.save_best_model(model, tmp_path)
+    config = read_json(tmp_path / "config.json")
+    (tmp_path / "config.json").write_text(json.dumps({**config, "decoder": "beam", "beam": {"beam_width": 8}}),
+                                          encoding="utf-8")
+    (tmp_path / "lexicon.json").write_text(json.dumps({"xin": 2, "chào": 1}), encoding="utf-8")
+    loaded = modeling.load_model(tmp_path)
+    clip = [np.random.default_rng(0).normal(0, 0.1, 12000).astype(np.float32)]
+    assert loaded.lm_decoder is None and "without a language model" in loaded.lm_note
+    assert modeling.transcribe(loaded, clip) == modeling.transcribe(model, clip, decoder="greedy")
+
+
 def test_sortagrad_sampler_sorts_first_epoch_then_groups_lengths_deterministically():
     lengths = list(np.random.default_rng(0).uniform(1, 10, 200))
     sampler = ds2.SortaGradSampler(lengths, batch_size=8, seed=3, group_batches=5)
@@ -265,10 +260,15 @@ def test_best_model_gets_the_model_file_verbatim_and_it_needs_only_torch_numpy_s
     ds2.save_best_model(random_model(), tmp_path)
     assert (tmp_path / "modeling_deepspeech2.py").read_bytes() == (REPO / "modeling_deepspeech2.py").read_bytes()
     tree = ast.parse((REPO / "modeling_deepspeech2.py").read_text(encoding="utf-8"))
-    imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
-                for alias in node.names}
-    imported |= {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
-    assert imported == {"__future__", "json", "math", "unicodedata", "pathlib", "numpy", "torch", "safetensors"}
+
+    def imported(nodes) -> set[str]:
+        return ({alias.name.split(".")[0] for node in nodes if isinstance(node, ast.Import) for alias in node.names}
+                | {node.module.split(".")[0] for node in nodes if isinstance(node, ast.ImportFrom)})
+
+    assert imported(tree.body) == {"__future__", "importlib", "json", "math", "unicodedata", "pathlib", "numpy",
+                                   "torch", "safetensors"}
+    # the language model's decoder only when a folder has one and it is installed
+    assert imported(list(ast.walk(tree))) - imported(tree.body) == {"pyctcdecode"}
 
 
 def test_history_rows_average_the_losses_since_the_previous_evaluation():
@@ -351,12 +351,13 @@ def test_run_folder_contract(deepspeech_run, waveform_data):
 
     predictions = read_csv(run / "test_predictions.csv")
     assert list(predictions[0]) == ["id", "speaker", "duration", "reference", "prediction", "raw_prediction",
-                                    "wer", "cer"]
+                                    "wer", "cer", "greedy_prediction", "greedy_wer", "greedy_cer"]
     assert [p["id"] for p in predictions] == list(splits["test"]["id"])
     assert [p["reference"] for p in predictions] == list(splits["test"]["sentence"])
     metrics = read_json(run / "test_metrics.json")
     assert set(metrics) == {"wer", "cer", "ser", "substitutions", "deletions", "insertions", "hits", "ref_words",
-                            "num_utterances", "audio_seconds", "decode_seconds", "rtf"}
+                            "num_utterances", "audio_seconds", "decode_seconds", "rtf", "decoder", "greedy_wer",
+                            "greedy_cer", "greedy_decode_seconds"}
     assert metrics["num_utterances"] == len(splits["test"])
     assert metrics["ref_words"] == sum(len(s.split()) for s in splits["test"]["sentence"])
 
@@ -375,6 +376,77 @@ def test_run_folder_contract(deepspeech_run, waveform_data):
     assert config["speed_perturb"] == 0.1
     assert "speed perturbation within 1 +- 0.1 (both from the end of the warm-up)" in card
     assert "pitch" in info["architecture"]["features"]
+
+
+def test_the_language_model_is_the_train_text_weighted_on_validation(deepspeech_run, waveform_data):
+    """run_info.json says what the test split was decoded with: a language model of the train transcripts
+    only (their sentences and words, no validation or test text), its weight and word bonus the best of the
+    grid tried on validation; best_model/ holds it and loads with it; greedy scores stay beside."""
+    splits = datasets.load_from_disk(str(waveform_data))
+    info = read_json(deepspeech_run / "run_info.json")
+    lm = info["language_model"]
+    train = list(splits["train"]["sentence"])
+    assert lm["sentences"] == len(train) and lm["extra_sentences"] == 0
+    assert lm["words_in_text"] == len({w for s in train for w in s.split()})
+    assert lm["grid"] and lm["validation_wer_lm"] == min(g["wer"] for g in lm["grid"])
+    assert {"alpha": lm["alpha"], "beta": lm["beta"], "wer": lm["validation_wer_lm"]} in lm["grid"]
+    assert "validation utterances" in lm["tuned_on"]
+    assert lm["used"] is True and info["decoder"] == "lm" and "pyctcdecode" in info["decoder_description"]
+    best = deepspeech_run / "best_model"
+    assert read_json(best / "config.json")["decoder"] == "lm"
+    held_out = sentence_ngrams(list(splits["validation"]["sentence"]) + list(splits["test"]["sentence"]))
+    assert longer_ngrams(best / "language_model" / "lm.arpa") <= sentence_ngrams(train)
+    assert held_out - sentence_ngrams(train)
+    assert not (deepspeech_run / ds2.LM_BUILD_FOLDER).exists()
+    predictions = read_csv(deepspeech_run / "test_predictions.csv")
+    metrics = read_json(deepspeech_run / "test_metrics.json")
+    greedy = ds2.compute_wer_cer([p["reference"] for p in predictions], [p["greedy_prediction"] for p in predictions])
+    assert metrics["decoder"] == "lm" and metrics["greedy_wer"] == pytest.approx(greedy["wer"])
+
+    model = modeling.load_model(best)
+    waves = list(splits["test"].with_format("numpy", columns=["input_values"])["input_values"])[:6]
+    assert model.lm_decoder is not None
+    # by default with the language model and the beams the run scored with (--lm-beam-width 8)
+    assert modeling.transcribe(model, waves) == [p["raw_prediction"] for p in predictions[:6]]
+    assert read_json(best / "config.json")["lm_beam_width"] == 8
+    assert [ds2.normalize_text(t) for t in modeling.transcribe(model, waves, decoder="greedy")] == \
+        [p["greedy_prediction"] for p in predictions[:6]]
+
+
+def test_without_kenlm_the_run_says_so_once_and_decodes_greedily(deepspeech_run, waveform_data, tmp_path,
+                                                                  monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "kenlm", None)  # as where kenlm cannot be built
+    out = tmp_path / "greedy run"
+    with one_thread():
+        info = ds2.main(["--data", str(waveform_data), "--output-dir", str(out), "--eval-only", "--model",
+                         str(deepspeech_run / "best_model"), "--train-eval-size", "0", "--lm-beam-width", "8"])
+    said = [line for line in capsys.readouterr().out.splitlines() if "not installed" in line]
+    assert len(said) == 1 and "pip install --no-deps -r requirements-lm.txt" in said[0]
+    assert info["decoder"] == "greedy" and info["language_model"]["used"] is False
+    assert "kenlm" in info["language_model"]["reason"]
+    metrics = read_json(out / "test_metrics.json")
+    assert metrics["decoder"] == "greedy" and metrics["wer"] == metrics["greedy_wer"]
+    assert all(p["prediction"] == p["greedy_prediction"] for p in read_csv(out / "test_predictions.csv"))
+    assert not (out / "best_model" / "language_model").exists()
+    model = modeling.load_model(out / "best_model")
+    assert model.lm_decoder is None and "kenlm" not in model.lm_note  # saved without one
+    assert modeling.load_model(deepspeech_run / "best_model").lm_note.startswith("kenlm not installed")
+
+
+def test_lm_text_adds_sentences_but_never_a_test_or_validation_one(deepspeech_run, waveform_data, tmp_path, capsys):
+    splits = datasets.load_from_disk(str(waveform_data))
+    text = tmp_path / "văn bản.txt"
+    text.write_text(f"{splits['test']['sentence'][0].upper()}\nhôm nay trời đẹp lắm\n\n"
+                    f"{splits['validation']['sentence'][0]}\n", encoding="utf-8")
+    out = tmp_path / "with text"
+    with one_thread():
+        info = ds2.main(["--data", str(waveform_data), "--output-dir", str(out), "--eval-only", "--model",
+                         str(deepspeech_run / "best_model"), "--train-eval-size", "0", "--lm-beam-width", "8",
+                         "--lm-text", str(text)])
+    assert "--lm-text: left out 2 sentences that the validation or test split contains" in capsys.readouterr().out
+    lm = info["language_model"]
+    assert lm["extra_sentences"] == 1 and lm["sentences"] == len(splits["train"]) + 1
+    assert lm["extra_text"] == str(text)
 
 
 def test_trains_in_a_notebook_cell_and_saves_a_model_that_loads(waveform_data, tmp_path, monkeypatch):
@@ -510,13 +582,38 @@ def learned_run(work_dir) -> Path:
 def test_learns_to_transcribe_unseen_voices_and_sentences(learned_run):
     metrics = read_json(learned_run / "test_metrics.json")
     info = read_json(learned_run / "run_info.json")
-    lexicon = read_json(learned_run / "best_model" / "lexicon.json")
-    train = datasets.load_from_disk(str(learned_run.parents[1] / "ds2 learning data"))["train"]
-    assert lexicon == ds2.word_counts(list(train["sentence"])) and info["decoder"] == "beam"
     history = read_csv(learned_run / "history.csv")
     assert metrics["cer"] < LEARNING_MAX_CER, metrics
+    assert info["decoder"] == metrics["decoder"] == "lm" and metrics["wer"] <= metrics["greedy_wer"]
     assert float(history[-1]["val_cer"]) < float(history[0]["val_cer"])
     assert float(history[-1]["train_loss"]) < float(history[0]["train_loss"]) / 2
+
+
+def longer_ngrams(arpa: Path) -> set[tuple[str, ...]]:
+    """The n-grams of order 2 and more in an ARPA file."""
+    text = arpa.read_text(encoding="utf-8").split("\\2-grams:", 1)[1]
+    return {tuple(line.split("\t")[1].split()) for line in text.splitlines() if "\t" in line}
+
+
+def sentence_ngrams(sentences, orders=(2, 3)) -> set[tuple[str, ...]]:
+    grams = set()
+    for sentence in sentences:
+        words = ["<s>", *sentence.split(), "</s>"]
+        grams |= {tuple(words[i:i + n]) for n in orders for i in range(len(words) - n + 1)}
+    return grams
+
+
+@pytest.mark.slow
+def test_the_language_model_knows_no_test_or_validation_sentence(learned_run):
+    """best_model/language_model/lm.arpa is built from the train transcripts: each of its word pairs and
+    triples occurs in a train sentence, so none that only validation or test sentences have."""
+    splits = datasets.load_from_disk(str(learned_run.parents[1] / "ds2 learning data"))
+    grams = longer_ngrams(learned_run / "best_model" / "language_model" / "lm.arpa")
+    train = sentence_ngrams(splits["train"]["sentence"])
+    held_out = sentence_ngrams(list(splits["validation"]["sentence"]) + list(splits["test"]["sentence"])) - train
+    assert grams and held_out and grams <= train and not grams & held_out
+    info = read_json(learned_run / "run_info.json")["language_model"]
+    assert info["used"] is True and info["sentences"] == len(splits["train"]) and info["extra_sentences"] == 0
 
 
 @pytest.mark.slow
@@ -577,12 +674,12 @@ def test_eval_only_reproduces_the_run_and_padded_decoding_is_exact(learned_run, 
 
 
 @pytest.mark.slow
-def test_decoder_greedy_writes_best_path_test_predictions(learned_run, work_dir):
+def test_lm_order_0_writes_best_path_test_predictions(learned_run, work_dir):
     out = work_dir / "runs" / "deepspeech2 greedy"
     data = work_dir / "ds2 learning data"
     with one_thread():
         ds2.main(["--data", str(data), "--output-dir", str(out), "--model", str(learned_run / "best_model"),
-                  "--eval-only", "--train-eval-size", "0", "--decoder", "greedy"])
+                  "--eval-only", "--train-eval-size", "0", "--lm-order", "0"])
         model = modeling.load_model(learned_run / "best_model")
         test = datasets.load_from_disk(str(data))["test"]
         greedy = modeling.transcribe(model, list(test.with_format("numpy", columns=["input_values"])["input_values"]),
@@ -590,6 +687,8 @@ def test_decoder_greedy_writes_best_path_test_predictions(learned_run, work_dir)
     assert read_json(out / "run_info.json")["decoder"] == "greedy"
     assert [r["raw_prediction"] for r in read_csv(out / "test_predictions.csv")] == greedy
     assert json.loads((out / "best_model" / "config.json").read_text(encoding="utf-8"))["decoder"] == "greedy"
+    assert not (out / "best_model" / "language_model").exists()
+    assert read_json(out / "run_info.json")["language_model"] == {"used": False, "reason": "--lm-order 0"}
 
 
 # ----------------------------------------------------------------------------- code in a model folder
