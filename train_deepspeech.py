@@ -1179,8 +1179,13 @@ TONE_MARKS = ("\u0300", "\u0301", "\u0303", "\u0309", "\u0323")  # huyền, sắ
 STOP_TONES = ("\u0301", "\u0323")  # a syllable ending in p, t, c or ch takes sắc or nặng only
 # Copied from train_wav2vec2.VOWELS
 VOWELS = set("aăâeêioôơuưy")
+# Copied from train_wav2vec2.RHYME
+RHYME = re.compile("[aăâeêioôơuưy]{1,3}(?:ch|nh|ng|[cmnpt])?")  # vowels, then at most one final consonant
 # c, g and ng are written k, gh and ngh before e, ê, i (and y): either spelling elsewhere is not a word.
-FRONT_ONLY, NOT_FRONT = {"k", "gh", "ngh"}, {"c", "g", "ng"}
+# Copied from train_wav2vec2.FRONT_ONLY
+FRONT_ONLY = {"k", "gh", "ngh"}
+# Copied from train_wav2vec2.NOT_FRONT
+NOT_FRONT = {"c", "g", "ng"}
 
 
 # Copied from train_wav2vec2.lm_packages_missing
@@ -1211,15 +1216,10 @@ def syllable_parts(word: str) -> tuple[str, str, int | None, str] | None:
             letters[-1] += ch
         else:
             letters.append(ch)
-    letters = [unicodedata.normalize("NFC", letter) for letter in letters]
-    if not all(letter in VOWELS or letter.isascii() and letter.isalpha() or letter == "đ" for letter in letters):
-        return None
-    toneless = "".join(letters)
-    onset = next((o for o in ONSETS if toneless.startswith(o) and any(v in VOWELS for v in toneless[len(o):])), "")
-    if onset == "" and toneless.startswith("gi"):  # "gì": g + i
-        onset = "g"
+    toneless = unicodedata.normalize("NFC", "".join(letters))
+    onset = next((o for o in ONSETS if toneless.startswith(o) and RHYME.fullmatch(toneless[len(o):])), "")
     rhyme = toneless[len(onset):]
-    if not rhyme or rhyme[0] not in VOWELS and onset != "" or not any(v in VOWELS for v in rhyme):
+    if not RHYME.fullmatch(rhyme):
         return None
     if tone_at is not None and tone_at < len(onset):
         return None
@@ -1397,6 +1397,7 @@ def tune_lm_decoder(decoder, log_probs: list[np.ndarray], references: list[str],
             "model's text, so the chosen weight may favour the model's text more than new sentences need")
     if len(chosen) > LM_TUNE_UTTERANCES:
         chosen = [chosen[int(k)] for k in np.linspace(0, len(chosen) - 1, LM_TUNE_UTTERANCES)]
+        basis += f"; {LM_TUNE_UTTERANCES} of them, spread evenly, decoded for each setting"
     refs = [references[i] for i in chosen]
     grid = []
 

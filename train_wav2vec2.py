@@ -1209,7 +1209,8 @@ STOP_TONES = ("\u0301", "\u0323")  # a syllable ending in p, t, c or ch takes s�
 VOWELS = set("aăâeêioôơuưy")
 RHYME = re.compile("[aăâeêioôơuưy]{1,3}(?:ch|nh|ng|[cmnpt])?")  # vowels, then at most one final consonant
 # c, g and ng are written k, gh and ngh before e, ê, i (and y): either spelling elsewhere is not a word.
-FRONT_ONLY, NOT_FRONT = {"k", "gh", "ngh"}, {"c", "g", "ng"}
+FRONT_ONLY = {"k", "gh", "ngh"}
+NOT_FRONT = {"c", "g", "ng"}
 
 
 def lm_packages_missing() -> str | None:
