@@ -135,6 +135,19 @@ def summary(groups: dict[str, list[dict]]) -> list[str]:
                      f"{mean([r['test_wer'] for r in runs]):.3f} (mean of {len(runs)} seeds, defaults, synthetic "
                      f"12-voice corpus, unseen voices and sentences) | {minutes_range(runs)} per run on one CPU "
                      f"thread; {stage('DeepSpeech2')} |")
+    newest = {}
+    for record in groups.get("bench_ctc_lm.py", []):
+        newest.setdefault(record["settings"].get("family", "deepspeech2"), record)
+    for family, record in newest.items():
+        rows = {row["decoder"]: row for row in record["rows"]}
+        greedy, lexicon = rows["greedy"], rows.get("lexicon beam (train words, unigram)")
+        lm, more = rows["LM: train text"], rows["LM: train text + --lm-text"]
+        lines.append(f"| {'DeepSpeech2' if family == 'deepspeech2' else 'Wav2Vec2'} + n-gram LM | held-out prose, "
+                     f"test WER {num(greedy['wer'])} greedy"
+                     + (f", {num(lexicon['wer'])} lexicon beam" if lexicon else "")
+                     + f", {num(lm['wer'])} with the train-text 3-gram, {num(more['wer'])} with `--lm-text`; "
+                     f"{num(lm['ms_per_utterance'], 1)} ms per utterance | RTF {num(lm['rtf'], 3)} with the network "
+                     "on one CPU thread |")
     return lines
 
 
