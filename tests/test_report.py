@@ -443,7 +443,7 @@ def test_real_runs_report_from_the_three_tiny_trainers(whisper_run, wav2vec2_run
 # ----------------------------------------------------------------------------- CTC decoders (needs the trainers)
 # wav2vec2_run decodes with its n-gram language model as the trainer writes it; copies of deepspeech_run are
 # rewritten the way the same run-folder contract has it (docs/FORMATS.md §4), with transcripts whose greedy and
-# language-model scores differ; deepspeech_run itself stays a run from before the language model.
+# language-model scores differ, and one as a run from before the language model.
 
 LANGUAGE_MODEL = {"used": True, "order": 4, "ngrams": [4405, 268, 241, 90], "words_in_text": 119,
                   "words_added": 4283, "discounts": [0.36, 0.9, 0.44, 0.5], "sentences": 80,
@@ -483,6 +483,26 @@ def as_lm_contract(source: Path, folder: Path, name: str, language_model: dict, 
     return folder
 
 
+def as_old_run(source: Path, folder: Path) -> Path:
+    """A copy of a DeepSpeech2 run folder as runs before the language model wrote it: the lexicon beam search
+    as its decoder, no language model, no greedy scores beside."""
+    import shutil
+
+    shutil.copytree(source, folder)
+    predictions = pd.read_csv(folder / "test_predictions.csv", keep_default_na=False, dtype=str)
+    predictions.drop(columns=["greedy_prediction", "greedy_wer", "greedy_cer"]).to_csv(
+        folder / "test_predictions.csv", index=False)
+    metrics = json.loads((folder / "test_metrics.json").read_text(encoding="utf-8"))
+    for key in ("decoder", "greedy_wer", "greedy_cer", "greedy_decode_seconds"):
+        metrics.pop(key, None)
+    (folder / "test_metrics.json").write_text(json.dumps(metrics), encoding="utf-8")
+    info = json.loads((folder / "run_info.json").read_text(encoding="utf-8"))
+    info.pop("language_model", None)
+    info["decoder"] = "beam"
+    (folder / "run_info.json").write_text(json.dumps(info, ensure_ascii=False), encoding="utf-8")
+    return folder
+
+
 @pytest.fixture(scope="module")
 def decoder_reports(wav2vec2_run, deepspeech_run, tmp_path_factory) -> dict:
     """English and Vietnamese reports of: wav2vec2_run (language model), DeepSpeech2 copies decoded with a
@@ -496,7 +516,7 @@ def decoder_reports(wav2vec2_run, deepspeech_run, tmp_path_factory) -> dict:
             "ds2-rejected": as_lm_contract(deepspeech_run, root / "ds2 rejected", "ds2-rejected",
                                            {**LANGUAGE_MODEL, "used": False, "validation_wer_lm": 0.45,
                                             "reason": "greedy decoding scored better on validation"}, with_lm=False),
-            "ds2-old": deepspeech_run,
+            "ds2-old": as_old_run(deepspeech_run, root / "deepspeech2 tiny"),
             "whisper": write_run(root / "whisper", "whisper-small", "whisper", OVERFIT, transcripts(1))}
     reports = {}
     for lang in ("en", "vi"):
