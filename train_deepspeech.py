@@ -1574,6 +1574,14 @@ def test_metrics(rows: list[dict], decode_seconds: float) -> dict:
 
 # ----------------------------------------------------------------------------- 9. run folder
 
+# Copied from train_wav2vec2.remove_saved_language_model
+def remove_saved_language_model(folder: Path) -> None:
+    """The language model an earlier session of this run saved in best_model/: it belongs to other weights
+    (and pyctcdecode will not save over it)."""
+    shutil.rmtree(folder / LM_FOLDER, ignore_errors=True)
+    (folder / "alphabet.json").unlink(missing_ok=True)
+
+
 def save_best_model(model: DeepSpeech2, folder: Path) -> None:
     """Weights, config (with the train feature statistics), vocabulary and a copy of modeling_deepspeech2.py,
     so the folder alone is enough to load the model (step 9 adds the language model to best_model/)."""
@@ -1921,9 +1929,7 @@ def main(argv: list[str] | None = None) -> dict:
     if decoder is not None:  # transcribe.py and demo.py then decode as the test split was scored
         model.settings["lm_beam_width"] = args.lm_beam_width
     save_best_model(model, best_dir)
-    # A previous run's language model in this best_model/ would decode with this run's weights: replaced.
-    shutil.rmtree(best_dir / LM_FOLDER, ignore_errors=True)
-    (best_dir / "alphabet.json").unlink(missing_ok=True)
+    remove_saved_language_model(best_dir)
     if decoder is not None:
         decoder.save_to_dir(str(best_dir))  # alphabet.json and language_model/, which load_model reads
     shutil.rmtree(args.output_dir / LM_BUILD_FOLDER, ignore_errors=True)

@@ -1589,6 +1589,13 @@ def test_metrics(rows: list[dict], decode_seconds: float) -> dict:
 
 # ----------------------------------------------------------------------------- 9. run folder
 
+def remove_saved_language_model(folder: Path) -> None:
+    """The language model an earlier session of this run saved in best_model/: it belongs to other weights
+    (and pyctcdecode will not save over it)."""
+    shutil.rmtree(folder / LM_FOLDER, ignore_errors=True)
+    (folder / "alphabet.json").unlink(missing_ok=True)
+
+
 def save_processor(processor: Wav2Vec2Processor, decoder, folder: Path) -> None:
     """The processor, and with a language model the Wav2Vec2ProcessorWithLM layout (alphabet.json,
     language_model/), which pipeline("automatic-speech-recognition") loads and decodes with by itself."""
@@ -1884,6 +1891,7 @@ def main(argv: list[str] | None = None) -> dict:
     out = write_run_files(trainer, rows, metrics, run_info)
     best_dir = out / "best_model"
     trainer.model.save_pretrained(best_dir)
+    remove_saved_language_model(best_dir)
     save_processor(processor, decoder, best_dir)
     shutil.rmtree(args.output_dir / LM_BUILD_FOLDER, ignore_errors=True)
     finish_run_folder(args, best_dir, model_card(args, run_info, metrics), run_info, metrics)

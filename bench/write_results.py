@@ -143,7 +143,7 @@ def summary(groups: dict[str, list[dict]]) -> list[str]:
         greedy, lexicon = rows["greedy"], rows.get("lexicon beam (train words, unigram)")
         lm, more = rows["LM: train text"], rows["LM: train text + --lm-text"]
         lines.append(f"| {'DeepSpeech2' if family == 'deepspeech2' else 'Wav2Vec2'} + n-gram LM | held-out prose, "
-                     f"test WER {num(greedy['wer'])} greedy"
+                     f"test WER {num(greedy['wer'])} greedy (CER {num(greedy['cer'])})"
                      + (f", {num(lexicon['wer'])} lexicon beam" if lexicon else "")
                      + f", {num(lm['wer'])} with the train-text 3-gram, {num(more['wer'])} with `--lm-text`; "
                      f"{num(lm['ms_per_utterance'], 1)} ms per utterance | RTF {num(lm['rtf'], 3)} with the network "

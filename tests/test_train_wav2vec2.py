@@ -21,7 +21,8 @@ from tiny_wav2vec2 import make_tiny_wav2vec2, one_thread, tiny_run_args
 
 REPO = Path(__file__).resolve().parents[1]
 METRIC_KEYS = {"wer", "cer", "ser", "substitutions", "deletions", "insertions", "hits", "ref_words",
-               "num_utterances", "audio_seconds", "decode_seconds", "rtf"}
+               "num_utterances", "audio_seconds", "decode_seconds", "rtf",
+               "decoder", "greedy_wer", "greedy_cer", "greedy_decode_seconds"}
 
 
 def derived_dataset(source: Path, out: Path, splits: dict) -> Path:
@@ -220,7 +221,8 @@ def test_run_folder_holds_a_ctc_model_and_its_vocabulary(wav2vec2_run, waveform_
 
     asr = pipeline("automatic-speech-recognition", model=str(best))
     clip = np.asarray(data["test"][0]["input_values"], dtype=np.float32)
-    heard = train_wav2vec2.normalize_text(asr(clip)["text"].replace("[UNK]", ""))
+    beams = {"beam_width": info["language_model"]["beam_width"]}  # as the run decoded with its language model
+    heard = train_wav2vec2.normalize_text(asr(clip, decoder_kwargs=beams)["text"].replace("[UNK]", ""))
     assert heard == predictions[0]["prediction"]
 
 
