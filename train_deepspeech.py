@@ -1508,7 +1508,8 @@ def read_lm_text(path: Path, held_out: set[str]) -> list[str]:
     """--lm-text's sentences, normalised, without those of the validation and test splits (a language model
     that knows a test sentence makes the test score meaningless)."""
     if not path.is_file():
-        raise InputError(f"--lm-text {quoted(path)}: no such file. Give a text file with one sentence a line.")
+        found = "a folder" if path.is_dir() else "no such file"
+        raise InputError(f"--lm-text {quoted(path)}: {found}. Give a text file with one sentence a line.")
     data = path.read_bytes()
     encoding = "utf-16" if data[:2] in (b"\xff\xfe", b"\xfe\xff") else "utf-8-sig"
     try:

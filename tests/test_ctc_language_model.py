@@ -95,6 +95,8 @@ def test_lm_text_reading_leaves_out_held_out_sentences(tmp_path, capsys):
         w2v.read_lm_text(path, set())
     with pytest.raises(SystemExit, match="no such file"):
         w2v.read_lm_text(tmp_path / "missing.txt", set())
+    with pytest.raises(SystemExit, match="a folder. Give a text file"):
+        w2v.read_lm_text(tmp_path, set())
 
 
 # ----------------------------------------------------------------------------- a trained Wav2Vec2 run
