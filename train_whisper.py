@@ -1215,8 +1215,8 @@ def write_run_files(trainer, rows: list[dict], metrics: dict, run_info: dict) ->
     out.mkdir(parents=True, exist_ok=True)
     trainer.save_state()
     write_csv(out / "history.csv", history_rows(trainer.state.log_history), HISTORY_COLUMNS)
-    write_csv(out / "test_predictions.csv", rows, [*PREDICTION_COLUMNS, *(k for k in (rows[0] if rows else {})
-                                                                          if k not in PREDICTION_COLUMNS)])
+    extra = [key for key in (rows[0] if rows else {}) if key not in PREDICTION_COLUMNS]  # CTC: greedy_*
+    write_csv(out / "test_predictions.csv", rows, PREDICTION_COLUMNS + extra)
     write_json(out / "test_metrics.json", metrics)
     write_json(out / "run_info.json", run_info)
     return out
